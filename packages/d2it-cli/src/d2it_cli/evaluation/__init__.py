@@ -1,0 +1,3 @@
+"""Evaluation metrics."""
+
+METRICS = []

@@ -1,0 +1,28 @@
+"""d2it-cli's contributions to the registry: its commands, datasets and metrics."""
+
+from d2it.hookspecs import hookimpl
+
+
+@hookimpl
+def d2it_commands(cli):
+    """Add the built-in commands."""
+    from d2it_cli.commands import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+@hookimpl
+def d2it_datasets():
+    """The built-in datasets."""
+    from d2it_cli.data import DATASETS
+
+    return list(DATASETS)
+
+
+@hookimpl
+def d2it_metrics():
+    """The built-in evaluation metrics."""
+    from d2it_cli.evaluation import METRICS
+
+    return list(METRICS)

@@ -1,0 +1,110 @@
+"""Checkpoint I/O: atomic writes, safetensors weights and weights-only training state."""
+
+import hashlib
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from d2it.errors import CheckpointError
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; on success it replaces `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path, text: str):
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_safetensors(tensors: dict, path, metadata: dict | None = None):
+    """Save tensors (contiguous, unshared copies) with string metadata, atomically."""
+    clean = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=meta)
+
+
+def load_safetensors(path, device: str = "cpu") -> tuple[dict, dict]:
+    """Load (tensors, metadata); a missing or corrupt file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path), device=device), metadata
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"weights file {path} is not a readable safetensors file ({exc})") from None
+
+
+def save_state(obj, path):
+    """Save training state (tensors, numbers, strings, lists, dicts) atomically with torch.save."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_state(path):
+    """Load training state with weights_only=True: nothing is unpickled beyond plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"training state {path} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_sha256(state: dict) -> str:
+    """Hex SHA-256 of a state dict's names, dtypes, shapes and values (independent of file layout)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_into(module: torch.nn.Module, tensors: dict, where: str):
+    """Load `tensors` into `module` strictly; a mismatch names the first differing tensor."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where} lacks tensor {missing[0]!r} that the model built from d2it.json has")
+    if extra:
+        raise CheckpointError(f"{where} has tensor {extra[0]!r} that the model built from d2it.json lacks")
+    for name, want in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(got.shape)} but the model built from "
+                f"d2it.json expects {tuple(want.shape)}"
+            )
+    module.load_state_dict(tensors, strict=True)

@@ -1,0 +1,243 @@
+"""Systems: the record naming one component per slot, building it, and model directories on disk."""
+
+import importlib.metadata as md
+import json
+from pathlib import Path
+
+import attrs
+import torch
+from torch import nn
+
+from d2it.config import build_config, config_to_dict
+from d2it.errors import CheckpointError, ConfigError
+from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors
+from d2it.registry import Registry, default_registry
+
+FORMAT = 1
+RECORD_FILE = "d2it.json"
+# slot -> component kind
+SLOTS = {
+    "vae": "vae",
+    "grain": "grain_predictor",
+    "backbone": "backbone",
+    "refine": "refiner",
+    "sampler": "sampler",
+    "schedule": "schedule",
+    "attention": "attention",
+}
+# slots whose component holds weights -> the module attribute of System that owns them
+WEIGHT_SLOTS = {"vae": "vae", "grain": "grain", "content": "content"}
+DEFAULT_LATENT = (4, 8)  # channels, downsampling factor when no VAE is configured
+
+
+def _freeze_options(value) -> dict:
+    return {str(k): dict(v) for k, v in dict(value or {}).items()}
+
+
+@attrs.frozen
+class SystemRecord:
+    """One component name per slot plus each one's options; round-trips through JSON."""
+
+    backbone: str = "dit-xl"
+    vae: str | None = None
+    grain: str | None = None
+    refine: str | None = None
+    sampler: str = "ddpm"
+    schedule: str = "linear"
+    attention: str = "auto"
+    options: dict = attrs.field(factory=dict, converter=_freeze_options)
+    image_size: int = 256
+    num_classes: int = 1000
+    latent_scale: float = 1.0
+    thresholds: tuple = attrs.field(default=(), converter=lambda t: tuple(float(x) for x in t))
+
+    def slot_names(self) -> dict[str, str]:
+        """Slot -> component name for every slot that is set."""
+        return {slot: getattr(self, slot) for slot in SLOTS if getattr(self, slot)}
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return attrs.asdict(self, retain_collection_types=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SystemRecord":
+        """Inverse of `to_dict`; unknown keys are an error."""
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"system record has unknown field {unknown[0]!r}")
+        return cls(**data)
+
+    def canonical(self, registry: Registry | None = None) -> "SystemRecord":
+        """Validate every slot's name and options and fill in all defaults."""
+        registry = registry or default_registry()
+        options = {}
+        for slot, name in self.slot_names().items():
+            spec = registry.get(SLOTS[slot], name)
+            config = build_config(spec.config, self.options.get(slot, {}), where=slot)
+            options[slot] = config_to_dict(config)
+            if name != spec.name:  # resolve aliases to the canonical name
+                self = attrs.evolve(self, **{slot: spec.name})
+        stray = sorted(set(self.options) - set(options))
+        if stray:
+            raise ConfigError(f"options given for slot {stray[0]!r}, which this system does not use")
+        return attrs.evolve(self, options=options)
+
+
+class System(nn.Module):
+    """A built D²iT (or DiT) system: VAE, grain predictor and content transformer."""
+
+    def __init__(self, record: SystemRecord, vae=None, grain=None, content=None, attention=None):
+        super().__init__()
+        self.record = record
+        self.vae = vae
+        self.grain = grain
+        self.content = content
+        self.attention = attention
+
+    @property
+    def latent_scale(self) -> float:
+        """Multiply DVAE latents by this before diffusion (1/std of training latents)."""
+        return self.record.latent_scale
+
+    def weight_modules(self) -> dict[str, nn.Module]:
+        """Weight file stem -> module, for the parts this system has."""
+        out = {}
+        for stem, attr in WEIGHT_SLOTS.items():
+            module = getattr(self, attr)
+            if isinstance(module, nn.Module):
+                out[stem] = module
+        return out
+
+    def with_record(self, **changes) -> "System":
+        """Replace fields of the record (latent scale, thresholds) in place; returns self."""
+        self.record = attrs.evolve(self.record, **changes)
+        if self.record.thresholds and hasattr(self.vae, "set_thresholds"):
+            self.vae.set_thresholds(list(self.record.thresholds))
+        return self
+
+
+def latent_geometry(record: SystemRecord, vae) -> tuple[int, int, int | None]:
+    """(input_size, channels, grains) of the diffusion latent for this record."""
+    if vae is not None:
+        channels, factor, grains = vae.latent_channels, vae.downsample, vae.grains
+    else:
+        (channels, factor), grains = DEFAULT_LATENT, 2
+    if record.image_size % factor:
+        raise ConfigError(f"image size {record.image_size} is not divisible by the VAE's factor {factor}")
+    return record.image_size // factor, channels, grains
+
+
+def build(record: SystemRecord, registry: Registry | None = None) -> System:
+    """Instantiate every slot of `record` (randomly initialised) into a System."""
+    registry = registry or default_registry()
+    record = record.canonical(registry)
+    opts = record.options
+    attention = registry.create("attention", record.attention, opts.get("attention"), where="attention")
+    vae = None
+    if record.vae:
+        vae = registry.create("vae", record.vae, opts.get("vae"), where="vae", image_size=record.image_size)
+    input_size, channels, grains = latent_geometry(record, vae)
+    routed = record.refine is not None
+    backbone = registry.create(
+        "backbone",
+        record.backbone,
+        opts.get("backbone"),
+        where="backbone",
+        input_size=input_size,
+        in_channels=channels,
+        num_classes=record.num_classes,
+        grains=grains if routed else None,
+        attention=attention,
+    )
+    content = backbone
+    if routed:
+        content = registry.create("refiner", record.refine, opts.get("refine"), where="refine", backbone=backbone, attention=attention)
+    grain = None
+    if record.grain:
+        region = 2 ** ((grains or 1) - 1)
+        grain = registry.create(
+            "grain_predictor",
+            record.grain,
+            opts.get("grain"),
+            where="grain",
+            grid=input_size // region,
+            grains=grains or 1,
+            num_classes=record.num_classes,
+            attention=attention,
+        )
+    system = System(record, vae=vae, grain=grain, content=content, attention=attention)
+    return system.with_record()
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the d2it distributions."""
+    from d2it.registry import BUILTIN_DISTS
+
+    out = {}
+    for dist in sorted(BUILTIN_DISTS):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def save(system: System, directory, extra: dict | None = None):
+    """Write `d2it.json` and one `<part>.safetensors` per part that has weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, module in system.weight_modules().items():
+        meta = {"d2it.part": stem, "d2it.format": str(FORMAT)}
+        save_safetensors(module.state_dict(), directory / f"{stem}.safetensors", meta)
+    doc = {
+        "format": FORMAT,
+        "system": system.record.to_dict(),
+        "versions": package_versions(),
+        "extra": extra or {},
+    }
+    # the record is written last, so a directory with d2it.json is complete
+    atomic_write_text(directory / RECORD_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_record(directory) -> tuple[SystemRecord, dict]:
+    """(record, whole document) from a model directory's d2it.json."""
+    path = Path(directory) / RECORD_FILE
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"model directory {directory} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a model directory: it has no {RECORD_FILE}")
+    try:
+        doc = json.loads(path.read_text())
+        record = SystemRecord.from_dict(doc["system"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a valid d2it system record ({exc})") from None
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {doc.get('format')!r}; this d2it reads format {FORMAT}")
+    return record, doc
+
+
+def load(directory, registry: Registry | None = None, parts=None, device="cpu") -> System:
+    """Build the system recorded in `directory` and load its weights (all parts, or those named)."""
+    record, _ = read_record(directory)
+    system = build(record, registry)
+    for stem, module in system.weight_modules().items():
+        if parts is not None and stem not in parts:
+            continue
+        tensors, _ = load_safetensors(Path(directory) / f"{stem}.safetensors", device=device)
+        load_into(module, tensors, where=f"{Path(directory) / stem}.safetensors")
+    return system.to(device)
+
+
+def update_record(directory, **changes):
+    """Change fields of a saved record (latent scale, thresholds) without touching weights."""
+    record, doc = read_record(directory)
+    doc["system"] = attrs.evolve(record, **changes).to_dict()
+    atomic_write_text(Path(directory) / RECORD_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def torch_device(name: str | None = None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,21 @@
+"""pytest fixtures shipped with d2it (loaded through the `pytest11` entry point)."""
+
+import pytest
+
+from d2it.registry import Registry, use_registry
+
+
+@pytest.fixture
+def fresh_registry():
+    """A newly loaded registry of every installed plugin, made the default for the test."""
+    reg = Registry.from_entry_points()
+    with use_registry(reg):
+        yield reg
+
+
+@pytest.fixture
+def empty_registry():
+    """A registry with no plugins at all, made the default for the test."""
+    reg = Registry()
+    with use_registry(reg):
+        yield reg
