@@ -1,0 +1,1 @@
+"""d2it-sampling's built-in components (filled in by the diffusion implementation)."""
