@@ -1,0 +1,1 @@
+"""The training engine shared by every `d2it train` command."""
