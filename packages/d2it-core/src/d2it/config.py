@@ -4,6 +4,7 @@ import types
 import typing
 from typing import Any
 
+import attr
 import attrs
 
 from d2it.errors import ConfigError
@@ -40,7 +41,7 @@ def coerce(tp, value):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))):
             return None
         # try None last so that "none" only wins when nothing else parses
         for arg in sorted(args, key=lambda a: a is type(None)):
@@ -98,7 +99,7 @@ def build_config(cls, overrides: dict, where: str = "component"):
 
 def config_to_dict(config) -> dict:
     """A config instance as a JSON-ready dict (tuples become lists)."""
-    return attrs.asdict(config, retain_collection_types=False)
+    return attr.asdict(config, retain_collection_types=False)
 
 
 def config_options(cls) -> list[tuple[str, str, Any]]:

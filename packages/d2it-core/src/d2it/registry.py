@@ -26,7 +26,7 @@ def normalize(dist: str) -> str:
 
 def _disabled_from_env() -> frozenset:
     raw = os.environ.get(DISABLE_ENV, "")
-    return frozenset(normalize(p) for p in raw.split(",") if p.strip())
+    return frozenset(normalize(p.strip()) for p in raw.split(",") if p.strip())
 
 
 def _kind_label(kind: str) -> str:

@@ -4,6 +4,7 @@ import importlib.metadata as md
 import json
 from pathlib import Path
 
+import attr
 import attrs
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ class SystemRecord:
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
-        return attrs.asdict(self, retain_collection_types=False)
+        return attr.asdict(self, retain_collection_types=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SystemRecord":

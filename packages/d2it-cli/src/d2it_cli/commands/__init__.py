@@ -2,5 +2,8 @@
 
 from d2it_cli.commands.build import build
 from d2it_cli.commands.plugins import plugins
+from d2it_cli.commands.sample import sample
 
 COMMANDS = [build, plugins]
+COMMANDS.append(sample)
+from d2it_cli.commands.evaluate import eval_group; COMMANDS.append(eval_group)  # noqa: E402,E702

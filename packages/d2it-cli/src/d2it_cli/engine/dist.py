@@ -61,3 +61,64 @@ def main_first():
     yield
     if is_main():
         barrier()
+
+
+def all_reduce_mean(values: dict) -> dict:
+    """Average float values across ranks (one collective for the whole dict); returns plain floats."""
+    keys = sorted(values)
+    if not keys:
+        return {}
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        t = t / world_size()
+    return dict(zip(keys, t.cpu().tolist()))
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across ranks in place (no-op in a single process); returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def average_gradients(module: torch.nn.Module):
+    """Average the gradients of `module` across ranks (for parts trained without a DDP wrapper)."""
+    if not is_distributed():
+        return
+    n = world_size()
+    for p in module.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(n)
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0):
+    """Copy parameters and buffers of `module` from rank `src` to every rank."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src)
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0):
+    """Copy the buffers (not the parameters) of `module` from rank `src` to every rank."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in module.buffers():
+            dist.broadcast(t.data, src)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable object from rank `src` to every rank and return it."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -19,3 +19,20 @@ def empty_registry():
     reg = Registry()
     with use_registry(reg):
         yield reg
+
+
+def pytest_configure(config):
+    """Register the `gpu` marker."""
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu`-marked tests on machines without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

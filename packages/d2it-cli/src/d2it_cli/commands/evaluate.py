@@ -1,0 +1,231 @@
+"""`d2it eval`: score generated images (gen), cache reference statistics (ref), VAE reconstructions (recon)
+and the paper's FID-10K / FID-50K protocols end to end (sample-and-score)."""
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from d2it import system as systems
+from d2it.errors import D2itError
+from d2it.io import atomic_write_text
+from d2it_cli.evaluation.extractor import INCEPTION
+from d2it_cli.evaluation.recon import RECON_METRICS
+from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics
+from d2it_cli.table import format_table
+
+# named protocols: FFHQ FID-10K (paper Table 1 and ablations), ImageNet FID-50K with IS and precision/recall (Table 2)
+PRESETS = {
+    "fid-10k": {"num": 10000, "metrics": "fid"},
+    "fid-50k": {"num": 50000, "metrics": "fid,isc,prc"},
+}
+
+
+def _extractor_options(fn):
+    """--inception-weights and the hidden --feature-extractor."""
+    fn = click.option("--feature-extractor", default=INCEPTION, show_default=True, hidden=True,
+                      help="torch-fidelity feature extractor name (testing).")(fn)
+    fn = click.option("--inception-weights", type=click.Path(dir_okay=False),
+                      help="Local feature-extractor weights (default: torch-fidelity's cache, else download).")(fn)
+    return fn
+
+
+def _run_options(fn):
+    """--batch --device --seed --workers --quiet."""
+    fn = click.option("--quiet", is_flag=True, help="No progress bars.")(fn)
+    fn = click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+                      help="Image decoding worker processes.")(fn)
+    fn = click.option("--seed", default=2020, show_default=True, type=int,
+                      help="Seed of the metrics' random subsets (IS splits, KID).")(fn)
+    fn = click.option("--device", default=None, help="Device for the networks (default: CUDA when available).")(fn)
+    fn = click.option("--batch", "batch_size", default=64, show_default=True, type=click.IntRange(min=1),
+                      help="Images per feature-extraction batch.")(fn)
+    return fn
+
+
+def _resize_options(fn):
+    """--resize and --image-size."""
+    fn = click.option("--image-size", type=click.IntRange(min=1), help="Target size for --resize center-crop.")(fn)
+    fn = click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
+                      help="none: use images as they are; center-crop: ADM's resize + centre crop to --image-size.")(fn)
+    return fn
+
+
+def _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize="none",
+              image_size=None) -> Settings:
+    return Settings(
+        extractor=feature_extractor, weights=inception_weights, batch_size=batch_size,
+        device=str(systems.torch_device(device)), seed=seed, workers=workers, resize=resize,
+        image_size=image_size, progress=not quiet and sys.stderr.isatty(),
+    )
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e4 else f"{value:.1f}"
+    return str(value)
+
+
+def _report(doc: dict, out, as_json: bool):
+    """Write the JSON document (atomically) and print it or a table."""
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if out:
+        atomic_write_text(out, text)
+    if as_json:
+        click.echo(text, nl=False)
+        return
+    click.echo(format_table(["metric", "value"], [[k, _fmt(v)] for k, v in doc["metrics"].items()]))
+    ext = doc.get("feature_extractor")
+    if ext:
+        click.echo(f"\nfeature extractor: {ext['name']} (weights sha256 {ext['weights_sha256'][:16]}…)")
+    for key in ("samples", "reference", "data"):
+        part = doc.get(key)
+        if part:
+            where = part.get("path") or part.get("spec")
+            click.echo(f"{key}: {part.get('count')} images from {where}")
+    if out:
+        click.echo(f"wrote {out}")
+
+
+@click.group(name="eval")
+def eval_group():
+    """Evaluate: FID/IS/KID/precision-recall of samples, reference statistics, VAE reconstructions."""
+
+
+@eval_group.command("gen")
+@click.option("--samples", required=True, type=click.Path(),
+              help="Folder of PNGs or ADM-style .npz (arr_0 uint8 NHWC).")
+@click.option("--ref", required=True, type=click.Path(),
+              help="Reference: image folder, .npz (ADM reference batches' mu/sigma are used) or `d2it eval ref` stats.")
+@click.option("--metrics", "metric_names", default=",".join(GEN_METRICS), show_default=True,
+              help="Comma-separated metrics.")
+@click.option("--num", type=click.IntRange(min=1), help="Use the first N samples (error when there are fewer).")
+@click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_resize_options
+@_extractor_options
+@_run_options
+@click.pass_obj
+def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_size, feature_extractor,
+        inception_weights, batch_size, device, seed, workers, quiet):
+    """Score generated images against a reference set with torch-fidelity."""
+    from d2it_cli.evaluation.scoring import score
+
+    settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
+                         image_size)
+    doc = score(samples, ref, parse_metrics(metric_names), obj["registry"], settings, num=num, sets=sets)
+    _report(doc, out, as_json)
+
+
+@eval_group.command("ref")
+@click.option("--data", required=True, type=click.Path(), help="Reference images: folder or .npz.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Statistics file (.safetensors).")
+@click.option("--num", type=click.IntRange(min=1), help="Use the first N images.")
+@click.option("--no-features", is_flag=True, help="Keep only mean and covariance (no KID or precision/recall later).")
+@_resize_options
+@_extractor_options
+@_run_options
+@click.pass_obj
+def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor, inception_weights, batch_size,
+        device, seed, workers, quiet):
+    """Precompute reference statistics (mean, covariance, features) once, for `eval gen --ref`."""
+    from d2it_cli.evaluation.scoring import reference_stats
+
+    settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
+                         image_size)
+    meta = reference_stats(data, out, settings, num=num, keep_features=not no_features)
+    h, w = meta["image_size"]
+    click.echo(f"wrote {out}: {meta['count']} images of {w}x{h}, layers {', '.join(meta['layers'])}, "
+               f"extractor {meta['extractor']['name']} (weights sha256 {meta['extractor']['weights_sha256'][:16]}…)")
+
+
+@eval_group.command("recon")
+@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False), help="Model directory.")
+@click.option("--data", required=True, help="Image folder, 'synthetic' or 'synthetic:N'.")
+@click.option("--num", type=click.IntRange(min=1), help="Use the first N images (rFID-10K: 10000).")
+@click.option("--metrics", "metric_names", default=",".join(RECON_METRICS), show_default=True,
+              help="Comma-separated: rfid, lpips, psnr.")
+@click.option("--lpips-weights", type=click.Path(dir_okay=False), help="A full LPIPS state dict (offline use).")
+@click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_extractor_options
+@_run_options
+@click.pass_obj
+def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as_json, feature_extractor,
+          inception_weights, batch_size, device, seed, workers, quiet):
+    """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
+    from d2it_cli.evaluation.recon import evaluate_recon
+
+    names = parse_metrics(metric_names, RECON_METRICS)
+    if lpips_weights:
+        sets = (*sets, f"lpips.weights={lpips_weights}")
+    settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet)
+    doc = evaluate_recon(system_dir, data, names, obj["registry"], settings, num=num, sets=sets)
+    _report(doc, out, as_json)
+
+
+@eval_group.command("sample-and-score")
+@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False), help="Model directory.")
+@click.option("--ref", required=True, type=click.Path(), help="Reference: stats file, image folder or ADM .npz.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="fid-10k (FFHQ) or fid-50k (ImageNet, +IS, P/R).")
+@click.option("--num", type=click.IntRange(min=1), help="Number of samples (overrides the preset).")
+@click.option("--metrics", "metric_names", default=None, help="Comma-separated metrics (overrides the preset).")
+@click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--sampler", default=None, help="Sampler component (default: the system's).")
+@click.option("--cfg-scale", default=1.5, show_default=True, type=float, help="Classifier-free guidance (1 = off).")
+@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float, help="Grain predictor guidance.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per batch and shard.")
+@click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
+@click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (resumable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--eval-batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images per feature-extraction batch.")
+@click.option("--metric-seed", default=2020, show_default=True, type=int, help="Seed of IS splits and KID subsets.")
+@click.option("--device", default=None, help="Device (default: CUDA when available; torchrun: one GPU per rank).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_extractor_options
+@click.pass_obj
+def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sampler, cfg_scale, grain_cfg_scale, seed,
+                     batch, classes_uniform, sets, out, as_json, eval_batch, metric_seed, device, quiet,
+                     feature_extractor, inception_weights):
+    """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
+    from d2it_cli import generation
+    from d2it_cli.engine import dist
+    from d2it_cli.evaluation.scoring import score
+
+    chosen = PRESETS.get(preset, {})
+    num = num or chosen.get("num")
+    if num is None:
+        raise D2itError("give --num or --preset (fid-10k, fid-50k)")
+    names = parse_metrics(metric_names or chosen.get("metrics") or "fid")
+    registry = obj["registry"]
+    dev = dist.init_distributed(device)
+    system = systems.load(system_dir, registry, device=dev)
+    out = Path(out)
+    paths = generation.run_shards(
+        system, num, out, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
+        cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch, device=dev,
+        progress=not quiet, resume=True,
+    )
+    main = dist.is_main()
+    dist.shutdown()
+    if not main:
+        return
+    arrays = generation.read_shards(paths)
+    npz = out / generation.NPZ_NAME
+    generation.write_npz(npz, **arrays)
+    settings = _settings(feature_extractor, inception_weights, eval_batch, str(dev), metric_seed, 0, quiet)
+    doc = score(str(npz), ref, names, registry, settings, num=num, sets=sets)
+    sampling = json.loads((out / generation.SHARD_DIR / generation.MANIFEST_NAME).read_text())
+    doc["sampling"] = {**sampling, "preset": preset, "system_path": str(Path(system_dir).resolve())}
+    if "grain_maps" in arrays and len(arrays["grain_maps"]):
+        grains = getattr(system.vae, "grains", 2) or 2
+        doc["metrics"]["fine_ratio"] = float((arrays["grain_maps"] == grains - 1).mean())
+    _report(doc, out / "metrics.json", as_json)

@@ -1,0 +1,171 @@
+"""Training checkpoints: RUN_DIR/checkpoints/step-XXXXXXX/ written atomically, with a `latest` pointer written last.
+
+A checkpoint directory holds one `<part>.safetensors` per trained module (string metadata only),
+`state.pt` (optimizers, EMA, step, data position; rank 0) and `rng-RRRRR.pt` per rank, all read
+with `torch.load(weights_only=True)`. It is assembled under a hidden temporary name and renamed
+into place only when every file is complete, so an interrupted write leaves the previous
+checkpoint (and the pointer to it) intact.
+"""
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from d2it import io
+from d2it.errors import CheckpointError
+from d2it_cli.engine import dist
+
+CKPT_DIR = "checkpoints"
+LATEST = "latest"
+STATE = "state.pt"
+STEP_RE = re.compile(r"^step-(\d{7,})$")
+
+
+def step_name(step: int) -> str:
+    """Directory name of the checkpoint at `step`."""
+    return f"step-{step:07d}"
+
+
+def rng_file(rank: int) -> str:
+    """File name of one rank's RNG state."""
+    return f"rng-{rank:05d}.pt"
+
+
+def capture_rng() -> dict:
+    """This process's RNG states (torch CPU and CUDA, numpy, python) as weights-only-loadable data."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [int(py_state[0]), [int(x) for x in py_state[1]], py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict):
+    """Inverse of `capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_root(run_dir) -> Path:
+    """RUN_DIR/checkpoints."""
+    return Path(run_dir) / CKPT_DIR
+
+
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """Complete checkpoints (step, path) in step order; temporary directories are ignored."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE).is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint `latest` points at, or the newest complete one if the pointer is missing or stale."""
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if (target / STATE).is_file():
+            return target
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str, run_dir) -> Path:
+    """`--resume` value (`latest`, a checkpoint directory or a run directory) -> checkpoint directory."""
+    if resume == "latest":
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise CheckpointError(f"--resume latest found no checkpoint under {checkpoint_root(run_dir)}")
+        return path
+    path = Path(resume)
+    if (path / STATE).is_file():
+        return path
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{resume} is not a training checkpoint (no {STATE} in it or under its checkpoints/)")
+
+
+def clean_temporaries(run_dir):
+    """Remove half-written checkpoint directories left by an interrupted run (rank 0)."""
+    root = checkpoint_root(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:
+    """Write checkpoint `step` on every rank (collective): rank 0 writes weights and state, each rank its RNG."""
+    root = checkpoint_root(run_dir)
+    name = step_name(step)
+    tmp = root / f".{name}.tmp"
+    final = root / name
+    if dist.is_main():
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    if dist.is_main():
+        for part, tensors in weights.items():
+            io.save_safetensors(tensors, tmp / f"{part}.safetensors", {"d2it.part": part, "d2it.step": str(step)})
+        io.save_state(state, tmp / STATE)
+    io.save_state(capture_rng(), tmp / rng_file(dist.rank()))
+    dist.barrier()
+    if dist.is_main():
+        trash = root / f".{name}.old"
+        if final.exists():
+            os.replace(final, trash)
+        os.replace(tmp, final)
+        io.atomic_write_text(root / LATEST, name + "\n")
+        if trash.exists():
+            shutil.rmtree(trash)
+        if keep:
+            for _, old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path) -> tuple[dict, dict, dict]:
+    """(weights {part: tensors}, state, this rank's RNG state) of a checkpoint directory."""
+    path = Path(path)
+    state = io.load_state(path / STATE)
+    weights = {}
+    for f in sorted(path.glob("*.safetensors")):
+        weights[f.stem], _ = io.load_safetensors(f)
+    rng_path = path / rng_file(dist.rank())
+    if not rng_path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} has no RNG state for rank {dist.rank()}: it was written by "
+            f"{state.get('world_size', '?')} processes and this run has {dist.world_size()}"
+        )
+    return weights, state, io.load_state(rng_path)

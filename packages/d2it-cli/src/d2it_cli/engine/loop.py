@@ -1,0 +1,480 @@
+"""The training loop shared by `d2it train dvae|grain|content`.
+
+One code path for a single process (CPU or one GPU) and for `torchrun` (DDP: the task's main
+module is wrapped in DistributedDataParallel, auxiliary modules such as the discriminator have
+their gradients averaged by hand). Every random choice is reproducible: each rank's data order
+comes from (seed, epoch), each item's augmentation from its own seed, and the RNG states are part
+of the checkpoint, so a resumed run repeats the losses of an uninterrupted one exactly.
+"""
+
+import json
+import math
+import random
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from d2it import io
+from d2it.errors import CheckpointError, ConfigError, DataError
+from d2it_cli.engine import checkpoint as ckpt
+from d2it_cli.engine import dist
+from d2it_cli.engine.ema import EMA
+
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "train.json"
+SAMPLES_DIR = "samples"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@attrs.define
+class TrainConfig:
+    """Engine options (per-rank micro-batch `batch`; global batch = batch x grad_accum x world size)."""
+
+    run_dir: Path = attrs.field(converter=Path)
+    batch: int = 8
+    grad_accum: int = 1
+    steps: int | None = None
+    epochs: float | None = None
+    workers: int = 0
+    precision: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 0
+    ckpt_every: int = 1000
+    keep: int | None = None
+    warmup: str = "0"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    resume: str | None = None
+    quiet: bool = False
+    device: str | None = None
+    max_grad_norm: float | None = None
+
+    def validate(self):
+        """Raise ConfigError for impossible settings."""
+        if self.batch < 1 or self.grad_accum < 1:
+            raise ConfigError("--batch and --grad-accum must be at least 1")
+        if self.steps is None and self.epochs is None:
+            raise ConfigError("give --steps or --epochs")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.log_every < 1:
+            raise ConfigError("--log-every must be at least 1")
+        parse_warmup(self.warmup, 1)
+
+
+def parse_warmup(text, steps_per_epoch: int) -> int:
+    """Warm-up length in optimizer steps from `N` (steps) or `Xep` (epochs)."""
+    raw = str(text).strip().lower()
+    try:
+        if raw.endswith("ep"):
+            return int(round(float(raw[:-2]) * steps_per_epoch))
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"--warmup expects a step count or epochs like '0.5ep', got {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"--warmup must not be negative, got {text!r}")
+    return int(value)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63 - 1)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a dataset so that item (index, seed) is drawn with torch/numpy/python seeded by `seed`."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                np.random.set_state(np_state)
+                random.setstate(py_state)
+
+
+class EpochBatches:
+    """Each rank's micro-batches of (index, item seed): a seeded permutation per epoch, sharded by rank."""
+
+    def __init__(self, size: int, batch: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch, self.seed, self.rank, self.world = size, batch, seed, rank, world
+        self.per_epoch = (size // world) // batch
+        if self.per_epoch < 1:
+            raise DataError(
+                f"the dataset has {size} items, fewer than one batch of {batch} per process on {world} process(es)"
+            )
+
+    def epoch(self, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
+        """Micro-batches `start`.. of `epoch` for this rank."""
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        perm = torch.randperm(self.size, generator=g)[: (self.size // self.world) * self.world]
+        mine = perm[self.rank :: self.world].tolist()
+        out = []
+        for b in range(start, self.per_epoch):
+            idx = mine[b * self.batch : (b + 1) * self.batch]
+            out.append([(i, item_seed(self.seed, epoch, i)) for i in idx])
+        return out
+
+
+def to_device(batch, device):
+    """Move every tensor of a (nested) batch to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def progress_enabled(quiet: bool) -> bool:
+    """Bars only on rank 0, with a terminal on stdout and without --quiet."""
+    return not quiet and sys.stdout.isatty() and dist.is_main()
+
+
+class Task:
+    """What a trainer provides; subclass and fill in `modules`, `make_optimizers` and `micro_step`."""
+
+    name = "task"
+    dataset: torch.utils.data.Dataset = None
+    collate_fn = None
+    images_per_item = 1
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Trained modules by checkpoint name; the first is the main one (DDP-wrapped)."""
+        raise NotImplementedError
+
+    def make_optimizers(self, trainer) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers by name (their param groups' `lr` is the base learning rate)."""
+        raise NotImplementedError
+
+    def micro_step(self, trainer, batch, step: int, scale: float) -> dict:
+        """Forward and backward of one micro-batch (losses multiplied by `scale`); returns detached log values."""
+        raise NotImplementedError
+
+    def ema_names(self) -> list[str]:
+        """Modules that get an EMA copy when --ema is on."""
+        return [next(iter(self.modules()))]
+
+    def sample(self, trainer, step: int, path: Path):
+        """Write a preview PNG (rank 0, eval mode, RNG forked); optional."""
+
+    def finish(self, trainer):
+        """Save the trained part where it belongs (rank 0); optional."""
+
+
+class Trainer:
+    """Runs a Task: devices, DDP, precision, accumulation, EMA, logging, previews, checkpoints and resume."""
+
+    def __init__(self, task: Task, config: TrainConfig):
+        config.validate()
+        self.task = task
+        self.config = config
+        self.device = dist.init_distributed(config.device)
+        self.run_dir = config.run_dir
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.step = 0
+        self.epoch = 0
+        self.position = 0
+        self.wrapped: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.ema: dict[str, EMA] = {}
+        self.history: list[dict] = []
+
+    # -- helpers for tasks -------------------------------------------------------------------
+    def autocast(self):
+        """The forward-pass precision context (bf16 autocast or nothing)."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over all ranks."""
+        return self.config.batch * self.config.grad_accum * dist.world_size()
+
+    def module(self, name: str) -> nn.Module:
+        """The unwrapped module `name`."""
+        return self.task.modules()[name]
+
+    @contextmanager
+    def evaluating(self):
+        """Eval mode, no grad and a forked RNG (so previews never change training randomness)."""
+        mods = self.task.modules()
+        modes = {k: m.training for k, m in mods.items()}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for m in mods.values():
+                m.eval()
+            try:
+                yield
+            finally:
+                for k, m in mods.items():
+                    m.train(modes[k])
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _setup(self):
+        cfg = self.config
+        torch.manual_seed(cfg.seed * 1000 + dist.rank())
+        np.random.seed((cfg.seed * 1000 + dist.rank()) % 2**32)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        modules = self.task.modules()
+        if not modules:
+            raise ConfigError(f"{self.task.name} has nothing to train")
+        for m in modules.values():
+            m.to(self.device).train()
+        main = next(iter(modules))
+        for name, m in modules.items():
+            if dist.is_distributed() and name == main:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.wrapped[name] = nn.parallel.DistributedDataParallel(m, device_ids=ids, find_unused_parameters=True)
+            else:
+                dist.broadcast_module(m)
+                self.wrapped[name] = m
+        self.optimizers = self.task.make_optimizers(self)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
+        if cfg.ema:
+            self.ema = {name: EMA(modules[name], cfg.ema_decay) for name in self.task.ema_names()}
+        self.batches = EpochBatches(len(self.task.dataset), cfg.batch, cfg.seed, dist.rank(), dist.world_size())
+        per_epoch_steps = max(1, self.batches.per_epoch // cfg.grad_accum)
+        self.total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * per_epoch_steps))
+        self.warmup = parse_warmup(cfg.warmup, per_epoch_steps)
+
+    def _resume(self):
+        path = ckpt.resolve_resume(self.config.resume, self.run_dir)
+        weights, state, rng = ckpt.load_checkpoint(path)
+        if state.get("world_size", 1) != dist.world_size():
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state.get('world_size')} processes; resume it with as many"
+            )
+        for key in ("batch", "grad_accum", "seed"):
+            if state.get(key) != getattr(self.config, key):
+                raise CheckpointError(f"checkpoint {path} used --{key.replace('_', '-')} {state.get(key)}; resume with the same value")
+        modules = self.task.modules()
+        for name, m in modules.items():
+            if name not in weights:
+                raise CheckpointError(f"checkpoint {path} has no weights for {name}")
+            io.load_into(m, {k: v.to(self.device) for k, v in weights[name].items()}, where=f"{path / name}.safetensors")
+        for name, opt in self.optimizers.items():
+            if name not in state["optimizers"]:
+                raise CheckpointError(f"checkpoint {path} has no state for optimizer {name}")
+            opt.load_state_dict(state["optimizers"][name])
+        for name, ema in self.ema.items():
+            if name in state.get("ema", {}):
+                ema.load_state_dict(state["ema"][name])
+            else:  # EMA switched on at resume: start from the current weights
+                ema.shadow = EMA(modules[name], ema.decay).shadow
+        self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        ckpt.restore_rng(rng)
+        return path
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _micro_batches(self):
+        cfg = self.config
+        pin = self.device.type == "cuda"
+        while True:
+            plan = self.batches.epoch(self.epoch, self.position)
+            loader = torch.utils.data.DataLoader(
+                SeededItems(self.task.dataset),
+                batch_sampler=plan,
+                num_workers=cfg.workers,
+                collate_fn=self.task.collate_fn,
+                pin_memory=pin,
+                generator=torch.Generator(),
+            )
+            for batch in loader:
+                self.position += 1
+                yield batch
+            self.epoch += 1
+            self.position = 0
+
+    def _set_lr(self):
+        factor = min(1.0, (self.step + 1) / self.warmup) if self.warmup > 0 else 1.0
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        return factor
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "world_size": dist.world_size(),
+            "batch": self.config.batch,
+            "grad_accum": self.config.grad_accum,
+            "seed": self.config.seed,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "ema": {k: e.state_dict() for k, e in self.ema.items()},
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current step (all ranks)."""
+        weights = {k: m.state_dict() for k, m in self.task.modules().items()} if dist.is_main() else {}
+        return ckpt.save_checkpoint(self.run_dir, self.step, weights, self._state() if dist.is_main() else {},
+                                    keep=self.config.keep)
+
+    def _trim_log(self):
+        path = self.run_dir / LOG_FILE
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        io.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _write_config(self):
+        doc = {k: str(v) if isinstance(v, Path) else v for k, v in attrs.asdict(self.config).items()}
+        doc.update(task=self.task.name, world_size=dist.world_size(), precision=self.precision,
+                   total_steps=self.total_steps, warmup_steps=self.warmup, global_batch=self.global_batch,
+                   lr={k: o.param_groups[0]["base_lr"] for k, o in self.optimizers.items()})
+        io.atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    def fit(self) -> list[dict]:
+        """Train to the configured length; returns the logged records (rank 0)."""
+        cfg = self.config
+        self._setup()
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_temporaries(self.run_dir)
+        dist.barrier()
+        resumed = self._resume() if cfg.resume else None
+        if dist.is_main():
+            self._write_config()
+            if resumed is not None:
+                self._trim_log()
+        log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
+        writer = _tensorboard(self.run_dir) if dist.is_main() else None
+        main = self.wrapped[next(iter(self.wrapped))]
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.task.name}",
+                   disable=not progress_enabled(cfg.quiet), dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        count, images, t0 = 0, 0, time.perf_counter()
+        batches = self._micro_batches()
+        try:
+            while self.step < self.total_steps:
+                lr_factor = self._set_lr()
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                for micro in range(cfg.grad_accum):
+                    batch = to_device(next(batches), self.device)
+                    last = micro == cfg.grad_accum - 1
+                    sync = main.no_sync() if (dist.is_distributed() and not last and hasattr(main, "no_sync")) else nullcontext()
+                    with sync:
+                        logs = self.task.micro_step(self, batch, self.step, 1.0 / cfg.grad_accum)
+                    for k, v in logs.items():
+                        v = torch.as_tensor(v, dtype=torch.float64).detach().to(self.device)
+                        sums[k] = sums.get(k, 0) + v / cfg.grad_accum
+                aux = [m for name, m in self.wrapped.items() if m is self.task.modules()[name]]
+                if dist.is_distributed():
+                    for m in aux:
+                        dist.average_gradients(m)
+                if cfg.max_grad_norm:
+                    for name, opt in self.optimizers.items():
+                        params = [p for g in opt.param_groups for p in g["params"]]
+                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        sums[f"grad_norm_{name}"] = sums.get(f"grad_norm_{name}", 0) + norm.detach().double()
+                for opt in self.optimizers.values():
+                    opt.step()
+                if dist.is_distributed():
+                    for m in aux:  # e.g. batch-norm statistics: rank 0's, as DDP does for the main module
+                        dist.broadcast_buffers(m)
+                for name, ema in self.ema.items():
+                    ema.update(self.task.modules()[name])
+                self.step += 1
+                count += 1
+                images += self.global_batch * self.task.images_per_item
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    values = {k: float(v) / count for k, v in sums.items()}
+                    values = dist.all_reduce_mean(values)
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": self.step, "epoch": self.epoch, **{k: values[k] for k in sorted(values)},
+                              "lr": max(g["lr"] for o in self.optimizers.values() for g in o.param_groups),
+                              "lr_factor": lr_factor, "images_per_s": images / max(elapsed, 1e-9), "time": time.time()}
+                    self.history.append(record)
+                    if log_file is not None:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                        if writer is not None:
+                            for k, v in record.items():
+                                if k not in ("step", "time") and isinstance(v, float):
+                                    writer.add_scalar(f"{self.task.name}/{k}", v, self.step)
+                    main_loss = values.get("loss", next(iter(values.values()), float("nan")))
+                    bar.set_postfix(loss=f"{main_loss:.4f}", refresh=False)
+                    sums, count, images, t0 = {}, 0, 0, time.perf_counter()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.write_sample()
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if log_file is not None:
+                log_file.close()
+            if writer is not None:
+                writer.close()
+        if dist.is_main():
+            self.task.finish(self)
+        dist.barrier()
+        return self.history
+
+    def write_sample(self):
+        """Write the task's preview for the current step (rank 0 only)."""
+        if dist.is_main():
+            path = self.run_dir / SAMPLES_DIR / f"{ckpt.step_name(self.step)}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.evaluating():
+                self.task.sample(self, self.step, path)
+        dist.barrier()
+
+    def final_weights(self, name: str) -> dict:
+        """Weights of module `name` to export: the EMA copy when there is one."""
+        module = self.task.modules()[name]
+        if name in self.ema:
+            return self.ema[name].weights(module)
+        return module.state_dict()
+
+
+def _tensorboard(run_dir):
+    """A TensorBoard writer when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+
+def read_log(run_dir) -> list[dict]:
+    """The JSON-lines training log of a run directory."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,97 @@
+"""Reconstruction evaluation of a system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from d2it import system as systems
+from d2it.errors import D2itError, DataError
+from d2it_cli.evaluation.extractor import Extractor, FeatureAccumulator
+from d2it_cli.evaluation.metrics import FeatureSet, psnr
+from d2it_cli.evaluation.scoring import Settings, extractor_class, make_metrics, versions
+
+RECON_METRICS = ("rfid", "lpips", "psnr")
+
+
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] NCHW float -> uint8 NCHW with DiT's rounding (uint8 inputs round-trip exactly)."""
+    from d2it_cli.images import to_uint8
+
+    return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(reconstruction, grain map) with the posterior mode: encode -> sample_latent(mode=True) -> decode."""
+    if all(hasattr(vae, m) for m in ("grain_map", "encode", "sample_latent", "decode")):
+        grain_map = vae.grain_map(images)
+        z = vae.sample_latent(vae.encode(images, grain_map), grain_map, mode=True)
+        return vae.decode(z), grain_map
+    out = vae(images)
+    return out.recon, getattr(out, "grain_map", None)
+
+
+def evaluate_recon(system_dir, data, names, registry, settings: Settings, num=None, sets=()) -> dict:
+    """Reconstruct `data` with the system's VAE and score it; returns the result document."""
+    from d2it_cli.data import open_dataset
+
+    record, _ = systems.read_record(system_dir)
+    if not record.vae:
+        raise D2itError(f"the system in {system_dir} has no VAE to evaluate")
+    system = systems.load(system_dir, registry, parts=("vae",), device=settings.device)
+    vae = system.vae.eval()
+    dataset = open_dataset(data, record.image_size, train=False, registry=registry)
+    total = len(dataset)
+    if num is not None:
+        if total < num:
+            raise DataError(f"{data} holds {total} images, fewer than the {num} requested (--num)")
+        dataset = Subset(dataset, range(num))
+    metrics = make_metrics(registry, [n for n in names if n != "psnr"], sets, device=settings.device)
+    lpips_metric = metrics.get("lpips")
+    extractor = acc_in = acc_out = None
+    if "rfid" in metrics:
+        layer = metrics["rfid"].layer_for(extractor_class(settings.extractor))
+        extractor = Extractor(settings.extractor, [layer], settings.weights, settings.device)
+        acc_in, acc_out = FeatureAccumulator(extractor), FeatureAccumulator(extractor)
+    sums = {"lpips": 0.0, "psnr": 0.0, "fine": 0.0, "regions": 0}
+    count = 0
+    grains = getattr(vae, "grains", 1) or 1
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers)
+    for batch in loader:
+        images = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(settings.device).float()
+        recon, grain_map = reconstruct(vae, images)
+        recon = recon.float().clamp(-1, 1)
+        count += images.shape[0]
+        if acc_in is not None:
+            acc_in.add(_uint8(images))
+            acc_out.add(_uint8(recon))
+        if lpips_metric is not None:
+            sums["lpips"] += float(lpips_metric(recon, images).sum())
+        sums["psnr"] += float(psnr(recon, images).sum())
+        if grain_map is not None and grains > 1:
+            sums["fine"] += float((grain_map == grains - 1).sum())
+            sums["regions"] += grain_map.numel()
+    values = {}
+    if acc_in is not None:
+        recon_set, input_set = FeatureSet(acc_out.features()), FeatureSet(acc_in.features())
+        values.update(metrics["rfid"](recon_set, input_set, layer, settings.seed))
+    if lpips_metric is not None:
+        values["lpips"] = sums["lpips"] / count
+    if "psnr" in names:
+        values["psnr"] = sums["psnr"] / count
+    values["fine_ratio"] = sums["fine"] / sums["regions"] if sums["regions"] else None
+    return {
+        "metrics": values,
+        "system": {"path": os.path.abspath(system_dir), "vae": record.vae, "image_size": record.image_size,
+                   "thresholds": list(record.thresholds)},
+        "data": {"spec": str(data), "count": count, "available": total,
+                 "pixel_sha256": acc_in.pixel_sha256() if acc_in is not None else None},
+        "feature_extractor": ({**extractor.describe(), "layers": {"rfid": layer}} if extractor else None),
+        "metric_options": {n: m.options for n, m in metrics.items()},
+        "reconstruction": "encode -> sample_latent(mode=True) -> decode, clamped to [-1, 1]",
+        "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "device": settings.device,
+        "versions": versions(),
+    }

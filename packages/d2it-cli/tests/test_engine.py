@@ -1,0 +1,197 @@
+"""The training engine: exact resume, interrupted checkpoint writes, and 2-process DDP on CPU (gloo)."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from d2it.errors import CheckpointError, ConfigError, DataError
+from d2it_cli.engine import Task, TrainConfig, Trainer, latest_checkpoint, load_checkpoint, read_log
+from d2it_cli.engine import checkpoint as ckpt
+from d2it_cli.engine.loop import EpochBatches
+
+
+class Noisy(torch.utils.data.Dataset):
+    """Vectors with a random augmentation drawn from torch's global generator."""
+
+    def __init__(self, n=24):
+        g = torch.Generator().manual_seed(5)
+        self.x = torch.randn(n, 4, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(4), i
+
+
+class ToyTask(Task):
+    """A regression model (DDP-wrapped) and an auxiliary critic (gradients averaged by hand)."""
+
+    name = "toy"
+
+    def __init__(self, n=24):
+        torch.manual_seed(0)
+        self.dataset = Noisy(n)
+        self.model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.critic = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+        self.seen = []
+
+    def modules(self):
+        return {"model": self.model, "critic": self.critic}
+
+    def make_optimizers(self, trainer):
+        return {"model": torch.optim.Adam(self.model.parameters(), lr=1e-2),
+                "critic": torch.optim.Adam(self.critic.parameters(), lr=1e-2)}
+
+    def micro_step(self, trainer, batch, step, scale):
+        x, idx = batch
+        self.seen.extend(idx.tolist())
+        noise = torch.randn(x.shape[0], 1)  # randomness inside the step: must be restored on resume
+        with trainer.autocast():
+            pred = trainer.wrapped["model"](x)
+        loss = ((pred - x.sum(1, keepdim=True) - 0.01 * noise) ** 2).mean()
+        (loss * scale).backward()
+        critic_loss = trainer.wrapped["critic"](pred.detach()).pow(2).mean()
+        (critic_loss * scale).backward()
+        return {"loss": loss.detach(), "critic": critic_loss.detach()}
+
+
+def config(run_dir, **kw):
+    base = dict(batch=4, grad_accum=2, steps=6, ckpt_every=3, log_every=1, warmup="2", ema=True,
+                ema_decay=0.9, quiet=True, seed=3)
+    base.update(kw)
+    return TrainConfig(run_dir=run_dir, **base)
+
+
+def losses(run_dir):
+    return {r["step"]: (r["loss"], r["critic"], r["lr"]) for r in read_log(run_dir)}
+
+
+def test_resume_repeats_uninterrupted_losses_exactly(tmp_path):
+    full = Trainer(ToyTask(), config(tmp_path / "full", workers=2))
+    full.fit()
+    Trainer(ToyTask(), config(tmp_path / "cut", steps=3, workers=2)).fit()
+    assert sorted(losses(tmp_path / "cut")) == [1, 2, 3]
+    resumed_task = ToyTask()
+    Trainer(resumed_task, config(tmp_path / "cut", resume="latest", workers=2)).fit()
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert a[step] == b[step], step
+    for k, v in full.task.model.state_dict().items():
+        assert torch.equal(v, resumed_task.model.state_dict()[k]), k
+    # EMA, optimizer and data position are in the final checkpoint
+    _, state, _ = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
+    assert state["step"] == 6 and "model" in state["ema"] and set(state["optimizers"]) == {"model", "critic"}
+    # warm-up: linear over 2 steps, then constant
+    assert a[1][2] == pytest.approx(5e-3) and a[2][2] == pytest.approx(1e-2) and a[6][2] == pytest.approx(1e-2)
+
+
+def test_a_different_seed_changes_the_losses(tmp_path):
+    Trainer(ToyTask(), config(tmp_path / "a", steps=2)).fit()
+    Trainer(ToyTask(), config(tmp_path / "b", steps=2, seed=4)).fit()
+    assert losses(tmp_path / "a")[2] != losses(tmp_path / "b")[2]
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = ckpt.io.save_state
+
+    def failing(obj, path):
+        if "step-0000004" in str(path) and Path(path).name == ckpt.STATE:
+            raise OSError("disk full (simulated)")
+        return real(obj, path)
+
+    monkeypatch.setattr(ckpt.io, "save_state", failing)
+    with pytest.raises(OSError, match="simulated"):
+        Trainer(ToyTask(), config(run, ckpt_every=2)).fit()
+    monkeypatch.setattr(ckpt.io, "save_state", real)
+    root = run / "checkpoints"
+    assert (root / ".step-0000004.tmp").is_dir()  # the half-written directory is left behind
+    assert (root / "latest").read_text().strip() == "step-0000002"
+    assert latest_checkpoint(run).name == "step-0000002"
+    weights, state, rng = load_checkpoint(latest_checkpoint(run))
+    assert state["step"] == 2 and "model" in weights and "torch" in rng
+    # resuming continues from step 2 and cleans the temporary directory up
+    Trainer(ToyTask(), config(run, ckpt_every=2, resume="latest")).fit()
+    assert not (root / ".step-0000004.tmp").exists()
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4, 6]
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_stale_latest_pointer_falls_back_to_newest_complete(tmp_path):
+    run = tmp_path / "run"
+    Trainer(ToyTask(), config(run, steps=4, ckpt_every=2, keep=1)).fit()
+    assert [s for s, _ in ckpt.list_checkpoints(run)] == [4]  # --keep 1 prunes step 2
+    (run / "checkpoints" / "latest").write_text("step-0000099\n")
+    assert latest_checkpoint(run).name == "step-0000004"
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        ckpt.resolve_resume(str(tmp_path / "nowhere"), run)
+    with pytest.raises(CheckpointError, match="--batch"):
+        Trainer(ToyTask(), config(run, steps=6, batch=2, resume="latest")).fit()
+
+
+def test_bad_settings_are_user_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--steps or --epochs"):
+        Trainer(ToyTask(), config(tmp_path, steps=None))
+    with pytest.raises(ConfigError, match="--warmup"):
+        Trainer(ToyTask(), config(tmp_path, warmup="soon"))
+    with pytest.raises(DataError, match="fewer than one batch"):
+        Trainer(ToyTask(n=3), config(tmp_path)).fit()
+
+
+def test_epoch_batches_shard_the_permutation():
+    a = EpochBatches(10, 2, seed=1, rank=0, world=2)
+    b = EpochBatches(10, 2, seed=1, rank=1, world=2)
+    ia = [i for batch in a.epoch(0) for i, _ in batch]
+    ib = [i for batch in b.epoch(0) for i, _ in batch]
+    assert not set(ia) & set(ib) and len(ia) == len(ib) == 4
+    assert a.epoch(0) != a.epoch(1)
+    assert a.epoch(0, start=1) == a.epoch(0)[1:]
+
+
+# -- 2-process DDP on CPU ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, run_dir, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from d2it_cli.engine import dist
+
+    task = ToyTask()
+    trainer = Trainer(task, config(run_dir, steps=3, ckpt_every=2, device="cpu"))
+    trainer.fit()
+    wrapped = type(trainer.wrapped["model"]).__name__
+    torch.save({"model": task.model.state_dict(), "critic": task.critic.state_dict(), "seen": task.seen,
+                "wrapped": wrapped, "world": dist.world_size()}, Path(out_dir) / f"rank{rank}.pt")
+    dist.shutdown()
+
+
+def test_ddp_two_processes_keep_identical_weights(tmp_path):
+    world = 2
+    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=world, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["world"] == r1["world"] == 2 and r0["wrapped"] == "DistributedDataParallel"
+    assert not set(r0["seen"][:12]) & set(r1["seen"][:12])  # different data on each rank in the first epoch
+    init = ToyTask().model.state_dict()
+    for part in ("model", "critic"):
+        for k, v in r0[part].items():
+            assert torch.equal(v, r1[part][k]), (part, k)
+    assert any(not torch.equal(v, init[k]) for k, v in r0["model"].items())
+    # one set of weights and state, one RNG file per rank
+    step3 = tmp_path / "run" / "checkpoints" / "step-0000003"
+    assert sorted(p.name for p in step3.iterdir()) == ["critic.safetensors", "model.safetensors", "rng-00000.pt",
+                                                       "rng-00001.pt", "state.pt"]
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == [1, 2, 3] and all(r["images_per_s"] > 0 for r in log)

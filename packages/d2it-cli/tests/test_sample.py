@@ -1,0 +1,151 @@
+"""Sharded sampling (`d2it_cli.generation`) and the `d2it sample` command."""
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from d2it import system as systems
+from d2it.errors import D2itError
+from d2it_cli import generation
+from d2it_cli.commands.build import record_from_options
+from d2it_cli.engine import dist
+from d2it_cli.main import load_registry, make_cli
+
+# -- sharding logic, with a stand-in for the generation pipeline --------------------------------------
+
+
+class FakeSystem(torch.nn.Module):
+    """Just enough of a System for `sample_shards`: a record and one weight module."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.record = systems.SystemRecord(backbone="dit-s", num_classes=num_classes, image_size=16)
+        self.content = torch.nn.Linear(2, 2)
+
+    def weight_modules(self):
+        return {"content": self.content}
+
+
+@pytest.fixture
+def fake_generate(monkeypatch):
+    """Replace the pipeline by a seeded random image generator that records its calls."""
+    calls = []
+
+    def generate(system, classes, *, seed, batch_size, **kwargs):
+        calls.append({"seed": seed, "classes": classes.tolist(), **kwargs})
+        g = torch.Generator().manual_seed(seed)
+        n = len(classes)
+        images = torch.rand(n, 3, 16, 16, generator=g) * 2 - 1
+        grain_maps = torch.randint(0, 2, (n, 1, 1), generator=g)
+        return types.SimpleNamespace(images=images, grain_maps=grain_maps, latents=None)
+
+    monkeypatch.setattr(generation, "_generate", generate)
+    return calls
+
+
+def test_sample_labels_modes():
+    assert generation.sample_labels(5, 10, classes=[3, 7]).tolist() == [3, 7, 3, 7, 3]
+    assert generation.sample_labels(5, 3, classes_uniform=True).tolist() == [0, 1, 2, 0, 1]
+    assert generation.sample_labels(4, 1).tolist() == [0, 0, 0, 0]
+    a = generation.sample_labels(50, 10, seed=1)
+    assert torch.equal(a, generation.sample_labels(50, 10, seed=1))
+    assert not torch.equal(a, generation.sample_labels(50, 10, seed=2))
+    assert a.min() >= 0 and a.max() < 10
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(classes=[10]), dict(classes=[-1]), dict(classes=[]), dict(classes=[1], classes_uniform=True)],
+)
+def test_sample_labels_errors(kwargs):
+    with pytest.raises(generation.ClassError):
+        generation.sample_labels(3, 10, **kwargs)
+
+
+def test_parse_classes():
+    assert generation.parse_classes("0, 5,7") == [0, 5, 7]
+    assert generation.parse_classes(None) is None and generation.parse_classes(" ") is None
+    with pytest.raises(generation.ClassError):
+        generation.parse_classes("1,x")
+
+
+def test_shard_seeds_are_distinct():
+    seeds = {generation.shard_seed(s, i) for s in range(5) for i in range(200)}
+    assert len(seeds) == 1000 and all(0 <= s < 2**63 for s in seeds)
+    assert generation.shard_seed(3, 4) == generation.shard_seed(3, 4)
+
+
+def test_sample_shards_npz_format(tmp_path, fake_generate):
+    system = FakeSystem()
+    path = generation.sample_shards(system, 7, tmp_path, batch=3, classes=[2, 1], seed=5, steps=4, progress=False)
+    data = generation.load_samples(path)
+    assert path == tmp_path / "samples.npz"
+    assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (7, 16, 16, 3)
+    assert data["labels"].tolist() == [2, 1, 2, 1, 2, 1, 2]
+    assert data["grain_maps"].shape == (7, 1, 1)
+    assert len(fake_generate) == 3 and [len(c["classes"]) for c in fake_generate] == [3, 3, 1]
+    assert len({c["seed"] for c in fake_generate}) == 3
+    assert all(c["steps"] == 4 and c["cfg_scale"] == 1.5 for c in fake_generate)
+    # np.load with the ADM suite's key
+    with np.load(path) as f:
+        assert f["arr_0"].shape == (7, 16, 16, 3)
+    assert json.loads((tmp_path / "samples.json").read_text())["num"] == 7
+
+
+def test_resume_skips_finished_shards(tmp_path, fake_generate):
+    system = FakeSystem()
+    first = generation.load_samples(generation.sample_shards(system, 6, tmp_path, batch=2, progress=False))
+    (tmp_path / "shards" / "shard-000001.npz").unlink()
+    (tmp_path / "shards" / "shard-000002.npz").write_bytes(b"truncated")
+    fake_generate.clear()
+    again = generation.load_samples(generation.sample_shards(system, 6, tmp_path, batch=2, progress=False))
+    assert len(fake_generate) == 2  # only the missing and the corrupt shard
+    assert np.array_equal(first["arr_0"], again["arr_0"])
+    fake_generate.clear()
+    generation.sample_shards(system, 6, tmp_path, batch=2, progress=False, resume=False)
+    assert len(fake_generate) == 3
+
+
+def test_resume_refuses_other_settings(tmp_path, fake_generate):
+    system = FakeSystem()
+    generation.sample_shards(system, 4, tmp_path, batch=2, seed=0, progress=False)
+    with pytest.raises(D2itError, match="seed"):
+        generation.sample_shards(system, 4, tmp_path, batch=2, seed=1, progress=False)
+    with torch.no_grad():
+        system.content.weight.add_(1.0)
+    with pytest.raises(D2itError, match="system"):
+        generation.sample_shards(system, 4, tmp_path, batch=2, seed=0, progress=False)
+
+
+def test_world_size_does_not_change_samples(tmp_path, fake_generate, monkeypatch):
+    system = FakeSystem()
+    single = generation.load_samples(generation.sample_shards(system, 5, tmp_path / "one", batch=2, progress=False))
+    # two ranks run one after another (barriers are no-ops outside a process group)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    fake_generate.clear()
+    for r in (0, 1):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        monkeypatch.setattr(dist, "is_main", lambda r=r: r == 0)
+        generation.run_shards(system, 5, tmp_path / "two", batch=2, progress=False)
+    assert len(fake_generate) == 3
+    both = generation.read_shards(sorted((tmp_path / "two" / "shards").glob("shard-*.npz")))
+    assert np.array_equal(single["arr_0"], both["arr_0"])
+    assert np.array_equal(single["labels"], both["labels"])
+
+
+def test_keep_shards_false_removes_them(tmp_path, fake_generate):
+    path = generation.sample_shards(FakeSystem(), 3, tmp_path, batch=2, progress=False, keep_shards=False)
+    assert path.is_file() and not (tmp_path / "shards").exists()
+
+
+def test_bad_arguments(tmp_path, fake_generate):
+    with pytest.raises(D2itError):
+        generation.sample_shards(FakeSystem(), 3, tmp_path, batch=0, progress=False)
+    with pytest.raises(generation.ClassError):
+        generation.sample_shards(FakeSystem(num_classes=3), 3, tmp_path, classes=[3], progress=False)
+    with pytest.raises(D2itError):
+        generation.load_samples(tmp_path / "nope.npz")

@@ -1,0 +1,240 @@
+"""Generation: grain maps, then latents by diffusion, then images, for a built `d2it.system.System`."""
+
+from contextlib import contextmanager
+
+import attrs
+import torch
+from d2it.errors import ConfigError, D2itError
+from d2it.registry import default_registry
+from d2it.system import System, SystemRecord
+from d2it_sampling.diffusion import GaussianDiffusion
+from d2it_sampling.guidance import conditioned_model
+from d2it_sampling.samplers import progress_bar
+
+_MASK64 = (1 << 64) - 1
+GRAIN_STREAM, CONTENT_STREAM = 1, 2
+
+
+@attrs.frozen
+class Generation:
+    """What `generate` returns, on the CPU.
+
+    images: (B, 3, H, W) float in [-1, 1], or None when the system has no VAE.
+    grain_maps: (B, h, w) int64 (0 = coarsest), or None for a plain DiT.
+    latents: (B, C, H/8, W/8) float, divided by the latent scale (what the VAE decodes).
+    """
+
+    images: torch.Tensor | None
+    grain_maps: torch.Tensor | None
+    latents: torch.Tensor
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a well-spread 64-bit hash of `x`."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, index: int, stream: int) -> int:
+    """The seed of sample `index`'s random stream `stream` (grain map or content) under the run seed `seed`."""
+    h = _mix64(int(seed) & _MASK64)
+    h = _mix64(h ^ int(stream))
+    h = _mix64(h ^ int(index))
+    return h >> 1  # a non-negative int64
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def make_diffusion(
+    record_or_system, steps=None, *, grain_weights=None, registry=None
+) -> GaussianDiffusion:
+    """The diffusion a system trains and samples with.
+
+    The betas come from the record's schedule (name and `options["schedule"]`); `learn_sigma`
+    and the number of grains from the content model (for a bare record: the backbone's
+    `learn_sigma` option, default True, and 2 grains when a refiner is set). `steps` respaces it
+    (None: all of the schedule's steps, as for training); `grain_weights` weights the per-grain
+    loss terms (default 1 each).
+    """
+    if isinstance(record_or_system, System):
+        record, content = record_or_system.record, record_or_system.content
+    elif isinstance(record_or_system, SystemRecord):
+        record, content = record_or_system, None
+    else:
+        raise D2itError(f"make_diffusion needs a System or SystemRecord, got {type(record_or_system).__name__}")
+    registry = registry or default_registry()
+    betas = registry.create("schedule", record.schedule, record.options.get("schedule"), where="schedule")
+    if content is not None:
+        learn_sigma = bool(getattr(content, "learn_sigma", True))
+        grains = getattr(content, "grains", None)
+    else:
+        learn_sigma = bool(record.options.get("backbone", {}).get("learn_sigma", True))
+        grains = 2 if record.refine else None
+    if grains is None and grain_weights is not None:
+        grains = len(grain_weights)
+    diffusion = GaussianDiffusion(betas, learn_sigma=learn_sigma, grains=grains, grain_weights=grain_weights)
+    return diffusion if steps is None else diffusion.respace(steps)
+
+
+def _system_device(system) -> torch.device:
+    for tensor in (*system.parameters(), *system.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(module):
+    """Put a module in eval mode (no label dropout) and restore every submodule's mode afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _check_classes(classes, num_classes: int) -> torch.Tensor:
+    try:
+        tensor = torch.as_tensor(classes)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"classes must be a sequence of ints, got {classes!r}") from None
+    if tensor.ndim == 0:
+        tensor = tensor.reshape(1)
+    if tensor.ndim != 1 or tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ConfigError(f"classes must be a 1-d sequence of ints, got shape {tuple(tensor.shape)} of {tensor.dtype}")
+    tensor = tensor.long().cpu()
+    if tensor.numel() == 0:
+        raise ConfigError("no classes to generate")
+    bad = tensor[(tensor < 0) | (tensor >= num_classes)]
+    if bad.numel():
+        raise ConfigError(f"class {int(bad[0])} is out of range: this model has classes 0..{num_classes - 1}")
+    return tensor
+
+
+def _grain_maps(system, y, indices, *, seed, grain_cfg_scale, grain_options, grid, grains, device):
+    """Grain maps for one batch: each sample from its own generator (so batching does not change them)."""
+    if system.grain is None:
+        if grains is None:
+            return None
+        return torch.full((y.shape[0], grid, grid), grains - 1, dtype=torch.long, device=device)  # all fine
+    options = dict(grain_options or {})
+    if float(grain_cfg_scale) != 1.0:
+        if "cfg_scale" in options:
+            raise ConfigError("give the grain predictor's guidance as grain_cfg_scale or in grain_options, not both")
+        options["cfg_scale"] = float(grain_cfg_scale)
+    maps = []
+    for row, index in enumerate(indices):
+        g = _generator(sample_seed(seed, index, GRAIN_STREAM), device)
+        grain_map = system.grain.sample(y[row : row + 1], generator=g, **options)
+        if tuple(grain_map.shape) != (1, grid, grid):
+            raise D2itError(
+                f"the grain predictor returned maps of shape {tuple(grain_map.shape)}; the content model needs (1, {grid}, {grid})"
+            )
+        maps.append(grain_map.to(device=device, dtype=torch.long))
+    return torch.cat(maps)
+
+
+@torch.no_grad()
+def generate(
+    system,
+    classes,
+    *,
+    seed: int = 0,
+    steps=250,
+    sampler: str | None = None,
+    sampler_options: dict | None = None,
+    cfg_scale: float = 1.0,
+    grain_cfg_scale: float = 1.0,
+    grain_options: dict | None = None,
+    batch_size: int | None = None,
+    device=None,
+    progress: bool = True,
+) -> Generation:
+    """Generate one image per entry of `classes` with a built system: grain maps → latents → images.
+
+    system: a `d2it.system.System` with a content model (and usually a VAE and grain predictor).
+    classes: ints in [0, num_classes) (one per image; use 0 for unconditional models).
+    seed: sample i's grain map and noise come from generators seeded by (seed, i), one per
+        sample, so `batch_size` does not change what sample i is (up to floating-point
+        differences of batched kernels) and a result repeats for a seed on one device.
+    steps: sampling steps (int, "a,b,c" or "ddimN"); None: the sampler's `steps` option.
+    sampler / sampler_options: a registered sampler and its options (default the record's
+        sampler with the record's options; with another sampler, its defaults).
+    cfg_scale: classifier-free guidance on ε (1.0 = off), one batched forward per step.
+    grain_cfg_scale: guidance of the grain predictor, passed as its `cfg_scale` option when not
+        1.0; grain_options: other options of its `sample` (e.g. `temperature`, `steps`).
+    Grain maps: from `system.grain`; without one a routed content model gets all-fine maps and
+    a plain DiT none. batch_size: images per forward batch (default all). device: where to run
+    (default where the system's weights are; given, the system is moved there). progress: tqdm
+    bars, shown only on a terminal.
+    """
+    content = system.content
+    if content is None:
+        raise D2itError("this system has no content model to generate with")
+    record = system.record
+    if device is not None:
+        device = torch.device(device)
+        system.to(device)
+    else:
+        device = _system_device(system)
+    num_classes = int(getattr(content, "num_classes", record.num_classes))
+    classes = _check_classes(classes, num_classes)
+    total = classes.shape[0]
+    batch_size = total if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    sampler_name = sampler or record.sampler
+    if sampler_options is None:
+        sampler_options = record.options.get("sampler", {}) if sampler_name == record.sampler else {}
+    sampler_obj = default_registry().create("sampler", sampler_name, dict(sampler_options), where="sampler")
+    diffusion = make_diffusion(system)
+    channels, size = int(content.in_channels), int(content.input_size)
+    grains = getattr(content, "grains", None)
+    grid = size // 2 ** ((grains or 1) - 1)
+    scale = float(system.latent_scale)
+
+    images, grain_maps, latents = [], [], []
+    with _eval_mode(system), progress_bar(None, total=total, enabled=progress, desc="generate", unit="img") as bar:
+        for start in range(0, total, batch_size):
+            indices = range(start, min(start + batch_size, total))
+            y = classes[start : indices.stop].to(device)
+            grain_map = _grain_maps(
+                system,
+                y,
+                indices,
+                seed=seed,
+                grain_cfg_scale=grain_cfg_scale,
+                grain_options=grain_options,
+                grid=grid,
+                grains=grains,
+                device=device,
+            )
+            generators = [_generator(sample_seed(seed, i, CONTENT_STREAM), device) for i in indices]
+            model_fn = conditioned_model(content, y, grain_map, cfg_scale=cfg_scale)
+            z = sampler_obj.sample(
+                model_fn,
+                diffusion,
+                (len(indices), channels, size, size),
+                grain_map=grain_map,
+                steps=steps,
+                generator=generators,
+                progress=progress,
+                device=device,
+            )
+            z = z / scale
+            if system.vae is not None:
+                images.append(system.vae.decode(z).float().clamp(-1.0, 1.0).cpu())
+            latents.append(z.cpu())
+            if grain_map is not None:
+                grain_maps.append(grain_map.cpu())
+            bar.update(len(indices))
+    return Generation(
+        images=torch.cat(images) if images else None,
+        grain_maps=torch.cat(grain_maps) if grain_maps else None,
+        latents=torch.cat(latents),
+    )

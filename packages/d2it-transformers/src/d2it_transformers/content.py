@@ -1,0 +1,291 @@
+"""The Dynamic Content Transformer: the routed DiT backbone plus RefineNet, predicting multi-grained noise.
+
+Reading order: window attention -> RefineNet -> the content model -> configs -> `REFINERS`.
+The backbone (`d2it_transformers.dit.RoutedDiT`) turns one token per region into a rough prediction
+for every cell and a coarse prediction per region; RefineNet corrects the rough prediction with
+window attention on the cell grid; the output follows the copied (neighbour-copy) layout.
+"""
+
+import attrs
+import torch
+from torch import nn
+
+from d2it.errors import ConfigError
+from d2it.layout import cell_grain, multigrain_noise, project_to_layout, upsample_codes
+from d2it.spec import ComponentSpec, EmptyConfig
+from d2it_transformers.dit import (
+    Attention,
+    DiTBlock,
+    FinalLayer,
+    PatchEmbed,
+    init_dit_weights,
+    module_device,
+    run_blocks,
+    sincos_table,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Window attention
+# ---------------------------------------------------------------------------------------------
+
+
+def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, D) -> (B * windows, mh * mw, D), windows in row-major order; H, W divisible by the window."""
+    b, h, w, d = x.shape
+    mh, mw = window
+    x = x.view(b, h // mh, mh, w // mw, mw, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, mh * mw, d)
+
+
+def window_reverse(windows: torch.Tensor, window: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """(B * windows, mh * mw, D) -> (B, H, W, D): the inverse of `window_partition`."""
+    mh, mw = window
+    h, w = grid
+    d = windows.shape[-1]
+    x = windows.view(-1, h // mh, w // mw, mh, mw, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, d)
+
+
+def window_geometry(grid: tuple[int, int], window: int | None):
+    """(window shape, padded grid, windows per sample) of `window`-cell windows (None: the whole grid) on `grid`."""
+    h, w = grid
+    mh, mw = (h, w) if window is None else (min(window, h), min(window, w))
+    padded = (-(-h // mh) * mh, -(-w // mw) * mw)
+    return (mh, mw), padded, (padded[0] // mh) * (padded[1] // mw)
+
+
+class WindowAttention(Attention):
+    """Self-attention within non-overlapping windows of a token grid (Swin's W-MSA without relative bias).
+
+    Windows larger than the grid shrink to it; a grid the window does not divide is padded and the
+    padding masked out of the keys. `window=None` is one window over the whole grid (global attention).
+    """
+
+    def __init__(self, dim: int, num_heads: int, attention, grid: tuple[int, int], window: int | None):
+        super().__init__(dim, num_heads, attention)
+        h, w = self.grid = tuple(grid)
+        self.window, self.padded, self.windows = window_geometry(self.grid, window)
+        mh, mw = self.window
+        valid = None
+        if self.padded != self.grid:
+            keep = torch.zeros(self.padded, dtype=torch.bool)
+            keep[:h, :w] = True
+            valid = window_partition(keep[None, :, :, None], self.window).view(self.windows, 1, 1, mh * mw)
+        self.register_buffer("key_mask", valid, persistent=False)
+
+    def forward(self, x, mask=None):
+        """(B, H*W, D) tokens in row-major grid order -> (B, H*W, D)."""
+        b, n, d = x.shape
+        (h, w), (ph, pw), (mh, mw) = self.grid, self.padded, self.window
+        heads, hd = self.num_heads, self.head_dim
+        qkv = self.qkv(x).view(b, h, w, 3 * d)
+        if (ph, pw) != (h, w):
+            qkv = nn.functional.pad(qkv, (0, 0, 0, pw - w, 0, ph - h))
+        # one copy: (B, nh, mh, nw, mw, 3, heads, hd) -> (3, B * windows, heads, mh * mw, hd)
+        qkv = qkv.view(b, ph // mh, mh, pw // mw, mw, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
+        qkv = qkv.reshape(3, b * self.windows, heads, mh * mw, hd)
+        if self.key_mask is not None:
+            mask = self.key_mask.repeat(b, 1, 1, 1)
+        out = self.attention(qkv[0], qkv[1], qkv[2], mask)
+        out = out.view(b, ph // mh, pw // mw, heads, mh, mw, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, ph, pw, d)
+        if (ph, pw) != (h, w):
+            out = out[:, :h, :w]
+        return self.proj(out.reshape(b, n, d))
+
+
+# ---------------------------------------------------------------------------------------------
+# RefineNet
+# ---------------------------------------------------------------------------------------------
+
+
+class RefineNet(nn.Module):
+    """Efficient RefineNet: adaLN-Zero window-attention blocks on the cell grid predicting a per-cell correction.
+
+    Tokens = patch-1 embedding of x_t + region features projected D -> s*s*D and unfolded to the region's
+    s x s cells + a learnable position table (initialised to the sin-cos table).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        in_channels: int,
+        out_channels: int,
+        region: int,
+        hidden_size: int,
+        num_heads: int,
+        depth: int,
+        window: int | None,
+        mlp_ratio: float = 4.0,
+        attention=None,
+    ):
+        super().__init__()
+        self.input_size = input_size
+        self.region = region
+        self.out_channels = out_channels
+        self.window = window
+        self.grad_checkpointing = False
+        grid = (input_size, input_size)
+        self.x_embedder = PatchEmbed(1, in_channels, hidden_size)
+        self.region_proj = nn.Linear(hidden_size, region * region * hidden_size)
+        self.pos_embed = nn.Parameter(sincos_table(hidden_size, grid))
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio, attn=WindowAttention(hidden_size, num_heads, attention, grid, window))
+            for _ in range(depth)
+        )
+        self.final_layer = FinalLayer(hidden_size, 1, out_channels)
+        init_dit_weights(self)
+
+    @property
+    def windows(self) -> int:
+        """Windows per sample."""
+        return window_geometry((self.input_size, self.input_size), self.window)[2]
+
+    def forward(self, x, tokens, c):
+        """Correction (B, out_channels, H, W) from x_t (B, C, H, W), region tokens (B, h*w, D) and c (B, D)."""
+        b, _, h, w = x.shape
+        s, d = self.region, tokens.shape[-1]
+        feats = self.region_proj(tokens).view(b, h // s, w // s, s, s, d)
+        feats = feats.permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, d)
+        cells = self.x_embedder(x) + feats + self.pos_embed
+        cells = run_blocks(self.blocks, cells, c, self.grad_checkpointing)
+        out = self.final_layer(cells, c)  # (B, H*W, out_channels)
+        return out.transpose(1, 2).reshape(b, self.out_channels, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# The content model
+# ---------------------------------------------------------------------------------------------
+
+
+def example_grain_map(batch: int, grid: tuple[int, int], grains: int) -> torch.Tensor:
+    """A deterministic mixed grain map: grain (i + j) mod k per region (a checkerboard, half fine, for k = 2)."""
+    i = torch.arange(grid[0])[:, None]
+    j = torch.arange(grid[1])[None, :]
+    return ((i + j) % grains).expand(batch, *grid).contiguous()
+
+
+class DynamicContentTransformer(nn.Module):
+    """D²iT's noise predictor: routed DiT backbone + optional RefineNet, output in the copied layout.
+
+    Coarsest regions take the coarse head's vector in all their cells; finer cells take the rough
+    prediction plus RefineNet's correction (intermediate grains of k > 2 average it over each code).
+    """
+
+    def __init__(self, backbone: nn.Module, refiner: RefineNet | None = None, name: str = ""):
+        super().__init__()
+        self.backbone = backbone
+        self.refiner = refiner
+        self.name = name
+        self.in_channels = backbone.in_channels
+        self.out_channels = backbone.out_channels
+        self.learn_sigma = backbone.learn_sigma
+        self.input_size = backbone.input_size
+        self.num_classes = backbone.num_classes
+        self.grains = backbone.grains
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute block activations in the backward pass to save memory."""
+        for part in (self.backbone, self.refiner):
+            if hasattr(part, "set_grad_checkpointing"):
+                part.set_grad_checkpointing(enable)
+
+    def forward(self, x, t, y, grain_map=None):
+        """Multi-grained noise (and variance) prediction (B, out_channels, H, W) in the copied layout."""
+        routed = self.backbone(x, t, y, grain_map)
+        pred = routed.rough
+        if self.refiner is not None:
+            pred = pred + self.refiner(x, routed.tokens, routed.c)
+        coarsest = (cell_grain(grain_map, self.grains) == 0).unsqueeze(1)
+        pred = torch.where(coarsest, upsample_codes(routed.coarse, 0, self.grains), pred)
+        if self.grains > 2:
+            pred = project_to_layout(pred, grain_map, self.grains)
+        return pred
+
+    def example_inputs(self, batch: int) -> tuple:
+        """(x, t, y, grain_map): a copied-layout latent on a deterministic mixed grain map."""
+        device = module_device(self)
+        g = torch.Generator().manual_seed(0)
+        grid = self.backbone.grid
+        grain_map = example_grain_map(batch, grid, self.grains)
+        x = multigrain_noise(grain_map, self.grains, self.in_channels, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        y = torch.arange(batch) % self.num_classes
+        return x.to(device), t.to(device), y.to(device), grain_map.to(device)
+
+    @property
+    def count_note(self) -> str:
+        """How the RefineNet tokens enter the MAC count."""
+        if self.refiner is None:
+            return "no RefineNet: fine cells take the backbone's rough prediction"
+        size = self.input_size
+        m = self.refiner.window
+        shape = "one window over the whole grid" if m is None else f"{self.refiner.windows} windows of {m}x{m} cells"
+        return (
+            f"RefineNet ({len(self.refiner.blocks)} blocks) counted on all {size * size} cells of the {size}x{size} "
+            f"latent ({shape}), coarse cells included, so its MACs do not depend on the grain map"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and the name -> factory table
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RefinerConfig:
+    """Options of a RefineNet: depth None = the backbone's refine_depth (B 2, L 4, XL 6)."""
+
+    depth: int | None = None
+
+
+def _routed(backbone, name: str):
+    if getattr(backbone, "grains", None) is None or not hasattr(backbone, "refine_depth"):
+        raise ConfigError(f"refiner {name!r} needs a routed (grain-aware) backbone, got a plain {type(backbone).__name__}")
+    return backbone
+
+
+def make_refiner(name: str, window: int | None):
+    """The factory of one RefineNet variant: wraps the routed backbone into the content model."""
+
+    def factory(config, *, backbone, attention):
+        _routed(backbone, name)
+        depth = backbone.refine_depth if config.depth is None else config.depth
+        if depth < 0:
+            raise ConfigError(f"refine.depth must be at least 0, got {depth}")
+        refiner = RefineNet(
+            input_size=backbone.input_size,
+            in_channels=backbone.in_channels,
+            out_channels=backbone.out_channels,
+            region=backbone.region,
+            hidden_size=backbone.hidden_size,
+            num_heads=backbone.num_heads,
+            depth=depth,
+            window=window,
+            mlp_ratio=backbone.mlp_ratio,
+            attention=attention,
+        )
+        return DynamicContentTransformer(backbone, refiner, name)
+
+    factory.__doc__ = f"Build the Dynamic Content Transformer with RefineNet {name}."
+    return factory
+
+
+def make_no_refiner(config, *, backbone, attention):
+    """Build the Dynamic Content Transformer without RefineNet (the paper's "DVAE & routing" ablation)."""
+    return DynamicContentTransformer(_routed(backbone, "none"), None, "none")
+
+
+REFINERS = [
+    *(
+        ComponentSpec(
+            f"window{m}",
+            "refiner",
+            make_refiner(f"window{m}", m),
+            RefinerConfig,
+            summary=f"RefineNet with {m}x{m}-cell window attention",
+        )
+        for m in (16, 8, 4, 2)
+    ),
+    ComponentSpec("global", "refiner", make_refiner("global", None), RefinerConfig, summary="RefineNet with global attention"),
+    ComponentSpec("none", "refiner", make_no_refiner, EmptyConfig, summary="no RefineNet: the backbone's rough prediction"),
+]

@@ -1,0 +1,216 @@
+"""Grain predictors: conformance of every built-in, MaskGIT schedule, guidance and a tiny overfit."""
+
+import math
+
+import pytest
+import torch
+
+from d2it.errors import ConfigError, DataError
+from d2it.registry import default_registry
+from d2it.testing.grain_predictor import GrainPredictorConformance
+from d2it_transformers.grain import GRAIN_PREDICTORS, cosine_schedule, unmasking_schedule
+
+TINY = {"depth": 2, "hidden_size": 32, "num_heads": 2, "steps": 4}
+
+
+def make(name, overrides=None, grid=4, grains=2, num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    reg = default_registry()
+    return reg.create(
+        "grain_predictor",
+        name,
+        dict(overrides or {}),
+        grid=grid,
+        grains=grains,
+        num_classes=num_classes,
+        attention=reg.create("attention", "sdpa"),
+    )
+
+
+def randomize(model, seed=0):
+    """Replace zero-initialised weights so that logits depend on tokens and classes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+# -- conformance ----------------------------------------------------------------------------------
+
+
+class TestDgtS(GrainPredictorConformance):
+    name = "dgt-s"
+    overrides = TINY
+
+
+class TestDgtB(GrainPredictorConformance):
+    name = "dgt-b"
+    overrides = TINY
+
+
+class TestDgtThreeGrains(GrainPredictorConformance):
+    name = "dgt-s"
+    overrides = TINY
+    grains = 3
+    num_classes = 1
+
+
+class TestRandom(GrainPredictorConformance):
+    name = "random"
+
+
+class TestRandomThreeGrains(GrainPredictorConformance):
+    name = "random"
+    overrides = {"ratio": 0.3}
+    grains = 3
+
+
+class TestAllFine(GrainPredictorConformance):
+    name = "all-fine"
+
+
+class TestAllCoarse(GrainPredictorConformance):
+    name = "all-coarse"
+
+
+def test_registered_names_and_full_size_defaults():
+    assert sorted(s.name for s in GRAIN_PREDICTORS) == ["all-coarse", "all-fine", "dgt-b", "dgt-s", "random"]
+    assert set(default_registry().names("grain_predictor")) >= {"dgt-s", "dgt-b", "random", "all-fine", "all-coarse"}
+    s = default_registry().get("grain_predictor", "dgt-s").make_config()
+    b = default_registry().get("grain_predictor", "dgt-b").make_config()
+    assert (s.depth, s.hidden_size, s.num_heads) == (12, 384, 6)
+    assert (b.depth, b.hidden_size, b.num_heads) == (12, 768, 12)
+    assert (s.class_dropout, s.steps, s.temperature, s.cfg_scale, s.mlp_ratio) == (0.1, 12, 1.0, 1.0, 4.0)
+
+
+# -- fixed and random predictors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grains", [2, 3])
+def test_fixed_predictors_values(grains):
+    classes = torch.tensor([0, 1])
+    assert torch.all(make("all-fine", grains=grains).sample(classes) == grains - 1)
+    assert torch.all(make("all-coarse", grains=grains).sample(classes) == 0)
+
+
+def test_random_uses_only_extreme_grains_and_ratio():
+    predictor = make("random", {"ratio": 0.3}, grid=32, grains=3)
+    maps = predictor.sample(torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    assert set(maps.unique().tolist()) == {0, 2}
+    assert abs((maps == 2).float().mean().item() - 0.3) < 0.03
+    gen = torch.Generator().manual_seed(1)
+    assert torch.all(predictor.sample(torch.zeros(2, dtype=torch.long), gen, ratio=0.0) == 0)
+    assert torch.all(predictor.sample(torch.zeros(2, dtype=torch.long), gen, ratio=1.0) == 2)
+
+
+def test_user_errors_are_d2it_errors():
+    with pytest.raises(ConfigError, match="ratio"):
+        make("random").sample(torch.tensor([0]), ratio=1.5)
+    with pytest.raises(ConfigError, match="no sampling option 'steps'"):
+        make("all-fine").sample(torch.tensor([0]), steps=3)
+    with pytest.raises(ConfigError, match="ratio"):
+        make("random", {"ratio": 2.0})
+    with pytest.raises(ConfigError, match="divisible"):
+        make("dgt-s", {**TINY, "num_heads": 3})
+    model = make("dgt-s", TINY)
+    with pytest.raises(DataError, match="class indices"):
+        model.sample(torch.tensor([0, 4]))
+    with pytest.raises(DataError, match="shape"):
+        model.loss(torch.zeros(2, 5, 5, dtype=torch.long), torch.tensor([0, 1]))
+    with pytest.raises(DataError, match="values"):
+        model.loss(torch.full((2, 4, 4), 2), torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="temperature"):
+        model.sample(torch.tensor([0]), temperature=-1.0)
+    with pytest.raises(ConfigError, match="null class"):
+        make("dgt-s", {**TINY, "class_dropout": 0.0}).sample(torch.tensor([0]), cfg_scale=2.0)
+
+
+# -- MaskGIT schedule -----------------------------------------------------------------------------
+
+
+def test_cosine_mask_schedule_values():
+    r = torch.tensor([0.0, 1 / 3, 0.5, 2 / 3, 1.0])
+    want = torch.tensor([1.0, math.sqrt(3) / 2, math.sqrt(0.5), 0.5, 0.0], dtype=torch.float64)
+    assert torch.allclose(cosine_schedule(r), want, atol=1e-7)
+    assert unmasking_schedule(64, 4) == [59, 45, 24, 0]  # floor(64·cos(π/2·t/4)) for t = 1, 2, 3, then 0
+    steps12 = unmasking_schedule(256, 12)
+    assert steps12[-1] == 0 and all(a > b for a, b in zip([256, *steps12], steps12))
+    assert unmasking_schedule(3, 5) == [2, 1, 0, 0, 0]  # more steps than tokens: one token per step, then none
+
+
+def test_loss_masks_by_cosine_schedule():
+    model = make("dgt-s", TINY, grid=8)
+    seen = []
+    model.forward = lambda tokens, y: (seen.append(tokens), torch.zeros(*tokens.shape, 2, requires_grad=True))[1]
+    maps = torch.zeros(2000, 8, 8, dtype=torch.long)
+    model.loss(maps, torch.zeros(2000, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    ratio = (seen[0] == model.mask_id).float().mean(dim=1)
+    assert ratio.min() >= 1 / 64  # at least one masked token
+    # E[cos(πr/2)] = 2/π for r ~ U[0, 1); ceil adds at most one token
+    assert abs(ratio.mean().item() - 2 / math.pi) < 0.02
+
+
+# -- guidance -------------------------------------------------------------------------------------
+
+
+def test_guidance_combines_conditional_and_null_logits():
+    model = randomize(make("dgt-s", TINY)).eval()
+    tokens, _ = model.example_inputs(3)
+    y = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        cond = model(tokens, y)
+        uncond = model(tokens, torch.full_like(y, 3))
+        assert not torch.allclose(cond, uncond, atol=1e-3)
+        assert torch.equal(model.guided_logits(tokens, y, 1.0), cond)
+        assert torch.allclose(model.guided_logits(tokens, y, 0.0), uncond, atol=1e-5)
+        assert torch.allclose(model.guided_logits(tokens, y, 2.5), uncond + 2.5 * (cond - uncond), atol=1e-4)
+
+
+def test_guided_sampling_runs_and_scale_one_is_plain_conditional():
+    model = randomize(make("dgt-s", TINY, grid=6)).eval()
+    y = torch.tensor([0, 1, 2, 3])
+    plain = model.sample(y, generator=torch.Generator().manual_seed(5))
+    same = model.sample(y, generator=torch.Generator().manual_seed(5), cfg_scale=1.0)
+    guided = model.sample(y, generator=torch.Generator().manual_seed(5), cfg_scale=4.0, steps=3, temperature=0.0)
+    assert torch.equal(plain, same)
+    assert guided.shape == (4, 6, 6) and guided.dtype == torch.int64 and set(guided.unique().tolist()) <= {0, 1}
+
+
+# -- learning -------------------------------------------------------------------------------------
+
+
+def test_grain_transformer_overfits_class_tied_maps():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    grid, batch = 8, 16
+    targets = torch.randint(0, 2, (2, grid, grid), generator=g)  # class c -> map c
+    model = make("dgt-s", {"depth": 2, "hidden_size": 32, "num_heads": 2, "steps": 8}, grid=grid, num_classes=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    y = torch.arange(batch) % 2
+    eval_gen = torch.Generator().manual_seed(1)
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            value = sum(float(model.loss(targets[y], y, generator=eval_gen)) for _ in range(4)) / 4
+        model.train()
+        return value
+
+    final, steps = float("inf"), 0
+    model.train()
+    while steps < 600:
+        opt.zero_grad()
+        model.loss(targets[y], y).backward()
+        opt.step()
+        steps += 1
+        if steps % 25 == 0:
+            final = eval_loss()
+            if final < 0.05:
+                break
+    print(f"overfit: {steps} steps, masked-token loss {final:.4f} nats")
+    assert final < 0.05, f"loss {final:.3f} after {steps} steps"
+    model.eval()
+    classes = torch.tensor([0, 1, 1, 0, 1, 0])
+    maps = model.sample(classes, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(maps, targets[classes])

@@ -1,0 +1,185 @@
+"""Stage-1 losses: L1 + LPIPS(VGG) + hinge PatchGAN with the adaptive weight + regularizer loss.
+
+As the VQGAN / LDM `LPIPSWithDiscriminator`, with DQ-VAE's cap of 0.75 on the adaptive GAN weight.
+The LPIPS trunk (torchvision VGG16) is loaded from `lpips_weights` when given, downloaded by
+torchvision on first use otherwise, or left random with `pnet_rand=True` (tests).
+"""
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from d2it.errors import CheckpointError
+
+
+#################################################################################
+#                                  LPIPS (VGG)                                  #
+#################################################################################
+
+
+def _vgg_state_dict(path) -> dict:
+    """torchvision VGG16 weights from a local file (state dict, `features.*` keys) or torchvision's download."""
+    if path is None:
+        from torchvision.models import VGG16_Weights
+
+        return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"VGG16 weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign files
+        raise CheckpointError(f"VGG16 weights file {path} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not any(k.startswith("features.") for k in state):
+        raise CheckpointError(f"{path} is not a torchvision VGG16 state dict (no 'features.*' tensors)")
+    return state
+
+
+def make_lpips(lpips_weights=None, pnet_rand: bool = False) -> nn.Module:
+    """LPIPS with the VGG trunk (frozen, eval mode); the linear layers ship with the `lpips` package."""
+    import lpips
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecated `pretrained=` inside lpips
+        model = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+    if not pnet_rand:
+        state = _vgg_state_dict(lpips_weights)
+        for stage in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
+            for index, layer in stage.named_children():
+                for pname, tensor in layer.named_parameters():
+                    key = f"features.{index}.{pname}"
+                    if key not in state:
+                        raise CheckpointError(f"VGG16 weights lack tensor {key!r}")
+                    tensor.data.copy_(state[key])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+#################################################################################
+#                                 Discriminator                                 #
+#################################################################################
+
+
+class NLayerDiscriminator(nn.Module):
+    """PatchGAN discriminator (pix2pix / taming-transformers) with BatchNorm and LeakyReLU(0.2)."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(width * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(width * mult, 1, 4, stride=1, padding=1))
+        self.main = nn.Sequential(*layers)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.main(x)
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))])."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+#################################################################################
+#                                     Loss                                      #
+#################################################################################
+
+
+class VAELoss(nn.Module):
+    """L1 + perceptual_weight * LPIPS + adaptive-weighted hinge GAN + weighted regularizer loss."""
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        *,
+        disc_start: int = 0,
+        kl_weight: float = 1e-6,
+        codebook_weight: float = 1.0,
+        perceptual_weight: float = 1.0,
+        disc_weight: float = 1.0,
+        adaptive_cap: float = 0.75,
+        disc_layers: int = 3,
+        disc_width: int = 64,
+        lpips_weights: str | None = None,
+        pnet_rand: bool = False,
+    ):
+        super().__init__()
+        self._last_layer = vae.last_layer  # a bound method: the VAE's parameters stay out of this module
+        self.reg_weight = kl_weight if getattr(vae.regularizer, "name", "") == "kl" else codebook_weight
+        self.disc_start, self.perceptual_weight = disc_start, perceptual_weight
+        self.disc_weight, self.adaptive_cap = disc_weight, adaptive_cap
+        self.perceptual = make_lpips(lpips_weights, pnet_rand) if perceptual_weight > 0 else None
+        self.discriminator = NLayerDiscriminator(3, disc_width, disc_layers)
+
+    def train(self, mode: bool = True):
+        """Train the discriminator; the LPIPS network always stays in eval mode."""
+        super().train(mode)
+        if self.perceptual is not None:
+            self.perceptual.eval()
+        return self
+
+    def gan_active(self, step: int) -> bool:
+        """True once `step` reaches `disc_start` (and the GAN has weight)."""
+        return step >= self.disc_start and self.disc_weight > 0
+
+    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
+        """min(||grad nll|| / ||grad g_loss||, cap) on the decoder's last layer, times disc_weight (VQGAN eq. 7)."""
+        last = self._last_layer()
+        if not (torch.is_grad_enabled() and last.requires_grad and nll.requires_grad and g_loss.requires_grad):
+            return torch.zeros((), device=nll.device)
+        nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
+        return weight.clamp(0.0, self.adaptive_cap).detach() * self.disc_weight
+
+    def generator_loss(self, images: torch.Tensor, out, step: int) -> tuple[torch.Tensor, dict]:
+        """The autoencoder's loss for one batch and its parts as floats."""
+        recon = out.recon
+        l1 = (images - recon).abs().mean()
+        p_loss = torch.zeros((), device=images.device)
+        if self.perceptual is not None:
+            p_loss = self.perceptual(images.float(), recon.float()).mean()
+        nll = l1 + self.perceptual_weight * p_loss
+        reg = self.reg_weight * out.reg_loss
+        loss = nll + reg
+        logs = {"l1": l1.item(), "lpips": p_loss.item(), "nll": nll.item(), "reg": out.reg_loss.item()}
+        if self.gan_active(step):
+            g_loss = -self.discriminator(recon).mean()
+            d_weight = self.adaptive_weight(nll, g_loss)
+            loss = loss + d_weight * g_loss
+            logs.update(g_loss=g_loss.item(), d_weight=float(d_weight))
+        else:
+            logs.update(g_loss=0.0, d_weight=0.0)
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def discriminator_loss(self, images: torch.Tensor, out, step: int) -> tuple[torch.Tensor, dict]:
+        """Hinge loss of the discriminator; before `disc_start` a zero that still reaches its parameters."""
+        if not self.gan_active(step):
+            zero = sum(p.sum() for p in self.discriminator.parameters()) * 0.0
+            return zero, {"d_loss": 0.0, "logits_real": 0.0, "logits_fake": 0.0}
+        logits_real = self.discriminator(images.detach())
+        logits_fake = self.discriminator(out.recon.detach())
+        d_loss = hinge_d_loss(logits_real, logits_fake)
+        logs = {"d_loss": d_loss.item(), "logits_real": logits_real.mean().item(), "logits_fake": logits_fake.mean().item()}
+        return d_loss, logs
