@@ -55,8 +55,16 @@ def shared_env(session) -> dict:
         stamp.write_text(want)
     paths = [str(ROOT / "packages" / p) for p in PACKAGES]
     _run(
-        session, str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-        "--force-reinstall", *paths,
+        session,
+        str(BIN / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--force-reinstall",
+        *paths,
     )
     env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(SHARED)}
     return env
@@ -74,7 +82,16 @@ def lint(session):
 def tests(session, package):
     """Unit tests of one package, against the installed (non-editable) packages."""
     env = shared_env(session)
-    _run(session, str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", str(ROOT / "packages" / package / "tests"), *session.posargs, env=env)
+    _run(
+        session,
+        str(BIN / "pytest"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(ROOT / "packages" / package / "tests"),
+        *session.posargs,
+        env=env,
+    )
 
 
 @nox.session(venv_backend="none")
@@ -83,12 +100,31 @@ def integration(session):
     env = shared_env(session)
     # the example plugins go into a separate folder on PYTHONPATH, so unit-test runs never see them
     _run(
-        session, str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-        "--force-reinstall", "--target", str(PLUGINS),
-        str(ROOT / "integration_tests" / "example_plugin"), str(ROOT / "integration_tests" / "broken_plugin"),
+        session,
+        str(BIN / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--force-reinstall",
+        "--target",
+        str(PLUGINS),
+        str(ROOT / "integration_tests" / "example_plugin"),
+        str(ROOT / "integration_tests" / "broken_plugin"),
     )
     env["PYTHONPATH"] = str(PLUGINS)
-    _run(session, str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", str(ROOT / "integration_tests"), *session.posargs, env=env)
+    _run(
+        session,
+        str(BIN / "pytest"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(ROOT / "integration_tests"),
+        *session.posargs,
+        env=env,
+    )
 
 
 @nox.session(venv_backend="none")

@@ -31,7 +31,18 @@ def test_bad_option_value_and_name(d2it_cli):
 
 
 def test_out_and_from_round_trip(d2it_cli, tmp_path):
-    args = ["build", "--backbone", "dit-s", "--image-size", "64", "--num-classes", "1", "--set", "backbone.depth=2", "--json"]
+    args = [
+        "build",
+        "--backbone",
+        "dit-s",
+        "--image-size",
+        "64",
+        "--num-classes",
+        "1",
+        "--set",
+        "backbone.depth=2",
+        "--json",
+    ]
     first = json.loads(d2it_cli(*args, "--out", tmp_path / "m", check=0).stdout)
     assert (tmp_path / "m" / "d2it.json").is_file() and (tmp_path / "m" / "content.safetensors").is_file()
     second = json.loads(d2it_cli("build", "--from", tmp_path / "m", "--json", check=0).stdout)
@@ -41,7 +52,19 @@ def test_out_and_from_round_trip(d2it_cli, tmp_path):
 def test_from_missing_or_mismatched_directory(d2it_cli, tmp_path):
     missing = d2it_cli("build", "--from", tmp_path / "nope")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    d2it_cli("build", "--backbone", "dit-s", "--image-size", "64", "--set", "backbone.depth=2", "--out", tmp_path / "m", "--no-count", check=0)
+    d2it_cli(
+        "build",
+        "--backbone",
+        "dit-s",
+        "--image-size",
+        "64",
+        "--set",
+        "backbone.depth=2",
+        "--out",
+        tmp_path / "m",
+        "--no-count",
+        check=0,
+    )
     doc = json.loads((tmp_path / "m" / "d2it.json").read_text())
     doc["system"]["options"]["backbone"]["hidden_size"] = 192
     (tmp_path / "m" / "d2it.json").write_text(json.dumps(doc))

@@ -34,7 +34,19 @@ def test_plugin_command(d2it_cli):
 
 
 def test_build_with_the_plugin_backbone(d2it_cli, tmp_path):
-    proc = d2it_cli("build", "--backbone", "example-tiny", "--image-size", "32", "--set", "backbone.width=8", "--json", "--out", tmp_path / "m", check=0)
+    proc = d2it_cli(
+        "build",
+        "--backbone",
+        "example-tiny",
+        "--image-size",
+        "32",
+        "--set",
+        "backbone.width=8",
+        "--json",
+        "--out",
+        tmp_path / "m",
+        check=0,
+    )
     doc = json.loads(proc.stdout)
     assert doc["providers"]["backbone"] == "d2it-example-plugin 0.3.0"
     assert doc["parts"][0]["params"] > 0

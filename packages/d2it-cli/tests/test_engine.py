@@ -45,8 +45,10 @@ class ToyTask(Task):
         return {"model": self.model, "critic": self.critic}
 
     def make_optimizers(self, trainer):
-        return {"model": torch.optim.Adam(self.model.parameters(), lr=1e-2),
-                "critic": torch.optim.Adam(self.critic.parameters(), lr=1e-2)}
+        return {
+            "model": torch.optim.Adam(self.model.parameters(), lr=1e-2),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=1e-2),
+        }
 
     def micro_step(self, trainer, batch, step, scale):
         x, idx = batch
@@ -56,14 +58,25 @@ class ToyTask(Task):
             pred = trainer.wrapped["model"](x)
         loss = ((pred - x.sum(1, keepdim=True) - 0.01 * noise) ** 2).mean()
         (loss * scale).backward()
-        critic_loss = trainer.wrapped["critic"](pred.detach()).pow(2).mean()
+        with trainer.autocast():
+            critic_loss = trainer.wrapped["critic"](pred.detach()).float().pow(2).mean()
         (critic_loss * scale).backward()
         return {"loss": loss.detach(), "critic": critic_loss.detach()}
 
 
 def config(run_dir, **kw):
-    base = dict(batch=4, grad_accum=2, steps=6, ckpt_every=3, log_every=1, warmup="2", ema=True,
-                ema_decay=0.9, quiet=True, seed=3)
+    base = dict(
+        batch=4,
+        grad_accum=2,
+        steps=6,
+        ckpt_every=3,
+        log_every=1,
+        warmup="2",
+        ema=True,
+        ema_decay=0.9,
+        quiet=True,
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(run_dir=run_dir, **base)
 
@@ -163,8 +176,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank, world, port, run_dir, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from d2it_cli.engine import dist
 
@@ -172,8 +186,16 @@ def _ddp_worker(rank, world, port, run_dir, out_dir):
     trainer = Trainer(task, config(run_dir, steps=3, ckpt_every=2, device="cpu"))
     trainer.fit()
     wrapped = type(trainer.wrapped["model"]).__name__
-    torch.save({"model": task.model.state_dict(), "critic": task.critic.state_dict(), "seen": task.seen,
-                "wrapped": wrapped, "world": dist.world_size()}, Path(out_dir) / f"rank{rank}.pt")
+    torch.save(
+        {
+            "model": task.model.state_dict(),
+            "critic": task.critic.state_dict(),
+            "seen": task.seen,
+            "wrapped": wrapped,
+            "world": dist.world_size(),
+        },
+        Path(out_dir) / f"rank{rank}.pt",
+    )
     dist.shutdown()
 
 
@@ -191,7 +213,23 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     assert any(not torch.equal(v, init[k]) for k, v in r0["model"].items())
     # one set of weights and state, one RNG file per rank
     step3 = tmp_path / "run" / "checkpoints" / "step-0000003"
-    assert sorted(p.name for p in step3.iterdir()) == ["critic.safetensors", "model.safetensors", "rng-00000.pt",
-                                                       "rng-00001.pt", "state.pt"]
+    assert sorted(p.name for p in step3.iterdir()) == [
+        "critic.safetensors",
+        "model.safetensors",
+        "rng-00000.pt",
+        "rng-00001.pt",
+        "state.pt",
+    ]
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["images_per_s"] > 0 for r in log)
+
+
+def test_epochs_and_bf16_autocast_on_cpu(tmp_path):
+    trainer = Trainer(ToyTask(), config(tmp_path, steps=None, epochs=2, precision="bf16", ema=False, warmup="1ep"))
+    trainer.fit()
+    # 24 items, batch 4 -> 6 micro-batches per epoch, 2 per step -> 3 steps per epoch
+    assert trainer.total_steps == 6 and trainer.warmup == 3 and trainer.precision == "bf16"
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and log[-1]["epoch"] == 2
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    assert Trainer(ToyTask(), config(tmp_path / "x")).precision == "fp32"  # auto on CPU

@@ -40,7 +40,11 @@ class TinyBackbone(nn.Module):
 
     def example_inputs(self, batch):
         n = self.input_size
-        return torch.zeros(batch, self.in_channels, n, n), torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+        return (
+            torch.zeros(batch, self.in_channels, n, n),
+            torch.zeros(batch, dtype=torch.long),
+            torch.zeros(batch, dtype=torch.long),
+        )
 
 
 class TinyPlugin:
@@ -49,7 +53,9 @@ class TinyPlugin:
     @d2it.hookimpl
     def d2it_backbones(self):
         return [
-            d2it.ComponentSpec("tiny", "backbone", TinyBackbone, TinyConfig, summary="test backbone", aliases=("tiny-alias",)),
+            d2it.ComponentSpec(
+                "tiny", "backbone", TinyBackbone, TinyConfig, summary="test backbone", aliases=("tiny-alias",)
+            ),
         ]
 
 

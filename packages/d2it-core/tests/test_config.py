@@ -4,11 +4,14 @@ import pytest
 
 from d2it.config import build_config, config_options, config_to_dict, parse_sets
 from d2it.errors import ConfigError
+
 from conftest import TinyConfig
 
 
 def test_defaults_and_string_overrides():
-    cfg = build_config(TinyConfig, {"width": "16", "scale": "0.5", "learn_sigma": "true", "tag": "none", "dims": "3,4,5"})
+    cfg = build_config(
+        TinyConfig, {"width": "16", "scale": "0.5", "learn_sigma": "true", "tag": "none", "dims": "3,4,5"}
+    )
     assert cfg == TinyConfig(width=16, scale=0.5, learn_sigma=True, tag=None, dims=(3, 4, 5))
 
 

@@ -73,3 +73,9 @@ def test_hashes_depend_on_content(tmp_path):
     assert io.state_sha256(a) == io.state_sha256({"w": torch.zeros(3)})
     (tmp_path / "f").write_bytes(b"abc")
     assert io.file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_load_accepts_a_torch_device(tmp_path):
+    io.save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+    tensors, _ = io.load_safetensors(tmp_path / "w.safetensors", device=torch.device("cpu"))
+    assert tensors["w"].device.type == "cpu"

@@ -10,6 +10,7 @@ import d2it
 from d2it.errors import D2itError, DuplicateComponentError, PluginWarning, UnknownComponentError
 from d2it.registry import Registry
 from d2it.testing import registry_with
+
 from conftest import TinyBackbone, TinyConfig, TinyPlugin
 
 
@@ -36,12 +37,16 @@ def test_unknown_kind_is_an_error(tiny_registry):
 
 
 def test_create_applies_overrides_and_context(tiny_registry):
-    model = d2it.create("backbone", "tiny", {"width": "5"}, input_size=4, in_channels=3, num_classes=2, grains=None, attention=None)
+    model = d2it.create(
+        "backbone", "tiny", {"width": "5"}, input_size=4, in_channels=3, num_classes=2, grains=None, attention=None
+    )
     assert isinstance(model, TinyBackbone) and model.proj.out_channels == 5
 
 
 def test_create_accepts_a_config_instance(tiny_registry):
-    model = d2it.create("backbone", "tiny", TinyConfig(width=3), input_size=4, in_channels=3, num_classes=2, grains=None, attention=None)
+    model = d2it.create(
+        "backbone", "tiny", TinyConfig(width=3), input_size=4, in_channels=3, num_classes=2, grains=None, attention=None
+    )
     assert model.proj.out_channels == 3
 
 

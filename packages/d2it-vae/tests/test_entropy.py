@@ -8,7 +8,7 @@ import torch
 
 import d2it
 from d2it.errors import D2itError, DataError
-from d2it_vae.entropy import EntropyCoder, fit_thresholds, grains_from_scores, region_entropy
+from d2it_vae.entropy import fit_thresholds, grains_from_scores, region_entropy
 
 
 def reference_entropy(images: np.ndarray, region: int, bins: int = 32, sigma: float = 0.01) -> np.ndarray:

@@ -46,13 +46,21 @@ class ExampleTiny(nn.Module):
 
     def example_inputs(self, batch):
         n = self.input_size
-        return (torch.zeros(batch, self.in_channels, n, n), torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long))
+        return (
+            torch.zeros(batch, self.in_channels, n, n),
+            torch.zeros(batch, dtype=torch.long),
+            torch.zeros(batch, dtype=torch.long),
+        )
 
 
 @d2it.hookimpl
 def d2it_backbones():
     """The example backbone."""
-    return [d2it.ComponentSpec("example-tiny", "backbone", ExampleTiny, ExampleConfig, summary="example third-party backbone")]
+    return [
+        d2it.ComponentSpec(
+            "example-tiny", "backbone", ExampleTiny, ExampleConfig, summary="example third-party backbone"
+        )
+    ]
 
 
 @click.command("example-hello")

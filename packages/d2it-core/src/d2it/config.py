@@ -41,7 +41,9 @@ def coerce(tp, value):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))):
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))
+        ):
             return None
         # try None last so that "none" only wins when nothing else parses
         for arg in sorted(args, key=lambda a: a is type(None)):

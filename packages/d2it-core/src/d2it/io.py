@@ -42,9 +42,9 @@ def save_safetensors(tensors: dict, path, metadata: dict | None = None):
         save_file(clean, str(tmp), metadata=meta)
 
 
-def load_safetensors(path, device: str = "cpu") -> tuple[dict, dict]:
-    """Load (tensors, metadata); a missing or corrupt file raises CheckpointError."""
-    path = Path(path)
+def load_safetensors(path, device="cpu") -> tuple[dict, dict]:
+    """Load (tensors, metadata) onto a device (name or torch.device); a missing or corrupt file raises CheckpointError."""
+    path, device = Path(path), str(device)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     try:

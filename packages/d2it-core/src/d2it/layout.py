@@ -66,9 +66,7 @@ def multigrain_noise(
     draws = []
     for g in range(grains):
         n = 2**g  # codes per region side at grain g
-        draws.append(
-            torch.randn(b, channels, h * n, w * n, generator=generator, device=grain_map.device, dtype=dtype)
-        )
+        draws.append(torch.randn(b, channels, h * n, w * n, generator=generator, device=grain_map.device, dtype=dtype))
     return neighbour_copy(draws, grain_map)
 
 

@@ -9,8 +9,15 @@ from d2it.spec import ComponentSpec
 def d2it_attention():
     """The attention backends."""
     return [
-        ComponentSpec("auto", "attention", lambda c: auto_attention, summary="xformers on CUDA fp16/bf16 when installed, else sdpa"),
+        ComponentSpec(
+            "auto",
+            "attention",
+            lambda c: auto_attention,
+            summary="xformers on CUDA fp16/bf16 when installed, else sdpa",
+        ),
         ComponentSpec("sdpa", "attention", lambda c: sdpa_attention, summary="torch scaled_dot_product_attention"),
         ComponentSpec("math", "attention", lambda c: math_attention, summary="explicit softmax(QK^T)V reference"),
-        ComponentSpec("xformers", "attention", make_xformers, summary="xformers memory-efficient attention (CUDA, fp16/bf16)"),
+        ComponentSpec(
+            "xformers", "attention", make_xformers, summary="xformers memory-efficient attention (CUDA, fp16/bf16)"
+        ),
     ]

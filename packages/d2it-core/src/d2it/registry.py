@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import attrs
 import pluggy
 
-from d2it.errors import D2itError, DuplicateComponentError, UnknownComponentError, PluginWarning
+from d2it.errors import D2itError, DuplicateComponentError, PluginWarning, UnknownComponentError
 from d2it.hookspecs import KIND_HOOKS, KINDS, PROJECT, D2itSpec
 from d2it.spec import ComponentSpec
 

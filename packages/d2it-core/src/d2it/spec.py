@@ -1,7 +1,8 @@
 """Component specs: what a plugin registers for one component."""
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 

@@ -104,8 +104,8 @@ class System(nn.Module):
     def weight_modules(self) -> dict[str, nn.Module]:
         """Weight file stem -> module, for the parts this system has."""
         out = {}
-        for stem, attr in WEIGHT_SLOTS.items():
-            module = getattr(self, attr)
+        for stem, name in WEIGHT_SLOTS.items():
+            module = getattr(self, name)
             if isinstance(module, nn.Module):
                 out[stem] = module
         return out
@@ -153,7 +153,9 @@ def build(record: SystemRecord, registry: Registry | None = None) -> System:
     )
     content = backbone
     if routed:
-        content = registry.create("refiner", record.refine, opts.get("refine"), where="refine", backbone=backbone, attention=attention)
+        content = registry.create(
+            "refiner", record.refine, opts.get("refine"), where="refine", backbone=backbone, attention=attention
+        )
     grain = None
     if record.grain:
         region = 2 ** ((grains or 1) - 1)

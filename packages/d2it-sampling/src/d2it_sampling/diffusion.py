@@ -95,7 +95,9 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
 
 
 # -- noise -------------------------------------------------------------------------------------
-def gaussian_noise(shape, *, grain_map=None, grains: int = 2, generator: Generators = None, device=None, dtype=torch.float32):
+def gaussian_noise(
+    shape, *, grain_map=None, grains: int = 2, generator: Generators = None, device=None, dtype=torch.float32
+):
     """Standard normal noise of `shape` (B, C, H, W): i.i.d. per cell, or in the grain layout.
 
     With a grain map (B, h, w) every code gets one draw copied to its cells
@@ -117,7 +119,10 @@ def gaussian_noise(shape, *, grain_map=None, grains: int = 2, generator: Generat
         if _is_sequence(generator):
             _check_generators(generator, b)
             return torch.cat(
-                [multigrain_noise(grain_map[i : i + 1], grains, c, generator=g, dtype=dtype) for i, g in enumerate(generator)]
+                [
+                    multigrain_noise(grain_map[i : i + 1], grains, c, generator=g, dtype=dtype)
+                    for i, g in enumerate(generator)
+                ]
             )
         return multigrain_noise(grain_map, grains, c, generator=generator, dtype=dtype)
     if _is_sequence(generator):
@@ -243,7 +248,7 @@ class GaussianDiffusion:
         return self._buffer("timestep_map", t.device)[t]
 
     def respace(self, steps) -> "GaussianDiffusion":
-        """This process restricted to `steps` (see `space_timesteps`) with betas from the kept ᾱ (ADM's SpacedDiffusion)."""
+        """The process on `steps` (see `space_timesteps`), betas from the kept ᾱ (ADM's SpacedDiffusion)."""
         if isinstance(steps, int) and not isinstance(steps, bool) and steps == self.num_timesteps:
             return self
         kept = space_timesteps(self.num_timesteps, steps)
@@ -261,7 +266,9 @@ class GaussianDiffusion:
     # -- noise and the forward process ------------------------------------------------------
     def noise(self, shape, *, grain_map=None, generator: Generators = None, device=None, dtype=torch.float32):
         """Standard normal noise of `shape`, in the grain layout when a grain map is given (see `gaussian_noise`)."""
-        return gaussian_noise(shape, grain_map=grain_map, grains=self.grains, generator=generator, device=device, dtype=dtype)
+        return gaussian_noise(
+            shape, grain_map=grain_map, grains=self.grains, generator=generator, device=device, dtype=dtype
+        )
 
     def q_mean_variance(self, x0, t):
         """Mean, variance and log-variance of q(x_t | x_0)."""
@@ -274,7 +281,10 @@ class GaussianDiffusion:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I), the noise in the grain layout if given."""
         if noise is None:
             noise = self.noise(x0.shape, grain_map=grain_map, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self._extract("sqrt_alphas_cumprod", t, x0) * x0 + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x0) * x0
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        )
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 6-7)."""
@@ -285,7 +295,10 @@ class GaussianDiffusion:
 
     def predict_xstart_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)."""
-        return self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        return (
+            self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        )
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """The ε that maps x_0 to x_t at step t."""

@@ -4,6 +4,7 @@ from contextlib import contextmanager
 
 import attrs
 import torch
+
 from d2it.errors import ConfigError, D2itError
 from d2it.registry import default_registry
 from d2it.system import System, SystemRecord
@@ -49,9 +50,7 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def make_diffusion(
-    record_or_system, steps=None, *, grain_weights=None, registry=None
-) -> GaussianDiffusion:
+def make_diffusion(record_or_system, steps=None, *, grain_weights=None, registry=None) -> GaussianDiffusion:
     """The diffusion a system trains and samples with.
 
     The betas come from the record's schedule (name and `options["schedule"]`); `learn_sigma`
@@ -133,7 +132,8 @@ def _grain_maps(system, y, indices, *, seed, grain_cfg_scale, grain_options, gri
         grain_map = system.grain.sample(y[row : row + 1], generator=g, **options)
         if tuple(grain_map.shape) != (1, grid, grid):
             raise D2itError(
-                f"the grain predictor returned maps of shape {tuple(grain_map.shape)}; the content model needs (1, {grid}, {grid})"
+                f"the grain predictor returned maps of shape {tuple(grain_map.shape)}; "
+                f"the content model needs (1, {grid}, {grid})"
             )
         maps.append(grain_map.to(device=device, dtype=torch.long))
     return torch.cat(maps)

@@ -11,7 +11,9 @@ def d2it_schedules():
     """The noise schedules: factory(config) -> float64 betas (T,)."""
     return [
         ComponentSpec("linear", "schedule", make_linear, LinearConfig, summary="DDPM linear betas 1e-4 .. 0.02 (DiT)"),
-        ComponentSpec("cosine", "schedule", make_cosine, CosineConfig, summary="Improved-DDPM cosine alpha-bar schedule"),
+        ComponentSpec(
+            "cosine", "schedule", make_cosine, CosineConfig, summary="Improved-DDPM cosine alpha-bar schedule"
+        ),
     ]
 
 

@@ -72,7 +72,9 @@ def sample_ddim(model_fn, diffusion, x, *, grain_map=None, generator=None, progr
         sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
         x = out["pred_xstart"] * a_prev**0.5 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if i > 0 and sigma > 0:
-            x = x + sigma * diffusion.noise(x.shape, grain_map=grain_map, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma * diffusion.noise(
+                x.shape, grain_map=grain_map, generator=generator, device=x.device, dtype=x.dtype
+            )
     return x
 
 

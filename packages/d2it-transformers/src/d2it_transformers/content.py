@@ -86,7 +86,8 @@ class WindowAttention(Attention):
         qkv = qkv.reshape(3, b * self.windows, heads, mh * mw, hd)
         if self.key_mask is not None:
             mask = self.key_mask.repeat(b, 1, 1, 1)
-        out = self.attention(qkv[0], qkv[1], qkv[2], mask)
+        q, k, v = qkv.unbind(0)  # one stacked gradient in backward, not three zero-filled ones
+        out = self.attention(q, k, v, mask)
         out = out.view(b, ph // mh, pw // mw, heads, mh, mw, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, ph, pw, d)
         if (ph, pw) != (h, w):
             out = out[:, :h, :w]
@@ -129,7 +130,9 @@ class RefineNet(nn.Module):
         self.region_proj = nn.Linear(hidden_size, region * region * hidden_size)
         self.pos_embed = nn.Parameter(sincos_table(hidden_size, grid))
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, attn=WindowAttention(hidden_size, num_heads, attention, grid, window))
+            DiTBlock(
+                hidden_size, num_heads, mlp_ratio, attn=WindowAttention(hidden_size, num_heads, attention, grid, window)
+            )
             for _ in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, 1, out_channels)
@@ -240,7 +243,9 @@ class RefinerConfig:
 
 def _routed(backbone, name: str):
     if getattr(backbone, "grains", None) is None or not hasattr(backbone, "refine_depth"):
-        raise ConfigError(f"refiner {name!r} needs a routed (grain-aware) backbone, got a plain {type(backbone).__name__}")
+        raise ConfigError(
+            f"refiner {name!r} needs a routed (grain-aware) backbone, got a plain {type(backbone).__name__}"
+        )
     return backbone
 
 
@@ -286,6 +291,10 @@ REFINERS = [
         )
         for m in (16, 8, 4, 2)
     ),
-    ComponentSpec("global", "refiner", make_refiner("global", None), RefinerConfig, summary="RefineNet with global attention"),
-    ComponentSpec("none", "refiner", make_no_refiner, EmptyConfig, summary="no RefineNet: the backbone's rough prediction"),
+    ComponentSpec(
+        "global", "refiner", make_refiner("global", None), RefinerConfig, summary="RefineNet with global attention"
+    ),
+    ComponentSpec(
+        "none", "refiner", make_no_refiner, EmptyConfig, summary="no RefineNet: the backbone's rough prediction"
+    ),
 ]

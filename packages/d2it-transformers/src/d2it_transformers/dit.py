@@ -10,7 +10,6 @@ from typing import NamedTuple
 import attrs
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -119,7 +118,8 @@ class Attention(nn.Module):
         """(B, N, D) -> (B, N, D); `mask` as the attention backend takes it."""
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = self.attention(qkv[0], qkv[1], qkv[2], mask)
+        q, k, v = qkv.unbind(0)  # one stacked gradient in backward, not three zero-filled ones
+        out = self.attention(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -454,7 +454,7 @@ def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos):
 
 def sincos_table(embed_dim: int, grid) -> torch.Tensor:
     """The sin-cos table as a float32 tensor (1, H*W, embed_dim)."""
-    return torch.from_numpy(get_2d_sincos_pos_embed(embed_dim, grid)).float().unsqueeze(0)
+    return torch.tensor(get_2d_sincos_pos_embed(embed_dim, grid), dtype=torch.float32).unsqueeze(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +483,8 @@ def _size_config(size: str, patch: int) -> type:
         frozen=True,
     )
     cls.__module__ = __name__
-    cls.__doc__ = f"Options of DiT-{size.upper()}/{patch} (depth None = {SIZES[size][2]}, or total minus refine_depth when routed)."
+    total = SIZES[size][2]
+    cls.__doc__ = f"Options of DiT-{size.upper()}/{patch}: depth None = {total}, or {total} - refine_depth when routed."
     return cls
 
 
@@ -521,9 +522,7 @@ def make_backbone(size: str):
         if config.refine_depth < 0:
             raise ConfigError(f"refine_depth must be at least 0, got {config.refine_depth}")
         depth = total - config.refine_depth if config.depth is None else config.depth
-        return RoutedDiT(
-            input_size=input_size, grains=grains, depth=depth, refine_depth=config.refine_depth, **common
-        )
+        return RoutedDiT(input_size=input_size, grains=grains, depth=depth, refine_depth=config.refine_depth, **common)
 
     factory.__doc__ = f"Build DiT-{size.upper()} (plain) or its routed D²iT backbone."
     return factory

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2it.config import coerce
 from d2it.errors import ConfigError, DataError
 from d2it.spec import ComponentSpec
 
@@ -76,11 +77,29 @@ def _check_options(given: dict, defaults: dict, where: str) -> dict:
     return {**defaults, **given}
 
 
+def _option(tp, value, name: str, ok, need: str):
+    """Coerce a sampling option (strings from the command line too) and check it, else ConfigError."""
+    try:
+        parsed = coerce(tp, value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or not ok(parsed):
+        raise ConfigError(f"{name} must be {need}, got {value!r}")
+    return parsed
+
+
+def _check_sampling(opts: dict) -> dict:
+    """Validate the transformer's sampling options: steps >= 1, temperature >= 0, finite cfg_scale."""
+    return {
+        "steps": _option(int, opts["steps"], "steps", lambda v: v >= 1, "a positive integer"),
+        "temperature": _option(float, opts["temperature"], "temperature", lambda v: v >= 0, "a number >= 0"),
+        "cfg_scale": _option(float, opts["cfg_scale"], "cfg_scale", math.isfinite, "a finite number"),
+    }
+
+
 def _check_ratio(ratio) -> float:
     """A probability in [0, 1]."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise ConfigError(f"ratio must be a number between 0 and 1, got {ratio!r}")
-    return float(ratio)
+    return _option(float, ratio, "ratio", lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
 
 
 def _check_context(grid: int, grains: int, num_classes: int):
@@ -169,8 +188,7 @@ class GrainTransformer(nn.Module):
         self.grid, self.grains, self.num_classes = grid, grains, num_classes
         self.mask_id = grains  # the [MASK] token follows the k grain tokens
         self.hidden_size, self.class_dropout = hidden_size, class_dropout
-        self.defaults = {"steps": steps, "temperature": temperature, "cfg_scale": cfg_scale}
-        _check_sampling(self.defaults)
+        self.defaults = _check_sampling({"steps": steps, "temperature": temperature, "cfg_scale": cfg_scale})
 
         self.token_embed = nn.Embedding(grains + 1, hidden_size)
         pos = torch.as_tensor(get_2d_sincos_pos_embed(hidden_size, grid), dtype=torch.float32)
@@ -196,7 +214,7 @@ class GrainTransformer(nn.Module):
         return self.logits(tokens, y, self.training)
 
     def example_inputs(self, batch: int = 1) -> tuple:
-        """(tokens, classes) for one forward call: a half-masked grid and class 0, on this module's device."""
+        """(tokens, classes) for one forward call: tokens cycling through every grain and [MASK], class 0."""
         device = self.token_embed.weight.device
         n = self.grid * self.grid
         tokens = torch.arange(batch * n, device=device).reshape(batch, n) % (self.grains + 1)
@@ -227,26 +245,22 @@ class GrainTransformer(nn.Module):
 
     def loss(self, grain_maps: torch.Tensor, classes: torch.Tensor, generator: torch.Generator | None = None):
         """Masked-token cross-entropy (nats per masked token); mask ratio γ(r), r ~ U[0, 1), at least one token."""
-        tokens = self._tokens(grain_maps)
-        y = _check_classes(classes, self.num_classes)
+        device = self.token_embed.weight.device
+        tokens = self._tokens(grain_maps).to(device)
+        y = _check_classes(classes, self.num_classes).to(device)
         if y.shape[0] != tokens.shape[0]:
             raise DataError(f"got {tokens.shape[0]} grain maps but {y.shape[0]} classes")
         b, n = tokens.shape
-        device = tokens.device
         count = (cosine_schedule(_rand((b,), generator, device)) * n).ceil().clamp(1, n).long().to(device)
         ranks = _rand((b, n), generator, device).argsort(dim=1).argsort(dim=1)
         mask = ranks < count[:, None]
-        logits = self(tokens.masked_fill(mask, self.mask_id), y.to(device))
+        logits = self(tokens.masked_fill(mask, self.mask_id), y)
         return F.cross_entropy(logits[mask].float(), tokens[mask])
 
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, classes, generator: torch.Generator | None = None, **options) -> torch.Tensor:
-        """MaskGIT decoding: sample every masked token, keep the most confident, re-mask the rest (cosine schedule).
-
-        Options: `steps`, `temperature` (scale of the Gumbel noise on confidences, annealed to 0),
-        `cfg_scale` (classifier-free guidance on logits; 1 = off).
-        """
+        """MaskGIT decoding; options `steps`, `temperature` (Gumbel noise on confidences), `cfg_scale` (1 = off)."""
         opts = _check_sampling(_check_options(options, self.defaults, f"grain transformer (grains={self.grains})"))
         if opts["cfg_scale"] != 1.0 and self.class_dropout == 0:
             raise ConfigError("cfg_scale other than 1 needs a trained null class: train with class_dropout > 0")
@@ -269,18 +283,6 @@ class GrainTransformer(nn.Module):
         return tokens.reshape(b, self.grid, self.grid)
 
 
-def _check_sampling(opts: dict) -> dict:
-    """Validate steps (int >= 1), temperature (>= 0) and cfg_scale (a number)."""
-    steps, temperature, cfg = opts["steps"], opts["temperature"], opts["cfg_scale"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ConfigError(f"temperature must be a number >= 0, got {temperature!r}")
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
-        raise ConfigError(f"cfg_scale must be a finite number, got {cfg!r}")
-    return {"steps": steps, "temperature": float(temperature), "cfg_scale": float(cfg)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +291,11 @@ def _check_sampling(opts: dict) -> dict:
 def _positive(instance, attribute, value):
     if value < 1:
         raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+
+
+def _above_zero(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be greater than 0, got {value}")
 
 
 def _non_negative(instance, attribute, value):
@@ -308,7 +315,7 @@ class GrainTransformerConfig:
     depth: int = attrs.field(default=12, validator=_positive)
     hidden_size: int = attrs.field(default=384, validator=_positive)
     num_heads: int = attrs.field(default=6, validator=_positive)
-    mlp_ratio: float = attrs.field(default=4.0, validator=_non_negative)
+    mlp_ratio: float = attrs.field(default=4.0, validator=_above_zero)
     class_dropout: float = attrs.field(default=0.1, validator=_probability)
     steps: int = attrs.field(default=12, validator=_positive)
     temperature: float = attrs.field(default=1.0, validator=_non_negative)

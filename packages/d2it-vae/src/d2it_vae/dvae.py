@@ -217,7 +217,9 @@ class DynamicVAE(nn.Module):
         """Images from a copied-layout latent; the learned position embedding is added first."""
         side = self.image_size // self.downsample
         if z.ndim != 4 or tuple(z.shape[1:]) != (self.latent_channels, side, side):
-            raise DataError(f"this VAE decodes latents of shape (B, {self.latent_channels}, {side}, {side}), got {tuple(z.shape)}")
+            raise DataError(
+                f"this VAE decodes latents of shape (B, {self.latent_channels}, {side}, {side}), got {tuple(z.shape)}"
+            )
         if self.pos_embed is not None:
             z = z + self.pos_embed.to(z.dtype)
         return self.decoder(z)
@@ -287,7 +289,9 @@ def make_dvae(config: DVAEConfig, *, image_size: int) -> DynamicVAE:
     }
     coder = _create_part("grain_coder", config.grain_coder, coder_options)
     kwargs = {key: getattr(config, key) for key in _MODEL_KEYS}
-    return DynamicVAE(image_size, _regularizer(config), coder, grains=config.grains, pos_embed=config.pos_embed, **kwargs)
+    return DynamicVAE(
+        image_size, _regularizer(config), coder, grains=config.grains, pos_embed=config.pos_embed, **kwargs
+    )
 
 
 def make_vae_f8(config: VAEF8Config, *, image_size: int) -> DynamicVAE:

@@ -5,6 +5,8 @@ The LPIPS trunk (torchvision VGG16) is loaded from `lpips_weights` when given, d
 torchvision on first use otherwise, or left random with `pnet_rand=True` (tests).
 """
 
+import copy
+import functools
 import warnings
 from pathlib import Path
 
@@ -13,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2it.errors import CheckpointError
-
 
 #################################################################################
 #                                  LPIPS (VGG)                                  #
@@ -38,8 +39,9 @@ def _vgg_state_dict(path) -> dict:
     return state
 
 
-def make_lpips(lpips_weights=None, pnet_rand: bool = False) -> nn.Module:
-    """LPIPS with the VGG trunk (frozen, eval mode); the linear layers ship with the `lpips` package."""
+@functools.lru_cache(maxsize=2)
+def _lpips_template(lpips_weights, pnet_rand: bool) -> nn.Module:
+    """One frozen LPIPS network per weights source (building torchvision's VGG16 takes seconds)."""
     import lpips
 
     with warnings.catch_warnings():
@@ -57,6 +59,12 @@ def make_lpips(lpips_weights=None, pnet_rand: bool = False) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def make_lpips(lpips_weights=None, pnet_rand: bool = False) -> nn.Module:
+    """LPIPS with the VGG trunk (frozen, eval mode); the linear layers ship with the `lpips` package."""
+    key = None if lpips_weights is None else str(Path(lpips_weights).resolve())
+    return copy.deepcopy(_lpips_template(key, bool(pnet_rand)))
 
 
 #################################################################################
@@ -181,5 +189,9 @@ class VAELoss(nn.Module):
         logits_real = self.discriminator(images.detach())
         logits_fake = self.discriminator(out.recon.detach())
         d_loss = hinge_d_loss(logits_real, logits_fake)
-        logs = {"d_loss": d_loss.item(), "logits_real": logits_real.mean().item(), "logits_fake": logits_fake.mean().item()}
+        logs = {
+            "d_loss": d_loss.item(),
+            "logits_real": logits_real.mean().item(),
+            "logits_fake": logits_fake.mean().item(),
+        }
         return d_loss, logs

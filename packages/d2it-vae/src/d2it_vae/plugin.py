@@ -11,7 +11,9 @@ from d2it_vae.regularizers import KLConfig, VQConfig, make_kl, make_vq
 def d2it_vaes():
     """The Dynamic VAEs and the fixed-grain baseline."""
     return [
-        ComponentSpec("dvae-kl", "vae", make_dvae, DVAEConfig, summary="Dynamic VAE, F=8/16, KL posterior (D²iT stage 1)"),
+        ComponentSpec(
+            "dvae-kl", "vae", make_dvae, DVAEConfig, summary="Dynamic VAE, F=8/16, KL posterior (D²iT stage 1)"
+        ),
         ComponentSpec("dvae-vq", "vae", make_dvae, DVAEVQConfig, summary="Dynamic VAE, F=8/16, EMA vector quantizer"),
         ComponentSpec("vae-f8", "vae", make_vae_f8, VAEF8Config, summary="LDM KL-f8 autoencoder, one grain"),
     ]
@@ -22,7 +24,9 @@ def d2it_regularizers():
     """The latent regularizers."""
     return [
         ComponentSpec("kl", "regularizer", make_kl, KLConfig, summary="diagonal Gaussian posterior, KL to N(0, I)"),
-        ComponentSpec("vq", "regularizer", make_vq, VQConfig, summary="vector quantizer, EMA codebook, straight-through"),
+        ComponentSpec(
+            "vq", "regularizer", make_vq, VQConfig, summary="vector quantizer, EMA codebook, straight-through"
+        ),
     ]
 
 
@@ -30,5 +34,7 @@ def d2it_regularizers():
 def d2it_grain_coders():
     """The grain coders."""
     return [
-        ComponentSpec("entropy", "grain_coder", make_entropy_coder, EntropyConfig, summary="Shannon entropy of regions"),
+        ComponentSpec(
+            "entropy", "grain_coder", make_entropy_coder, EntropyConfig, summary="Shannon entropy of regions"
+        ),
     ]

@@ -73,7 +73,10 @@ def count_system(system) -> list[dict]:
 
 def providers(system, registry) -> dict[str, str]:
     """Slot -> 'dist version' of the component in that slot."""
-    return {slot: f"{registry.get(systems.SLOTS[slot], name).dist} {registry.get(systems.SLOTS[slot], name).version}" for slot, name in system.record.slot_names().items()}
+    return {
+        slot: f"{registry.get(systems.SLOTS[slot], name).dist} {registry.get(systems.SLOTS[slot], name).version}"
+        for slot, name in system.record.slot_names().items()
+    }
 
 
 @click.command()
@@ -92,13 +95,31 @@ def providers(system, registry) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--no-count", is_flag=True, help="Skip MAC counting.")
 @click.pass_obj
-def build(obj, vae, backbone, refine, grain, sampler, schedule, attention, image_size, num_classes, sets, from_dir, out, as_json, no_count):
+def build(
+    obj,
+    vae,
+    backbone,
+    refine,
+    grain,
+    sampler,
+    schedule,
+    attention,
+    image_size,
+    num_classes,
+    sets,
+    from_dir,
+    out,
+    as_json,
+    no_count,
+):
     """Assemble a system, print its parts with parameters and GMACs, and optionally save it."""
     registry = obj["registry"]
     if from_dir:
         system = systems.load(from_dir, registry)
     else:
-        record = record_from_options(vae, backbone, refine, grain, sampler, schedule, attention, image_size, num_classes, sets)
+        record = record_from_options(
+            vae, backbone, refine, grain, sampler, schedule, attention, image_size, num_classes, sets
+        )
         torch.manual_seed(0)
         system = systems.build(record, registry)
     system.eval()
@@ -118,11 +139,26 @@ def build(obj, vae, backbone, refine, grain, sampler, schedule, attention, image
             doc["out"] = str(out)
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(format_table(["slot", "component", "provider"], [[s, n, provider[s]] for s, n in system.record.slot_names().items()]))
+    click.echo(
+        format_table(
+            ["slot", "component", "provider"], [[s, n, provider[s]] for s, n in system.record.slot_names().items()]
+        )
+    )
     if rows:
         click.echo()
-        table = [[r["part"], r["name"], f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}", f"{r['gmacs_without_attention']:.2f}"] for r in rows]
-        table.append(["total", "", f"{total['params_m']:.2f}", f"{total['gmacs']:.2f}", f"{total['gmacs_without_attention']:.2f}"])
+        table = [
+            [r["part"], r["name"], f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}", f"{r['gmacs_without_attention']:.2f}"]
+            for r in rows
+        ]
+        table.append(
+            [
+                "total",
+                "",
+                f"{total['params_m']:.2f}",
+                f"{total['gmacs']:.2f}",
+                f"{total['gmacs_without_attention']:.2f}",
+            ]
+        )
         click.echo(format_table(["part", "component", "params (M)", "GMACs", "GMACs w/o attn"], table))
         for r in rows:
             if "note" in r:

@@ -207,7 +207,7 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
     names = parse_metrics(metric_names or chosen.get("metrics") or "fid")
     registry = obj["registry"]
     dev = dist.init_distributed(device)
-    system = systems.load(system_dir, registry, device=dev)
+    system = systems.load(system_dir, registry, device=str(dev))  # safetensors wants a string
     out = Path(out)
     paths = generation.run_shards(
         system, num, out, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,

@@ -31,4 +31,9 @@ def plugins(obj, kind, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(format_table(["kind", "name", "provider", "version", "summary"], [[r["kind"], r["name"], r["provider"], r["version"], r["summary"]] for r in rows]))
+    click.echo(
+        format_table(
+            ["kind", "name", "provider", "version", "summary"],
+            [[r["kind"], r["name"], r["provider"], r["version"], r["summary"]] for r in rows],
+        )
+    )

@@ -43,14 +43,18 @@ def parse_data(spec: str) -> tuple[str, dict, str | None]:
     return "folder", {}, text
 
 
-def open_dataset(spec: str, image_size: int, train: bool, options: dict | None = None, registry: Registry | None = None):
+def open_dataset(
+    spec: str, image_size: int, train: bool, options: dict | None = None, registry: Registry | None = None
+):
     """Build the dataset named by a `--data` value (train: with random flips) through the registry."""
     registry = registry or default_registry()
     name, opts, root = parse_data(spec)
     opts.update(options or {})
     if root is not None and not Path(root).exists():
         raise DataError(f"data directory {root} does not exist")
-    return registry.create("dataset", name, opts, where=f"dataset {name}", root=root, image_size=image_size, train=train)
+    return registry.create(
+        "dataset", name, opts, where=f"dataset {name}", root=root, image_size=image_size, train=train
+    )
 
 
 def dataset_classes(dataset) -> int:

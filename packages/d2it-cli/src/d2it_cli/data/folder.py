@@ -91,8 +91,14 @@ class FolderDataset(torch.utils.data.Dataset):
             candidates = [(f, label) for label, (_, files) in enumerate(per_class) for f in files]
         else:
             self.classes = []
-            candidates = [(f, 0) for f in sorted(p for p in self.root.iterdir() if p.is_file()
-                                                 and p.name.lower().endswith(extensions) and not p.name.startswith("."))]
+            candidates = [
+                (f, 0)
+                for f in sorted(
+                    p
+                    for p in self.root.iterdir()
+                    if p.is_file() and p.name.lower().endswith(extensions) and not p.name.startswith(".")
+                )
+            ]
         if not candidates:
             raise DataError(f"no PNG or JPEG images found in {self.root}")
         self.skipped: list[tuple[str, str]] = []
@@ -107,8 +113,13 @@ class FolderDataset(torch.utils.data.Dataset):
                 raise DataError(f"image {path} cannot be read ({problem})")
             self.skipped.append((str(path), problem))
         if self.skipped:
-            log.warning("skipped %d unreadable image(s) of %d in %s (first: %s)", len(self.skipped),
-                        len(candidates), self.root, self.skipped[0][0])
+            log.warning(
+                "skipped %d unreadable image(s) of %d in %s (first: %s)",
+                len(self.skipped),
+                len(candidates),
+                self.root,
+                self.skipped[0][0],
+            )
         if not self.samples:
             raise DataError(f"none of the {len(candidates)} images in {self.root} can be read")
 
@@ -140,8 +151,9 @@ class FolderDataset(torch.utils.data.Dataset):
                     raise DataError(f"image {path} cannot be decoded ({exc})") from None
                 if str(path) not in {p for p, _ in self.skipped}:
                     self.skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
-                    log.warning("skipped corrupt image %s (%s); %d skipped so far in this process",
-                                path, exc, len(self.skipped))
+                    log.warning(
+                        "skipped corrupt image %s (%s); %d skipped so far in this process", path, exc, len(self.skipped)
+                    )
                 continue
             if self.train:
                 x = random_flip(x)

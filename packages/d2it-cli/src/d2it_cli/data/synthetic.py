@@ -1,8 +1,9 @@
 """The `synthetic` dataset: procedural images mixing smooth and detailed regions, deterministic per index.
 
 Each image is a recursive split of the canvas into rectangles. A smooth rectangle holds a flat
-colour or a linear gradient; a detailed one holds stripes, a checkerboard, dots or noise at a few
-pixels' period. The class chooses the palette and the preferred texture, so class-conditional
+colour or a very gentle linear gradient (one or two grey levels per region); a detailed one holds
+high-contrast sine stripes, a four-level checkerboard, soft dots or noise at a few pixels' period
+(many grey levels), so detail coincides with high region entropy. The class chooses the palette and the preferred texture, so class-conditional
 models have something to learn. `detail_mask(index)` tells where the detail is.
 """
 
@@ -98,32 +99,37 @@ class SyntheticDataset(torch.utils.data.Dataset):
         for y0, x0, y1, x1 in boxes:
             ys, xs = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
             c1 = _hsv_to_rgb((hue + 0.15 * rng.standard_normal()) % 1.0, rng.uniform(0.3, 0.9), rng.uniform(0.3, 1.0))
-            c2 = _hsv_to_rgb((hue + 0.5 + 0.2 * rng.standard_normal()) % 1.0, rng.uniform(0.2, 0.9), rng.uniform(0.1, 0.9))
+            c2 = _hsv_to_rgb(
+                (hue + 0.5 + 0.2 * rng.standard_normal()) % 1.0, rng.uniform(0.2, 0.9), rng.uniform(0.1, 0.9)
+            )
             if rng.random() < self.config.detail_ratio:
                 texture = preferred if rng.random() < 0.6 else TEXTURES[int(rng.integers(len(TEXTURES)))]
-                period = float(rng.uniform(2.5, 6.0))
+                period = float(rng.uniform(3.0, 7.0))
+                # strong contrast between the two colours, and textures of several grey levels: high entropy
+                c2 = np.clip(1.0 - c1 + 0.15 * rng.standard_normal(3), 0.0, 1.0)
                 if texture == "stripes":
                     angle = rng.uniform(0, np.pi)
                     phase = (np.cos(angle) * xs + np.sin(angle) * ys) / period
-                    t = (np.sin(2 * np.pi * phase) > 0).astype(np.float32)
+                    t = 0.5 + 0.5 * np.sin(2 * np.pi * phase).astype(np.float32)
                 elif texture == "checker":
                     p = max(2, int(round(period / 1.5)))
-                    t = (((ys // p) + (xs // p)) % 2).astype(np.float32)
+                    t = (((ys // p) + 2 * (xs // p)) % 4).astype(np.float32) / 3.0
                 elif texture == "dots":
                     p = max(3, int(round(period)))
                     dy, dx = (ys % p) - p / 2 + 0.5, (xs % p) - p / 2 + 0.5
-                    t = (dy * dy + dx * dx < (p / 3) ** 2).astype(np.float32)
+                    t = np.clip(1.0 - np.sqrt(dy * dy + dx * dx) / (p / 2), 0.0, 1.0).astype(np.float32)
                 else:
                     t = rng.random(ys.shape).astype(np.float32)
                 detail[y0:y1, x0:x1] = True
             else:
+                # a flat colour or a very gentle gradient: one or two grey levels per region, so low entropy
+                c2 = np.clip(c1 + rng.uniform(-0.03, 0.03, 3), 0.0, 1.0)
                 if rng.random() < 0.5:
-                    t = np.zeros_like(ys)  # flat colour
+                    t = np.zeros_like(ys)
                 else:
                     angle = rng.uniform(0, 2 * np.pi)
                     proj = np.cos(angle) * (xs - x0) + np.sin(angle) * (ys - y0)
-                    span = max(1.0, float(np.ptp(proj)))
-                    t = (proj - proj.min()) / span * rng.uniform(0.3, 1.0)
+                    t = (proj - proj.min()) / max(1.0, float(np.ptp(proj)))
             image[y0:y1, x0:x1] = (1 - t[..., None]) * c1 + t[..., None] * c2
         return np.clip(image, 0.0, 1.0), detail
 

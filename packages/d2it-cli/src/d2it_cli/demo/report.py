@@ -1,13 +1,17 @@
 """The demo's report: a self-contained index.html with timings, settings, figures and final losses."""
 
 import html
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
+import numpy as np
+import torch
 
 from d2it.io import atomic_write_text
+from d2it_cli import images as imgs
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
@@ -130,3 +134,189 @@ def write_index(out: Path, title: str, intro: str, steps: Sequence[StepTiming], 
     path = out / "index.html"
     atomic_write_text(path, "\n".join(parts) + "\n")
     return path
+
+
+# -- the demo's figures -------------------------------------------------------------------------------
+# keys of a training log that are bookkeeping, not losses
+NOT_LOSSES = {"step", "epoch", "lr", "lr_factor", "images_per_s", "time", "fine_ratio", "d_weight", "logits_real",
+              "logits_fake", "reg"}
+
+
+def _zoom(size: int) -> int:
+    """Integer enlargement that shows an image of `size` pixels at 64 pixels or more."""
+    return max(1, math.ceil(64 / size))
+
+
+def class_rows(images: np.ndarray, labels: np.ndarray, grain_maps, num_classes: int, per_class: int, grains: int):
+    """One labelled row per class: its images, and under them their grain-map overlays when given."""
+    rows = []
+    zoom = _zoom(images.shape[1])
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        if not len(idx):
+            continue
+        big = imgs.upscale(images[idx], zoom)
+        row = [imgs.make_grid(big, nrow=per_class, padding=2)]
+        if grain_maps is not None:
+            over = imgs.grain_overlay(big, np.asarray(grain_maps)[idx].astype(np.int64), grains=grains)
+            row.append(imgs.make_grid(over, nrow=per_class, padding=2))
+        rows.append(imgs.label_image(imgs.vstack(row, gap=0), f"class {c}"))
+    return imgs.vstack(rows, gap=6) if rows else None
+
+
+def loss_figures(run_dirs: dict, out_dir: Path) -> tuple[list, list]:
+    """(figures, final-loss rows) from the JSON-lines logs of the training runs."""
+    from d2it_cli.engine.loop import read_log
+
+    figures, finals = [], []
+    for name, run_dir in run_dirs.items():
+        log = read_log(run_dir)
+        if not log:
+            continue
+        keys = sorted({k for r in log for k, v in r.items() if k not in NOT_LOSSES and isinstance(v, (int, float))})
+        keys = [k for k in keys if any(abs(r.get(k, 0.0)) > 0 for r in log)]
+        if "loss" in keys:  # the total first
+            keys.remove("loss")
+            keys.insert(0, "loss")
+        series = {k: [(r["step"], r[k]) for r in log if k in r] for k in keys[:5]}
+        positive = all(v > 0 for pts in series.values() for _, v in pts)
+        path = out_dir / f"loss_{name.replace(' ', '_')}.png"
+        imgs.plot_curves(series, path, title=f"{name}: training losses", log_y=positive)
+        figures.append(Figure(path, f"{name}: losses logged every few steps ({len(log)} points)"))
+        last = log[-1]
+        finals.append([name, int(last["step"]), *(round(float(last.get(k, float("nan"))), 5) for k in ("loss",)),
+                       ", ".join(f"{k}={last[k]:.4g}" for k in keys[1:5] if k in last)])
+    return figures, finals
+
+
+@torch.no_grad()
+def data_and_reconstructions(system_dir: Path, data: str, image_size: int, num_classes: int, per_class: int,
+                             out_dir: Path, device: str):
+    """Figures of the training data by class (with its entropy grain maps) and of DVAE reconstructions."""
+    from d2it_cli.data import open_dataset
+    from d2it_cli.engine.parts import load_vae
+
+    dataset = open_dataset(data, image_size, train=False)
+    count = min(len(dataset), num_classes * per_class)
+    batch = [dataset[i] for i in range(count)]
+    images = torch.stack([b[0] for b in batch])
+    labels = np.array([int(b[1]) for b in batch])
+    figures = []
+    record, vae = load_vae(system_dir, device=device)
+    vae.eval()
+    out = vae(images.to(device), mode=True)
+    grain_maps = out.grain_map.cpu().numpy()
+    grains = int(getattr(vae, "grains", 2))
+    data_grid = class_rows(imgs.to_uint8(images), labels, grain_maps, num_classes, per_class, grains)
+    imgs.save_png(data_grid, out_dir / "data_by_class.png")
+    figures.append(Figure(out_dir / "data_by_class.png",
+                          "Training images (synthetic data), one row per class, each with the grain map the DVAE's "
+                          "entropy coder assigns (blue coarse, red fine)."))
+    n = min(8, count)
+    zoom = _zoom(image_size)
+    rows = [("input", imgs.to_uint8(images[:n])), ("reconstruction", imgs.to_uint8(out.recon[:n].clamp(-1, 1)))]
+    rows.append(("grain map", imgs.grain_overlay(imgs.to_uint8(images[:n]), grain_maps[:n].astype(np.int64), grains)))
+    if getattr(out, "entropy", None) is not None:
+        bins = getattr(getattr(vae, "coder", None), "bins", None)
+        rows.append(("region entropy", imgs.entropy_heatmap(out.entropy[:n].cpu(), size=image_size,
+                                                            vmax=math.log(bins) if bins else None)))
+    panel = imgs.vstack([imgs.label_image(imgs.make_grid(imgs.upscale(a, zoom), nrow=n), t) for t, a in rows])
+    imgs.save_png(panel, out_dir / "reconstructions.png")
+    l1 = float((out.recon.clamp(-1, 1).cpu() - images).abs().mean())
+    figures.append(Figure(out_dir / "reconstructions.png",
+                          f"DVAE: inputs, reconstructions (posterior mode; mean L1 {l1:.3f} on [-1, 1]), grain maps "
+                          "and region entropy (dark low, bright high)."))
+    return figures, {"recon_l1": l1, "fine_ratio_data": float((grain_maps > 0).mean())}
+
+
+def sample_figures(samples_dir: Path, num_classes: int, grains: int, out_dir: Path):
+    """Generated samples by class with their grain maps, from samples.npz."""
+    from d2it_cli.generation import NPZ_NAME, load_samples
+
+    path = samples_dir / NPZ_NAME
+    if not path.is_file():
+        return [], {}
+    arrays = load_samples(path)
+    images, labels, maps = arrays["arr_0"], arrays["labels"], arrays.get("grain_maps")
+    per_class = max(1, min(8, math.ceil(len(images) / max(1, num_classes))))
+    grid = class_rows(images, labels, maps, num_classes, per_class, grains)
+    if grid is None:
+        return [], {}
+    imgs.save_png(grid, out_dir / "samples_by_class.png")
+    fig = Figure(out_dir / "samples_by_class.png",
+                 "Generated samples, one row per class: the grain transformer samples a grain map, the content "
+                 "transformer denoises multi-grained latents for it, the DVAE decodes them. Under each row: the "
+                 "sampled grain maps (blue coarse, red fine).")
+    stats = {"samples": int(len(images))}
+    if maps is not None and len(maps):
+        stats["fine_ratio_samples"] = float((maps > 0).mean())
+    return [fig], stats
+
+
+def build_report(demo, failed: bool = False) -> Path:
+    """Collect figures, curves and timings of a demo run into DEMO_OUT/index.html."""
+    from d2it import system as systems
+
+    out, plan = demo.out, demo.plan
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    stats: dict = {}
+    record = None
+    if (demo.system_dir / systems.RECORD_FILE).is_file():
+        record, _ = systems.read_record(demo.system_dir)
+        comp = [[slot, name] for slot, name in record.slot_names().items()]
+        settings = [["image size", f"{plan.image_size}x{plan.image_size}"], ["training images", plan.num_images],
+                    ["classes", plan.num_classes], ["device", demo.device],
+                    ["latent scale", round(record.latent_scale, 4)],
+                    ["entropy thresholds", ", ".join(f"{t:.3f}" for t in record.thresholds) or "-"],
+                    ["DVAE steps x batch", f"{plan.dvae_steps} x {plan.dvae_batch}"],
+                    ["grain steps x batch", f"{plan.grain_steps} x {plan.grain_batch}"],
+                    ["content steps x batch", f"{plan.content_steps} x {plan.content_batch}"],
+                    ["sampling", f"{plan.sample_num} samples, {plan.sample_steps} DDPM steps, cfg {plan.cfg_scale}"]]
+        options = "; ".join(f"{k}: {', '.join(f'{o}={v}' for o, v in opts.items())}"
+                            for k, opts in (("vae", plan.vae), ("backbone", plan.backbone), ("grain", plan.grain))
+                            for opts in [dict(s.split('.', 1)[1].split('=', 1) for s in opts)] if opts)
+        sections.append(Section("System", text=html.escape(f"Overrides: {options}") if options else "",
+                                tables=[(["slot", "component"], comp), (["setting", "value"], settings)]))
+    grains = 2
+    samples = []
+    if (demo.samples_dir / "samples.npz").is_file():
+        samples, s_stats = sample_figures(demo.samples_dir, plan.num_classes, grains, fig_dir)
+        stats.update(s_stats)
+    data_figs = []
+    if (demo.system_dir / "vae.safetensors").is_file() and record is not None and (demo.cache_dir / "manifest.json").is_file():
+        data_figs, d_stats = data_and_reconstructions(demo.system_dir, demo.data, plan.image_size, plan.num_classes,
+                                                      8, fig_dir, demo.device)
+        stats.update(d_stats)
+    if samples or data_figs:
+        text = ("Compare each class's generated row with the same class's training row: the class sets the hue "
+                "and the preferred texture of the rectangles.")
+        if "fine_ratio_samples" in stats and "fine_ratio_data" in stats:
+            text += (f" Fine regions: {100 * stats['fine_ratio_data']:.0f}% in the data, "
+                     f"{100 * stats['fine_ratio_samples']:.0f}% in the sampled grain maps.")
+        sections.append(Section("Samples and data", text=html.escape(text) + GRAIN_LEGEND,
+                                figures=samples + data_figs[:1]))
+    if len(data_figs) > 1:
+        sections.append(Section("DVAE reconstructions", figures=data_figs[1:]))
+    runs = {n: demo.system_dir / "runs" / n for n in ("dvae", "grain", "content")}
+    curves, finals = loss_figures({f"train {k}": v for k, v in runs.items()}, fig_dir)
+    if curves:
+        sections.append(Section("Training", figures=curves,
+                                tables=[(["run", "steps", "final loss", "other final values"], finals)]))
+    previews = sorted((runs["grain"] / "samples").glob("*.png")) if runs["grain"].is_dir() else []
+    if previews:
+        sections.append(Section("Grain transformer preview", figures=[
+            Figure(previews[-1], "Grain maps the trained grain transformer samples per class (training preview).")]))
+    links = [("system (d2it.json + safetensors)", demo.system_dir), ("samples (PNGs, grid, samples.npz)", demo.samples_dir),
+             ("latent cache", demo.cache_dir), ("timings.json", out / "timings.json")]
+    items = "".join(f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>' for t, p in links if p.exists())
+    sections.append(Section("Files", html=f"<ul>{items}</ul>"))
+    status = "<p class='failed'>A step failed; the report shows what was produced before it.</p>" if failed else ""
+    intro = (
+        "A tiny end-to-end run of D&sup2;iT on the built-in <code>synthetic</code> dataset: a Dynamic VAE codes "
+        "each 16&times;16-pixel region coarsely or finely by its entropy, a grain transformer learns the grain "
+        "maps, a Dynamic Content Transformer learns the multi-grained latents by diffusion, and sampling runs "
+        f"them in turn. Everything below was produced by the real <code>d2it</code> commands in the table.{status}"
+    )
+    return write_index(out, "d2it demo", intro, demo.timings, sections)

@@ -13,8 +13,10 @@ class EMA:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
         self.decay = float(decay)
-        self.shadow = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
-                       for k, v in module.state_dict().items()}
+        self.shadow = {
+            k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+            for k, v in module.state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self, module: nn.Module):

@@ -175,6 +175,13 @@ class Task:
         """Forward and backward of one micro-batch (losses multiplied by `scale`); returns detached log values."""
         raise NotImplementedError
 
+    def prepare(self, trainer):
+        """Move helpers that are not trained (frozen networks, losses) to `trainer.device`; optional."""
+
+    def ddp_target(self, name: str, module: nn.Module) -> nn.Module:
+        """What DDP wraps for the main module (e.g. a module whose forward computes the loss); default itself."""
+        return module
+
     def ema_names(self) -> list[str]:
         """Modules that get an EMA copy when --ema is on."""
         return [next(iter(self.modules()))]
@@ -251,14 +258,18 @@ class Trainer:
             raise ConfigError(f"{self.task.name} has nothing to train")
         for m in modules.values():
             m.to(self.device).train()
-        main = next(iter(modules))
+        self.task.prepare(self)
+        self.main_name = next(iter(modules))
         for name, m in modules.items():
-            if dist.is_distributed() and name == main:
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                self.wrapped[name] = nn.parallel.DistributedDataParallel(m, device_ids=ids, find_unused_parameters=True)
-            else:
+            if name != self.main_name:
                 dist.broadcast_module(m)
                 self.wrapped[name] = m
+                continue
+            target = self.task.ddp_target(name, m)
+            if dist.is_distributed():
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                target = nn.parallel.DistributedDataParallel(target, device_ids=ids, find_unused_parameters=True)
+            self.wrapped[name] = target
         self.optimizers = self.task.make_optimizers(self)
         for opt in self.optimizers.values():
             for group in opt.param_groups:
@@ -279,12 +290,16 @@ class Trainer:
             )
         for key in ("batch", "grad_accum", "seed"):
             if state.get(key) != getattr(self.config, key):
-                raise CheckpointError(f"checkpoint {path} used --{key.replace('_', '-')} {state.get(key)}; resume with the same value")
+                raise CheckpointError(
+                    f"checkpoint {path} used --{key.replace('_', '-')} {state.get(key)}; resume with the same value"
+                )
         modules = self.task.modules()
         for name, m in modules.items():
             if name not in weights:
                 raise CheckpointError(f"checkpoint {path} has no weights for {name}")
-            io.load_into(m, {k: v.to(self.device) for k, v in weights[name].items()}, where=f"{path / name}.safetensors")
+            io.load_into(
+                m, {k: v.to(self.device) for k, v in weights[name].items()}, where=f"{path / name}.safetensors"
+            )
         for name, opt in self.optimizers.items():
             if name not in state["optimizers"]:
                 raise CheckpointError(f"checkpoint {path} has no state for optimizer {name}")
@@ -341,21 +356,32 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the current step (all ranks)."""
         weights = {k: m.state_dict() for k, m in self.task.modules().items()} if dist.is_main() else {}
-        return ckpt.save_checkpoint(self.run_dir, self.step, weights, self._state() if dist.is_main() else {},
-                                    keep=self.config.keep)
+        return ckpt.save_checkpoint(
+            self.run_dir, self.step, weights, self._state() if dist.is_main() else {}, keep=self.config.keep
+        )
 
     def _trim_log(self):
         path = self.run_dir / LOG_FILE
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= self.step
+        ]
         io.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _write_config(self):
         doc = {k: str(v) if isinstance(v, Path) else v for k, v in attrs.asdict(self.config).items()}
-        doc.update(task=self.task.name, world_size=dist.world_size(), precision=self.precision,
-                   total_steps=self.total_steps, warmup_steps=self.warmup, global_batch=self.global_batch,
-                   lr={k: o.param_groups[0]["base_lr"] for k, o in self.optimizers.items()})
+        doc.update(
+            task=self.task.name,
+            world_size=dist.world_size(),
+            precision=self.precision,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup,
+            global_batch=self.global_batch,
+            lr={k: o.param_groups[0]["base_lr"] for k, o in self.optimizers.items()},
+        )
         io.atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     def fit(self) -> list[dict]:
@@ -374,8 +400,13 @@ class Trainer:
         log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
         writer = _tensorboard(self.run_dir) if dist.is_main() else None
         main = self.wrapped[next(iter(self.wrapped))]
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.task.name}",
-                   disable=not progress_enabled(cfg.quiet), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"train {self.task.name}",
+            disable=not progress_enabled(cfg.quiet),
+            dynamic_ncols=True,
+        )
         sums: dict[str, torch.Tensor] = {}
         count, images, t0 = 0, 0, time.perf_counter()
         batches = self._micro_batches()
@@ -387,13 +418,17 @@ class Trainer:
                 for micro in range(cfg.grad_accum):
                     batch = to_device(next(batches), self.device)
                     last = micro == cfg.grad_accum - 1
-                    sync = main.no_sync() if (dist.is_distributed() and not last and hasattr(main, "no_sync")) else nullcontext()
+                    sync = (
+                        main.no_sync()
+                        if (dist.is_distributed() and not last and hasattr(main, "no_sync"))
+                        else nullcontext()
+                    )
                     with sync:
                         logs = self.task.micro_step(self, batch, self.step, 1.0 / cfg.grad_accum)
                     for k, v in logs.items():
                         v = torch.as_tensor(v, dtype=torch.float64).detach().to(self.device)
                         sums[k] = sums.get(k, 0) + v / cfg.grad_accum
-                aux = [m for name, m in self.wrapped.items() if m is self.task.modules()[name]]
+                aux = [m for name, m in self.task.modules().items() if name != self.main_name]
                 if dist.is_distributed():
                     for m in aux:
                         dist.average_gradients(m)
@@ -417,9 +452,15 @@ class Trainer:
                     values = {k: float(v) / count for k, v in sums.items()}
                     values = dist.all_reduce_mean(values)
                     elapsed = time.perf_counter() - t0
-                    record = {"step": self.step, "epoch": self.epoch, **{k: values[k] for k in sorted(values)},
-                              "lr": max(g["lr"] for o in self.optimizers.values() for g in o.param_groups),
-                              "lr_factor": lr_factor, "images_per_s": images / max(elapsed, 1e-9), "time": time.time()}
+                    record = {
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        **{k: values[k] for k in sorted(values)},
+                        "lr": max(g["lr"] for o in self.optimizers.values() for g in o.param_groups),
+                        "lr_factor": lr_factor,
+                        "images_per_s": images / max(elapsed, 1e-9),
+                        "time": time.time(),
+                    }
                     self.history.append(record)
                     if log_file is not None:
                         log_file.write(json.dumps(record) + "\n")

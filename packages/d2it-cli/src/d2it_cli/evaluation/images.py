@@ -64,7 +64,7 @@ class ImageSet(Dataset):
                 raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
             if arr.shape[:2] != self.image_size:
                 raise DataError(f"{path} is {arr.shape[1]}x{arr.shape[0]} but the other images are {self._size_text()}")
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)
 
     def _size_text(self) -> str:
         return f"{self.image_size[1]}x{self.image_size[0]}"

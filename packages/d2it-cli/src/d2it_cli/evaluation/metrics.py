@@ -47,8 +47,9 @@ class FeatureMetric:
     needs_reference = True
     needs_reference_features = True
 
-    def __init__(self, config, **context):
+    def __init__(self, config, device="cpu", **context):
         self.config = config
+        self.device = torch.device(device)
 
     def layer_for(self, extractor_cls) -> str:
         """The feature layer this metric reads from a torch-fidelity extractor class."""
@@ -155,11 +156,12 @@ class PRC(FeatureMetric):
 
     def __call__(self, gen, ref, layer, seed):
         f1, f2 = gen.layer(layer, "precision/recall"), ref.layer(layer, "precision/recall")
+        f1, f2 = f1.to(self.device), f2.to(self.device)  # k-NN distances on the accelerator when there is one
         k = self.config.neighborhood
         if min(len(f1), len(f2)) <= k:
             raise DataError(f"precision/recall with {k} neighbours needs more than {k} images per set")
         out = prc_features_to_metric(
-            f1, f2, prc_neighborhood=k, prc_batch_size=self.config.batch_size, save_cpu_ram=False, verbose=False
+            f1, f2, prc_neighborhood=k, prc_batch_size=self.config.batch_size, save_cpu_ram=True, verbose=False
         )
         return {"precision": out["precision"], "recall": out["recall"]}
 

@@ -114,7 +114,7 @@ def resolve_reference(ref, extractor, layers, metrics, image_size, settings) -> 
 
 def score(samples, ref, names, registry, settings: Settings, num=None, sets=()) -> dict:
     """Score generated images (folder or .npz) against `ref`; returns the full result document."""
-    metrics = make_metrics(registry, names, sets)
+    metrics = make_metrics(registry, names, sets, device=settings.device)
     images = open_images(samples, num, settings.resize, settings.image_size)
     extractor, layers = build_extractor(metrics, settings)
     reference = resolve_reference(ref, extractor, layers, metrics, images.image_size, settings)

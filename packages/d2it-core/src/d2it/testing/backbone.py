@@ -53,7 +53,8 @@ class BackboneConformance:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, t, y = self.inputs()
         target = torch.randn(self.batch, model.out_channels, self.input_size, self.input_size)
-        for _ in range(2):  # zero-initialised layers pass gradient on only after one step
+        # adaLN-Zero: the output layer, then the gates, then the blocks behind them start moving
+        for _ in range(3):
             opt.zero_grad()
             torch.nn.functional.mse_loss(model(x, t, y), target).backward()
             opt.step()

@@ -1,0 +1,188 @@
+"""CPU fp32 speed of the Dynamic VAE against the LDM KL-f8 baseline of equal base width, and the share of
+a stage-2 training step that encoding would take without the latent cache.
+
+Encode = grain map + posterior parameters + latent (what `d2it encode` caches); decode = latent -> image.
+Repeats are interleaved across models so machine-load drift hits all alike. Prints a Markdown table and
+writes benchmarks/results/vae.json (`--quick`: a < 30 s smoke run at 64 px, written to vae-quick.json).
+Run: python benchmarks/bench_vae.py [--quick]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from d2it.errors import D2itError
+from d2it.registry import default_registry
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _stats(times: list[float], batch: int) -> dict:
+    med = statistics.median(times)
+    return {
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "runs": len(times),
+        "images_per_s": batch / med,
+    }
+
+
+def build_vaes(image_size: int, width: int, groups: int) -> dict:
+    """`dvae-kl` and `vae-f8` with the same base width (everything else at its default)."""
+    reg = default_registry()
+    opts = {"base_width": width, "norm_groups": groups}
+    torch.manual_seed(0)
+    return {name: reg.create("vae", name, opts, image_size=image_size).eval() for name in ("dvae-kl", "vae-f8")}
+
+
+def time_vaes(vaes: dict, images: torch.Tensor, repeats: int) -> dict:
+    """Encode and decode times per model, interleaved, after one warm-up each."""
+
+    def encode(vae):
+        with torch.no_grad():
+            gm = vae.grain_map(images)
+            return vae.sample_latent(vae.encode(images, gm), gm, mode=True)
+
+    latents = {name: encode(vae) for name, vae in vaes.items()}  # warm-up
+    enc = {name: [] for name in vaes}
+    dec = {name: [] for name in vaes}
+    for name, vae in vaes.items():
+        with torch.no_grad():
+            vae.decode(latents[name])
+    for _ in range(repeats):
+        for name, vae in vaes.items():
+            enc[name].append(_timed(lambda v=vae: encode(v)))
+            with torch.no_grad():
+                dec[name].append(_timed(lambda v=vae, z=latents[name]: v.decode(z)))
+    b = images.shape[0]
+    return {name: {"encode": _stats(enc[name], b), "decode": _stats(dec[name], b)} for name in vaes}
+
+
+def stage2_step(input_size: int, batch: int, repeats: int, overrides: dict) -> dict | None:
+    """Median time of one D²iT-B training step (forward, MSE, backward, AdamW) on cached latents; None if absent."""
+    reg = default_registry()
+    try:
+        attention = reg.create("attention", "sdpa")
+        torch.manual_seed(0)
+        backbone = reg.create(
+            "backbone",
+            "dit-b",
+            overrides,
+            input_size=input_size,
+            in_channels=4,
+            num_classes=1000,
+            grains=2,
+            attention=attention,
+        )
+        model = reg.create("refiner", "window16", {}, backbone=backbone, attention=attention).train()
+    except D2itError:
+        return None
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, input_size, input_size, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    y = torch.randint(0, 1000, (batch,), generator=g)
+    gm = torch.randint(0, 2, (batch, input_size // 2, input_size // 2), generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x, t, y, gm).square().mean().backward()
+        opt.step()
+
+    step()
+    times = [_timed(step) for _ in range(repeats)]
+    params = sum(p.numel() for p in model.parameters())
+    return {**_stats(times, batch), "params_m": params / 1e6, "options": overrides or "default"}
+
+
+def run(quick: bool) -> dict:
+    """Measure, print the Markdown table and write the JSON; `quick` is a smoke run of well under 30 s."""
+    image_size, width, groups, batch, repeats = (64, 16, 8, 1, 2) if quick else (256, 128, 32, 2, 3)
+    vaes = build_vaes(image_size, width, groups)
+    images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    times = time_vaes(vaes, images, repeats)
+    ratios = {
+        f"{mode}_time_dvae_over_f8": times["dvae-kl"][mode]["median_s"] / times["vae-f8"][mode]["median_s"]
+        for mode in ("encode", "decode")
+    }
+    tiny = {"depth": 2, "hidden_size": 192, "num_heads": 3}  # quick: a small D²iT, full: D²iT-B (10 + 2)
+    step = stage2_step(image_size // 8, batch, repeats, tiny if quick else {})
+    share = None
+    if step is not None:
+        enc = times["dvae-kl"]["encode"]["median_s"]
+        share = {"encode_s": enc, "step_s": step["median_s"], "share_of_step": enc / (enc + step["median_s"])}
+    result = {
+        "setup": {
+            "device": "cpu",
+            "dtype": "float32",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "image_size": image_size,
+            "base_width": width,
+            "batch": batch,
+            "repeats": repeats,
+            "quick": quick,
+        },
+        "params_m": {name: sum(p.numel() for p in v.parameters()) / 1e6 for name, v in vaes.items()},
+        "vaes": times,
+        "ratios": ratios,
+        "stage2_step": step,
+        "encoding_share": share,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / ("vae-quick.json" if quick else "vae.json")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nwrote {path}")
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The result as Markdown tables."""
+    s = result["setup"]
+    lines = [
+        f"CPU fp32, {s['threads']} threads, {s['image_size']}x{s['image_size']} images, batch {s['batch']}, "
+        f"base width {s['base_width']}, {s['repeats']} interleaved repeats",
+        "",
+        "| model | params M | mode | images/s | median ms (min–max) | time / vae-f8 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["vaes"].items():
+        for mode in ("encode", "decode"):
+            r = row[mode]
+            ratio = r["median_s"] / result["vaes"]["vae-f8"][mode]["median_s"]
+            lines.append(
+                f"| {name} | {result['params_m'][name]:.1f} | {mode} | {r['images_per_s']:.2f} | "
+                f"{1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}–{1e3 * r['max_s']:.0f}) | {ratio:.3f} |"
+            )
+    share = result["encoding_share"]
+    lines.append("")
+    if share is None:
+        lines.append("stage-2 share: skipped (no `dit-b` backbone / `window16` refiner installed)")
+    else:
+        step = result["stage2_step"]
+        lines.append(
+            f"stage-2 D²iT-B step ({step['params_m']:.0f}M params, options {step['options']}): "
+            f"{1e3 * share['step_s']:.0f} ms per batch; DVAE encoding of that batch {1e3 * share['encode_s']:.0f} ms = "
+            f"{100 * share['share_of_step']:.0f}% of an uncached step"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (< 30 s)")
+    run(parser.parse_args().quick)

@@ -1,0 +1,67 @@
+"""Shared benchmark helpers: interleaved timing, the machine's matmul rate, tables, peak memory."""
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def sync(device):
+    """Wait for queued GPU work so wall-clock times are real."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
+    """Time each callable `repeats` times, round-robin so machine noise hits all alike; seconds stats."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "repeats": len(ts)}
+        for name, ts in times.items()
+    }
+
+
+def matmul_rate(n: int = 2048, dtype=torch.float32, device="cpu", repeats: int = 5) -> float:
+    """Measured multiply-accumulates per second of one n x n x n matrix product (the reference rate)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    stats = interleaved({"mm": lambda: a @ b}, repeats=repeats, warmup=2, device=device)
+    return n**3 / stats["mm"]["min"]
+
+
+def markdown_table(headers, rows) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def peak_memory_mb(code: str) -> float:
+    """Peak resident memory (MiB) of a fresh Python process running `code` (Linux ru_maxrss)."""
+    wrapper = code + "\nimport resource, sys\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)"
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
+    return float(proc.stderr.strip().splitlines()[-1])
+
+
+def save(name: str, result: dict, table: str):
+    """Write results/<name>.json and results/<name>.md and print the table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(table)

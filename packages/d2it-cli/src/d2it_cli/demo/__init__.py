@@ -1,0 +1,220 @@
+"""`d2it demo`: the whole D²iT pipeline on the built-in `synthetic` data, run through the real commands.
+
+build → thresholds → train dvae → encode → train grain → train content → sample, each step one
+`d2it` command invoked through the click group, then an index.html with samples, grain maps,
+reconstructions, loss curves and a timing table. Sizes are chosen per device so that the CPU run
+fits in about ten minutes on two cores (`--quick`: about three).
+"""
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import attrs
+import click
+
+from d2it.errors import D2itError
+
+# steps of the pipeline, in order (the timing table uses these names)
+STEP_NAMES = ("build", "thresholds", "train dvae", "encode", "train grain", "train content", "sample", "report")
+
+
+class DemoError(D2itError):
+    """A step of the demo failed."""
+
+
+@attrs.frozen
+class DemoPlan:
+    """Every size and step count of one demo run."""
+
+    image_size: int = 32
+    num_images: int = 512
+    num_classes: int = 4  # the synthetic dataset's default
+    vae: tuple = ()  # --set vae.* overrides
+    backbone: tuple = ()
+    refine: tuple = ()
+    grain: tuple = ()
+    dvae_steps: int = 400
+    dvae_batch: int = 16
+    dvae_lr: float = 1e-3
+    grain_steps: int = 300
+    grain_batch: int = 32
+    content_steps: int = 1500
+    content_batch: int = 32
+    content_ema_decay: float = 0.995
+    grain_ema_decay: float = 0.99
+    sample_num: int = 32
+    sample_steps: int = 100
+    sample_batch: int = 32
+    cfg_scale: float = 2.0
+    log_every: int = 10
+
+    def summary(self) -> dict:
+        """JSON-ready settings."""
+        return attrs.asdict(self, retain_collection_types=False)
+
+
+TINY_VAE = (
+    "vae.base_width=32",
+    "vae.channel_mult=1,2,2,4,4",
+    "vae.num_res_blocks=1",
+    "vae.attn_levels=0",
+    "vae.mid_attn=false",
+    "vae.decoder_mult=1,2,2,4",
+    "vae.norm_groups=8",
+)
+TINY_BACKBONE = ("backbone.depth=4", "backbone.hidden_size=192", "backbone.num_heads=3", "backbone.refine_depth=1")
+TINY_GRAIN = ("grain.depth=2", "grain.hidden_size=64", "grain.num_heads=2")
+
+SMALL_VAE = (
+    "vae.base_width=64",
+    "vae.channel_mult=1,2,2,4,4",
+    "vae.num_res_blocks=1",
+    "vae.attn_levels=1",
+    "vae.decoder_mult=1,2,2,4",
+    "vae.norm_groups=16",
+)
+SMALL_BACKBONE = ("backbone.depth=6", "backbone.hidden_size=384", "backbone.num_heads=6", "backbone.refine_depth=2")
+SMALL_GRAIN = ("grain.depth=4", "grain.hidden_size=128", "grain.num_heads=4")
+
+
+def plan_for(device: str, quick: bool) -> DemoPlan:
+    """The demo's sizes: tiny on CPU (smaller still with --quick), 64x64 images and larger models on a GPU."""
+    if device.startswith("cuda"):
+        if quick:
+            return DemoPlan(image_size=64, num_images=2000, vae=SMALL_VAE, backbone=SMALL_BACKBONE, grain=SMALL_GRAIN,
+                            dvae_steps=1500, dvae_batch=32, grain_steps=600, grain_batch=64, content_steps=3000,
+                            content_batch=64, sample_num=64, sample_steps=100, sample_batch=64, log_every=25)
+        return DemoPlan(image_size=64, num_images=4000, vae=SMALL_VAE, backbone=SMALL_BACKBONE, grain=SMALL_GRAIN,
+                        dvae_steps=6000, dvae_batch=32, grain_steps=2000, grain_batch=64, content_steps=12000,
+                        content_batch=128, content_ema_decay=0.999, sample_num=64, sample_steps=250, sample_batch=64,
+                        log_every=50)
+    if quick:
+        return DemoPlan(vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN, num_images=256, dvae_steps=120,
+                        grain_steps=100, content_steps=400, sample_num=16, sample_steps=50, sample_batch=16,
+                        content_ema_decay=0.98, grain_ema_decay=0.95, log_every=5)
+    return DemoPlan(vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN)
+
+
+@attrs.define
+class Demo:
+    """Runs the demo's steps through the `d2it` click group and records what each took."""
+
+    cli: click.Group
+    out: Path
+    plan: DemoPlan
+    device: str
+    seed: int = 0
+    quiet: bool = False
+    timings: list = attrs.field(factory=list)
+
+    @property
+    def system_dir(self) -> Path:
+        """The model directory the demo builds and trains."""
+        return self.out / "system"
+
+    @property
+    def cache_dir(self) -> Path:
+        """The latent cache written by `d2it encode`."""
+        return self.out / "cache"
+
+    @property
+    def samples_dir(self) -> Path:
+        """Where `d2it sample` writes."""
+        return self.out / "samples"
+
+    @property
+    def data(self) -> str:
+        """The `--data` value of every step."""
+        return f"synthetic:{self.plan.num_images}"
+
+    def invoke(self, name: str, args: list[str]):
+        """Run `d2it ARGS` in this process, timing it; a failing command stops the demo with its step named."""
+        from d2it_cli.demo.report import StepTiming
+
+        args = [str(a) for a in args]
+        shown = "d2it " + " ".join(shlex.quote(a) for a in args)
+        if not self.quiet:
+            click.echo(f"\n== {name}: {shown}", err=True)
+        start = time.perf_counter()
+        status = "ok"
+        try:
+            code = self.cli.main(args=args, prog_name="d2it", standalone_mode=False, obj={})
+        except click.exceptions.Abort:
+            raise
+        except click.ClickException as exc:
+            code, status = 2, f"failed: {exc.format_message()}"
+        seconds = time.perf_counter() - start
+        if code not in (None, 0):
+            status = status if status != "ok" else f"failed (exit code {code})"
+        self.timings.append(StepTiming(name=name, command=shown, seconds=seconds, status=status))
+        if status != "ok":
+            raise DemoError(f"demo step '{name}' failed ({status}); see the messages above")
+        return seconds
+
+    def common(self) -> list[str]:
+        """Options every training/encoding step takes."""
+        out = ["--device", self.device]
+        return out + (["--quiet"] if self.quiet else [])
+
+    def run_pipeline(self):
+        """Every command from `build` to `sample`."""
+        p, sysdir = self.plan, self.system_dir
+        sets = [a for s in (*p.vae, *p.backbone, *p.refine, *p.grain) for a in ("--set", s)]
+        self.invoke("build", ["build", "--vae", "dvae-kl", "--backbone", "dit-s", "--refine", "window16", "--grain",
+                              "dgt-s", "--image-size", p.image_size, "--num-classes", p.num_classes, *sets,
+                              "--out", sysdir])
+        self.invoke("thresholds", ["thresholds", "--data", self.data, "--system", sysdir,
+                                   "--out", sysdir / "thresholds.json", "--device", self.device,
+                                   *(["--quiet"] if self.quiet else [])])
+        self.invoke("train dvae", ["train", "dvae", "--system", sysdir, "--data", self.data, "--steps", p.dvae_steps,
+                                   "--batch", p.dvae_batch, "--lr", p.dvae_lr, "--perceptual-weight", 0,
+                                   "--disc-start", p.dvae_steps + 1, "--log-every", p.log_every,
+                                   "--sample-every", p.dvae_steps, "--ckpt-every", p.dvae_steps, "--seed", self.seed,
+                                   *self.common()])
+        self.invoke("encode", ["encode", "--system", sysdir, "--data", self.data, "--out", self.cache_dir,
+                               "--batch", 64, "--overwrite", "--seed", self.seed, *self.common()])
+        self.invoke("train grain", ["train", "grain", "--system", sysdir, "--cache", self.cache_dir,
+                                    "--steps", p.grain_steps, "--batch", p.grain_batch, "--ema-decay", p.grain_ema_decay,
+                                    "--log-every", p.log_every, "--sample-every", p.grain_steps,
+                                    "--ckpt-every", p.grain_steps, "--seed", self.seed, *self.common()])
+        self.invoke("train content", ["train", "content", "--system", sysdir, "--cache", self.cache_dir,
+                                      "--steps", p.content_steps, "--batch", p.content_batch,
+                                      "--ema-decay", p.content_ema_decay, "--log-every", p.log_every,
+                                      "--sample-every", 0, "--ckpt-every", p.content_steps, "--seed", self.seed,
+                                      *self.common()])
+        self.invoke("sample", ["sample", "--system", sysdir, "--num", p.sample_num, "--classes-uniform",
+                               "--steps", p.sample_steps, "--cfg-scale", p.cfg_scale, "--seed", self.seed,
+                               "--batch", p.sample_batch, "--out", self.samples_dir, "--npz", "--no-resume",
+                               *self.common()])
+
+
+def run_demo(cli: click.Group, out, *, device: str | None = None, quick: bool = False, seed: int = 0,
+             quiet: bool = False) -> Path:
+    """Run the whole demo into `out` and return the path of its index.html."""
+    from d2it.system import torch_device
+    from d2it_cli.demo.report import StepTiming, build_report
+
+    device = str(torch_device(device))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_for(device, quick)
+    demo = Demo(cli=cli, out=out, plan=plan, device=device, seed=seed, quiet=quiet)
+    start = time.perf_counter()
+    failure = None
+    try:
+        demo.run_pipeline()
+    except DemoError as exc:
+        failure = exc
+    report_start = time.perf_counter()
+    index = build_report(demo, failed=failure is not None)
+    demo.timings.append(StepTiming(name="report", command="(index.html)", seconds=time.perf_counter() - report_start))
+    index = build_report(demo, failed=failure is not None)  # again, with the report's own time
+    total = time.perf_counter() - start
+    (out / "timings.json").write_text(json.dumps({"total_seconds": round(total, 2), "device": device, "quick": quick,
+                                                 "plan": plan.summary(),
+                                                 "steps": [attrs.asdict(t) for t in demo.timings]}, indent=2) + "\n")
+    if failure is not None:
+        raise failure
+    return index

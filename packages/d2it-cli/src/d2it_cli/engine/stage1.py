@@ -1,0 +1,108 @@
+"""Stage 1: training the DVAE (L1 + LPIPS + PatchGAN + regularizer) on images."""
+
+import math
+
+import numpy as np
+import torch
+
+from d2it_cli.engine import dist
+from d2it_cli.engine.loop import Task
+from d2it_cli.engine.parts import save_part
+from d2it_cli.images import entropy_heatmap, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
+
+BASE_LR = 4.5e-6  # per image of the global batch (LDM convention)
+BETAS = (0.5, 0.9)
+
+
+def preview_batch(dataset, count: int = 8) -> torch.Tensor:
+    """The first `count` images of a dataset (its own transform) as one batch."""
+    n = min(count, len(dataset))
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def dvae_panel(images, recon, grain_maps, entropy, grains: int, max_entropy: float | None = None) -> np.ndarray:
+    """Rows: input, reconstruction, grain-map overlay (blue coarse, red fine), entropy map; uint8 HWC."""
+    n, size = images.shape[0], images.shape[-1]
+    rows = [
+        ("input", to_uint8(images)),
+        ("reconstruction", to_uint8(recon)),
+        ("grain map (blue coarse, red fine)", grain_overlay(images, grain_maps, grains)),
+    ]
+    if entropy is not None:
+        rows.append(("region entropy", entropy_heatmap(entropy, size=size, vmax=max_entropy)))
+    return vstack([label_image(make_grid(arr, nrow=n), title) for title, arr in rows])
+
+
+class DVAETask(Task):
+    """The VAE (DDP-wrapped) and its PatchGAN discriminator (gradients averaged by hand), each with Adam (0.5, 0.9)."""
+
+    name = "dvae"
+
+    def __init__(
+        self, vae, dataset, system_dir, *, preview=None, lr: float | None = None, loss_options: dict | None = None
+    ):
+        self.vae = vae
+        self.dataset = dataset
+        self.system_dir = system_dir
+        self.preview = preview
+        self.lr = lr
+        self.loss = vae.make_loss(**(loss_options or {}))
+        self.discriminator = self.loss.discriminator
+
+    def modules(self):
+        return {"vae": self.vae, "discriminator": self.discriminator}
+
+    def prepare(self, trainer):
+        self.loss.to(trainer.device)
+        self.loss.train()
+
+    def learning_rate(self, trainer) -> float:
+        """--lr, else 4.5e-6 x global batch."""
+        return self.lr if self.lr is not None else BASE_LR * trainer.global_batch
+
+    def make_optimizers(self, trainer):
+        lr = self.learning_rate(trainer)
+        fused = trainer.device.type == "cuda"
+        return {
+            "vae": torch.optim.Adam(self.vae.parameters(), lr=lr, betas=BETAS, fused=fused),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=BETAS, fused=fused),
+        }
+
+    def micro_step(self, trainer, batch, step, scale):
+        images = batch[0]
+        vae = trainer.wrapped["vae"]
+        # the generator pass must not leave gradients on the discriminator
+        self.discriminator.requires_grad_(False)
+        try:
+            with trainer.autocast():
+                out = vae(images)
+                g_loss, g_logs = self.loss.generator_loss(images, out, step)
+            (g_loss * scale).backward()
+        finally:
+            self.discriminator.requires_grad_(True)
+        with trainer.autocast():
+            d_loss, d_logs = self.loss.discriminator_loss(images, out, step)
+        (d_loss * scale).backward()
+        logs = {k: float(v) for k, v in {**g_logs, **d_logs}.items()}
+        logs["fine_ratio"] = float((out.grain_map > 0).float().mean())
+        return logs
+
+    def sample(self, trainer, step, path):
+        if self.preview is None:
+            return
+        images = self.preview.to(trainer.device)
+        out = self.vae(images, mode=True)
+        bins = getattr(getattr(self.vae, "coder", None), "bins", None)
+        panel = dvae_panel(
+            images,
+            out.recon.clamp(-1, 1),
+            out.grain_map,
+            out.entropy,
+            self.vae.grains,
+            math.log(bins) if bins else None,
+        )
+        save_png(panel, path)
+
+    def finish(self, trainer):
+        if dist.is_main():
+            save_part(self.system_dir, "vae", {k: v.detach().cpu() for k, v in trainer.final_weights("vae").items()})

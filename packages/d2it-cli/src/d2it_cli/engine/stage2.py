@@ -1,0 +1,210 @@
+"""Stage 2: the grain transformer and the content transformer, trained on a latent cache."""
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from d2it.errors import ConfigError, DataError
+from d2it.io import state_sha256
+from d2it_cli.cache import LatentCache
+from d2it_cli.engine import dist
+from d2it_cli.engine.loop import Task
+from d2it_cli.engine.parts import save_part
+from d2it_cli.images import grain_map_image, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
+
+LR = 1e-4
+BETAS = (0.9, 0.999)
+GRAIN_SOURCES = ("gt", "random")
+
+
+def open_cache(path, system) -> LatentCache:
+    """The cache at `path`, refused unless the system's DVAE weights produced it and its labels fit the system."""
+    cache = LatentCache(path, random_flip=True)
+    cache.check(state_sha256(system.vae.state_dict()))
+    if cache.num_classes > system.record.num_classes:
+        raise DataError(
+            f"latent cache {path} has {cache.num_classes} classes but the system was built for "
+            f"{system.record.num_classes} (d2it build --num-classes)"
+        )
+    if int(cache.manifest["grains"]) != system.vae.grains:
+        raise DataError(
+            f"latent cache {path} has {cache.manifest['grains']} grains, the system's VAE {system.vae.grains}"
+        )
+    return cache
+
+
+def _adamw(module, weight_decay: float, device) -> torch.optim.Optimizer:
+    """AdamW with constant LR 1e-4, betas (0.9, 0.999) (fused on CUDA)."""
+    return torch.optim.AdamW(
+        module.parameters(), lr=LR, betas=BETAS, weight_decay=weight_decay, fused=device.type == "cuda"
+    )
+
+
+class GrainLoss(nn.Module):
+    """Forward = the grain predictor's training loss, so DDP sees the loss computation as a forward call."""
+
+    def __init__(self, grain: nn.Module):
+        super().__init__()
+        self.grain = grain
+
+    def forward(self, grain_maps, classes):
+        return self.grain.loss(grain_maps, classes)
+
+
+class GrainTask(Task):
+    """The Dynamic Grain Transformer on the cache's grain maps (image or flip picked per item and step)."""
+
+    name = "grain"
+
+    def __init__(self, system, cache: LatentCache, system_dir, *, weight_decay: float = 0.0, preview_classes=None):
+        if system.grain is None or not getattr(system.grain, "trainable", False):
+            raise ConfigError(f"the system's grain predictor {system.record.grain!r} has nothing to train")
+        self.system, self.dataset, self.system_dir = system, cache, system_dir
+        self.weight_decay = weight_decay
+        self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
+
+    def modules(self):
+        return {"grain": self.system.grain}
+
+    def ddp_target(self, name, module):
+        return GrainLoss(module)
+
+    def make_optimizers(self, trainer):
+        return {"grain": _adamw(self.system.grain, self.weight_decay, trainer.device)}
+
+    def micro_step(self, trainer, batch, step, scale):
+        with trainer.autocast():
+            loss = trainer.wrapped["grain"](batch["grain_map"], batch["label"])
+        (loss * scale).backward()
+        return {"loss": loss.detach(), "fine_ratio": (batch["grain_map"] > 0).float().mean()}
+
+    def sample(self, trainer, step, path):
+        grain = self.system.grain
+        weights = trainer.ema.get("grain")
+        classes = torch.tensor(self.preview_classes, device=trainer.device)
+        g = torch.Generator(device=trainer.device).manual_seed(0)
+        if weights is not None:
+            with weights.applied(grain):
+                maps = grain.sample(classes, generator=g)
+        else:
+            maps = grain.sample(classes, generator=g)
+        size = max(64, 8 * maps.shape[-1])
+        save_png(
+            label_image(
+                make_grid(grain_map_image(maps, size, self.system.vae.grains), nrow=len(classes)),
+                f"grain maps, classes {self.preview_classes}",
+            ),
+            path,
+        )
+
+    def finish(self, trainer):
+        if dist.is_main():
+            save_part(
+                self.system_dir, "grain", {k: v.detach().cpu() for k, v in trainer.final_weights("grain").items()}
+            )
+
+
+class ContentTask(Task):
+    """The Dynamic Content Transformer: multi-grained diffusion loss on latents sampled from the cached posterior."""
+
+    name = "content"
+    images_per_item = 1
+
+    def __init__(
+        self,
+        system,
+        cache: LatentCache,
+        system_dir,
+        *,
+        weight_decay: float = 0.0,
+        grain_source: str = "gt",
+        fine_ratio: float = 0.5,
+        preview_classes=None,
+        sample_steps: int = 50,
+    ):
+        from d2it_sampling import make_diffusion
+
+        if grain_source not in GRAIN_SOURCES:
+            raise ConfigError(f"--grain-source must be one of {', '.join(GRAIN_SOURCES)}, got {grain_source!r}")
+        self.system, self.dataset, self.system_dir = system, cache, system_dir
+        self.weight_decay, self.grain_source, self.fine_ratio = weight_decay, grain_source, fine_ratio
+        self.diffusion = make_diffusion(system)
+        self.scale = float(system.record.latent_scale)
+        self.routed = getattr(system.content, "grains", None) is not None
+        self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
+        self.sample_steps = sample_steps
+
+    def modules(self):
+        return {"content": self.system.content}
+
+    def prepare(self, trainer):
+        self.system.vae.to(trainer.device).eval().requires_grad_(False)
+
+    def make_optimizers(self, trainer):
+        return {"content": _adamw(self.system.content, self.weight_decay, trainer.device)}
+
+    def grain_maps(self, batch) -> torch.Tensor:
+        """Ground-truth grain maps, or the random ablation's maps (each region finest with probability `fine_ratio`)."""
+        gt = batch["grain_map"]
+        if self.grain_source == "gt":
+            return gt
+        fine = torch.rand(gt.shape, device=gt.device) < self.fine_ratio
+        return torch.where(fine, torch.full_like(gt, self.system.vae.grains - 1), torch.zeros_like(gt))
+
+    def micro_step(self, trainer, batch, step, scale):
+        grain_map = self.grain_maps(batch)
+        with torch.no_grad():
+            x0 = self.dataset.sample(batch["params"], grain_map, vae=self.system.vae).float() * self.scale
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+        with trainer.autocast():
+            terms = self.diffusion.training_losses(
+                trainer.wrapped["content"], x0, t, batch["label"], grain_map=grain_map if self.routed else None
+            )
+        loss = terms["loss"]
+        (loss * scale).backward()
+        logs = {k: v.detach() for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0}
+        logs["fine_ratio"] = (grain_map > 0).float().mean()
+        return logs
+
+    def sample(self, trainer, step, path):
+        from d2it_sampling import generate
+
+        weights = trainer.ema.get("content")
+        content = self.system.content
+        ctx = weights.applied(content) if weights is not None else nullcontext()
+        with ctx:
+            gen = generate(
+                self.system,
+                self.preview_classes,
+                seed=0,
+                steps=self.sample_steps,
+                device=trainer.device,
+                progress=False,
+            )
+        rows = []
+        if gen.images is not None:
+            rows.append(
+                label_image(
+                    make_grid(to_uint8(gen.images), nrow=len(self.preview_classes)),
+                    f"samples ({self.sample_steps} steps), classes {self.preview_classes}",
+                )
+            )
+            if gen.grain_maps is not None:
+                rows.append(
+                    label_image(
+                        make_grid(
+                            grain_overlay(gen.images, gen.grain_maps, self.system.vae.grains),
+                            nrow=len(self.preview_classes),
+                        ),
+                        "grain maps (blue coarse, red fine)",
+                    )
+                )
+        if rows:
+            save_png(vstack(rows), path)
+
+    def finish(self, trainer):
+        if dist.is_main():
+            save_part(
+                self.system_dir, "content", {k: v.detach().cpu() for k, v in trainer.final_weights("content").items()}
+            )

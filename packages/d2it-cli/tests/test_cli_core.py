@@ -1,0 +1,63 @@
+"""The `d2it` group, `d2it plugins` and `d2it build` through click's test runner."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from d2it_cli.main import load_registry, main, make_cli
+
+TINY = ["--backbone", "dit-s", "--image-size", "32", "--set", "backbone.depth=1", "--set", "backbone.hidden_size=32", "--set", "backbone.num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    return make_cli(load_registry())
+
+
+def invoke(cli, *args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_version(cli):
+    result = invoke(cli, "--version")
+    assert result.exit_code == 0 and result.output.startswith("d2it 0.1.0")
+
+
+def test_plugins_json_and_kind_filter(cli):
+    rows = json.loads(invoke(cli, "plugins", "--json").output)
+    kinds = {r["kind"] for r in rows}
+    assert {"vae", "backbone", "refiner", "sampler", "schedule", "attention", "grain_predictor"} <= kinds
+    only = json.loads(invoke(cli, "plugins", "--kind", "sampler", "--json").output)
+    assert [r["name"] for r in only] == ["ddim", "ddpm"] and all(r["provider"] == "d2it-sampling" for r in only)
+
+
+def test_build_table_and_json(cli):
+    table = invoke(cli, "build", *TINY)
+    assert table.exit_code == 0 and "content" in table.output and "GMACs" in table.output
+    doc = json.loads(invoke(cli, "build", *TINY, "--set", "system.num_classes=1", "--json").output)
+    assert doc["system"]["num_classes"] == 1 and doc["system"]["options"]["backbone"]["depth"] == 1
+    assert doc["total"]["params"] == doc["parts"][0]["params"] > 0
+
+
+def test_build_d2it_counts_every_part(cli):
+    doc = json.loads(invoke(cli, "build", *TINY, "--refine", "window4", "--set", "grain.depth=1", "--set", "grain.hidden_size=32", "--set", "grain.num_heads=2", "--json").output)
+    assert [p["part"] for p in doc["parts"]] == ["grain", "content"]
+    assert doc["system"]["grain"] == "dgt-s" and doc["providers"]["refine"].startswith("d2it-transformers")
+
+
+def test_build_errors_exit_2(cli):
+    bad = CliRunner().invoke(cli, ["build", "--backbone", "dit-xxl"])
+    assert bad.exit_code == 2 and "valid backbones: dit-b, dit-b/1" in bad.output
+    bad = CliRunner().invoke(cli, ["build", *TINY, "--set", "system.colour=red"])
+    assert bad.exit_code == 2 and "system has no option 'colour'" in bad.output
+    bad = CliRunner().invoke(cli, ["build", *TINY, "--set", "nonsense"])
+    assert bad.exit_code == 2 and "slot.option=value" in bad.output
+
+
+def test_main_reports_errors_without_traceback(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["build", "--backbone", "dit-xxl"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown backbone") and "Traceback" not in err

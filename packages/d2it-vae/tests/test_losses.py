@@ -1,0 +1,93 @@
+"""Stage-1 losses: L1 + LPIPS + adaptive hinge GAN + regularizer."""
+
+import pytest
+import torch
+
+import d2it
+from d2it.errors import CheckpointError
+from d2it_vae.losses import NLayerDiscriminator, hinge_d_loss, make_lpips
+
+TINY = {"base_width": 8, "norm_groups": 4, "num_res_blocks": 1}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    vae = d2it.create("vae", "dvae-kl", TINY, image_size=32)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return vae, x
+
+
+def test_gan_terms_start_at_disc_start(setup):
+    vae, x = setup
+    loss_fn = vae.make_loss(disc_start=10, kl_weight=1e-3, pnet_rand=True)
+    out = vae(x)
+    loss, logs = loss_fn.generator_loss(x, out, step=9)
+    assert logs["g_loss"] == 0.0 and logs["d_weight"] == 0.0
+    l1 = (x - out.recon).abs().mean().item()
+    assert logs["l1"] == pytest.approx(l1, rel=1e-5)
+    assert loss.item() == pytest.approx(l1 + logs["lpips"] + 1e-3 * out.reg_loss.item(), rel=1e-5)
+    d_loss, d_logs = loss_fn.discriminator_loss(x, out, step=9)
+    assert d_loss.item() == 0.0 and d_loss.requires_grad
+    loss2, logs2 = loss_fn.generator_loss(x, out, step=10)
+    assert logs2["g_loss"] != 0.0 and 0.0 < logs2["d_weight"] <= 0.75
+    assert loss2.item() == pytest.approx(loss.item() + logs2["d_weight"] * logs2["g_loss"], rel=1e-4)
+
+
+def test_adaptive_weight_matches_gradient_ratio_and_cap(setup):
+    vae, x = setup
+    loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, adaptive_cap=1e9)
+    out = vae(x)
+    nll = (x - out.recon).abs().mean()
+    g = -loss_fn.discriminator(out.recon).mean()
+    last = vae.last_layer()
+    a = torch.autograd.grad(nll, last, retain_graph=True)[0].norm()
+    b = torch.autograd.grad(g, last, retain_graph=True)[0].norm()
+    assert loss_fn.adaptive_weight(nll, g).item() == pytest.approx((a / (b + 1e-4)).item(), rel=1e-4)
+    capped = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, adaptive_cap=1e-6)
+    assert capped.adaptive_weight(nll, g).item() == pytest.approx(1e-6)
+    with torch.no_grad():
+        assert loss_fn.adaptive_weight(nll.detach(), g.detach()).item() == 0.0
+
+
+def test_discriminator_is_three_layer_patchgan_with_hinge_loss():
+    d = NLayerDiscriminator()
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5 and [c.out_channels for c in convs] == [64, 128, 256, 512, 1]
+    assert d(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.5))
+
+
+def test_vq_uses_codebook_weight():
+    vae = d2it.create("vae", "dvae-vq", {**TINY, "codebook_size": 16}, image_size=32)
+    assert vae.make_loss(pnet_rand=True, codebook_weight=0.5, kl_weight=9.0).reg_weight == 0.5
+
+
+def test_lpips_loads_local_vgg_weights(tmp_path):
+    rand = make_lpips(pnet_rand=True)
+    state = {}
+    for stage in (rand.net.slice1, rand.net.slice2, rand.net.slice3, rand.net.slice4, rand.net.slice5):
+        for index, layer in stage.named_children():
+            for name, tensor in layer.named_parameters():
+                state[f"features.{index}.{name}"] = torch.randn_like(tensor)
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    loaded = make_lpips(lpips_weights=str(path))
+    assert torch.equal(loaded.net.slice1[0].weight, state["features.0.weight"])
+    assert torch.equal(loaded.net.slice5._modules["28"].bias, state["features.28.bias"])
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert loaded(x, x).abs().max() < 1e-6 and loaded(x, -x).item() > 0
+    with pytest.raises(CheckpointError, match="does not exist"):
+        make_lpips(lpips_weights=str(tmp_path / "missing.pth"))
+    torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="VGG16"):
+        make_lpips(lpips_weights=str(tmp_path / "bad.pth"))
+
+
+def test_lpips_stays_frozen_in_train_mode(setup):
+    vae, _ = setup
+    loss_fn = vae.make_loss(pnet_rand=True).train()
+    assert loss_fn.discriminator.training and not loss_fn.perceptual.training
+    assert all(not p.requires_grad for p in loss_fn.perceptual.parameters())
