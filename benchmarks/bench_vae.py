@@ -8,35 +8,16 @@ Run: python benchmarks/bench_vae.py [--quick]
 """
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
+from common import interleaved, machine, markdown_table, matmul_fn, ms, rate, ratio, save
 
 from d2it.errors import D2itError
 from d2it.registry import default_registry
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _stats(times: list[float], batch: int) -> dict:
-    med = statistics.median(times)
-    return {
-        "median_s": med,
-        "min_s": min(times),
-        "max_s": max(times),
-        "runs": len(times),
-        "images_per_s": batch / med,
-    }
+def _per_image(stats: dict, batch: int) -> dict:
+    return {**stats, "images_per_s": batch / stats["median"]}
 
 
 def build_vaes(image_size: int, width: int, groups: int) -> dict:
@@ -47,27 +28,24 @@ def build_vaes(image_size: int, width: int, groups: int) -> dict:
     return {name: reg.create("vae", name, opts, image_size=image_size).eval() for name in ("dvae-kl", "vae-f8")}
 
 
-def time_vaes(vaes: dict, images: torch.Tensor, repeats: int) -> dict:
-    """Encode and decode times per model, interleaved, after one warm-up each."""
+def time_vaes(vaes: dict, images: torch.Tensor, repeats: int, matmul) -> dict:
+    """Encode and decode times per model and the matmul, interleaved, after one warm-up each."""
 
     def encode(vae):
         with torch.no_grad():
             gm = vae.grain_map(images)
             return vae.sample_latent(vae.encode(images, gm), gm, mode=True)
 
-    latents = {name: encode(vae) for name, vae in vaes.items()}  # warm-up
-    enc = {name: [] for name in vaes}
-    dec = {name: [] for name in vaes}
+    latents = {name: encode(vae) for name, vae in vaes.items()}
+    calls = {"matmul": matmul}
     for name, vae in vaes.items():
-        with torch.no_grad():
-            vae.decode(latents[name])
-    for _ in range(repeats):
-        for name, vae in vaes.items():
-            enc[name].append(_timed(lambda v=vae: encode(v)))
-            with torch.no_grad():
-                dec[name].append(_timed(lambda v=vae, z=latents[name]: v.decode(z)))
+        calls[f"{name} encode"] = lambda v=vae: encode(v)
+        calls[f"{name} decode"] = lambda v=vae, z=latents[name]: v.decode(z)
+    with torch.no_grad():
+        times = interleaved(calls, repeats=repeats)
     b = images.shape[0]
-    return {name: {"encode": _stats(enc[name], b), "decode": _stats(dec[name], b)} for name in vaes}
+    out = {name: {m: _per_image(times[f"{name} {m}"], b) for m in ("encode", "decode")} for name in vaes}
+    return out, times["matmul"]
 
 
 def stage2_step(input_size: int, batch: int, repeats: int, overrides: dict) -> dict | None:
@@ -101,10 +79,9 @@ def stage2_step(input_size: int, batch: int, repeats: int, overrides: dict) -> d
         model(x, t, y, gm).square().mean().backward()
         opt.step()
 
-    step()
-    times = [_timed(step) for _ in range(repeats)]
+    times = interleaved({"step": step}, repeats=repeats)["step"]
     params = sum(p.numel() for p in model.parameters())
-    return {**_stats(times, batch), "params_m": params / 1e6, "options": overrides or "default"}
+    return {**_per_image(times, batch), "params_m": params / 1e6, "options": overrides or "default"}
 
 
 def run(quick: bool) -> dict:
@@ -112,41 +89,30 @@ def run(quick: bool) -> dict:
     image_size, width, groups, batch, repeats = (64, 16, 8, 1, 2) if quick else (256, 128, 32, 2, 3)
     vaes = build_vaes(image_size, width, groups)
     images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    times = time_vaes(vaes, images, repeats)
+    mm, mm_macs = matmul_fn(512 if quick else 2048)
+    times, mm_stats = time_vaes(vaes, images, repeats, mm)
     ratios = {
-        f"{mode}_time_dvae_over_f8": times["dvae-kl"][mode]["median_s"] / times["vae-f8"][mode]["median_s"]
+        f"{mode}_time_dvae_over_f8": ratio(times["dvae-kl"][mode], times["vae-f8"][mode])
         for mode in ("encode", "decode")
     }
     tiny = {"depth": 2, "hidden_size": 192, "num_heads": 3}  # quick: a small D²iT, full: D²iT-B (10 + 2)
     step = stage2_step(image_size // 8, batch, repeats, tiny if quick else {})
     share = None
     if step is not None:
-        enc = times["dvae-kl"]["encode"]["median_s"]
-        share = {"encode_s": enc, "step_s": step["median_s"], "share_of_step": enc / (enc + step["median_s"])}
+        enc = times["dvae-kl"]["encode"]["median"]
+        share = {"encode_s": enc, "step_s": step["median"], "share_of_step": enc / (enc + step["median"])}
     result = {
-        "setup": {
-            "device": "cpu",
-            "dtype": "float32",
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-            "image_size": image_size,
-            "base_width": width,
-            "batch": batch,
-            "repeats": repeats,
-            "quick": quick,
-        },
+        "setup": machine(
+            dtype="float32", image_size=image_size, base_width=width, batch=batch, repeats=repeats, quick=quick
+        ),  # fmt: skip
+        "matmul": {**mm_stats, "gmacs_per_s": rate(mm_stats, mm_macs) / 1e9},
         "params_m": {name: sum(p.numel() for p in v.parameters()) / 1e6 for name, v in vaes.items()},
         "vaes": times,
         "ratios": ratios,
         "stage2_step": step,
         "encoding_share": share,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("vae-quick.json" if quick else "vae.json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
-    print(f"\nwrote {path}")
+    save("vae", result, markdown(result), quick)
     return result
 
 
@@ -155,19 +121,22 @@ def markdown(result: dict) -> str:
     s = result["setup"]
     lines = [
         f"CPU fp32, {s['threads']} threads, {s['image_size']}x{s['image_size']} images, batch {s['batch']}, "
-        f"base width {s['base_width']}, {s['repeats']} interleaved repeats",
+        f"base width {s['base_width']}, {s['repeats']} interleaved repeats; matmul rate "
+        f"{result['matmul']['gmacs_per_s']:.1f} GMAC/s measured in the same run",
         "",
-        "| model | params M | mode | images/s | median ms (min–max) | time / vae-f8 |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, row in result["vaes"].items():
         for mode in ("encode", "decode"):
             r = row[mode]
-            ratio = r["median_s"] / result["vaes"]["vae-f8"][mode]["median_s"]
-            lines.append(
-                f"| {name} | {result['params_m'][name]:.1f} | {mode} | {r['images_per_s']:.2f} | "
-                f"{1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}–{1e3 * r['max_s']:.0f}) | {ratio:.3f} |"
-            )
+            rel = ratio(r, result["vaes"]["vae-f8"][mode])
+            rows.append([name, f"{result['params_m'][name]:.1f}", mode, f"{r['images_per_s']:.2f}", ms(r),
+                         f"{rel['median']:.3f}; {rel['min']:.3f}"])  # fmt: skip
+    lines.append(
+        markdown_table(
+            ["model", "params M", "mode", "images/s", "ms median (min–max)", "time / vae-f8 (median; min)"], rows
+        )
+    )
     share = result["encoding_share"]
     lines.append("")
     if share is None:
@@ -175,9 +144,10 @@ def markdown(result: dict) -> str:
     else:
         step = result["stage2_step"]
         lines.append(
-            f"stage-2 D²iT-B step ({step['params_m']:.0f}M params, options {step['options']}): "
-            f"{1e3 * share['step_s']:.0f} ms per batch; DVAE encoding of that batch {1e3 * share['encode_s']:.0f} ms = "
-            f"{100 * share['share_of_step']:.0f}% of an uncached step"
+            f"cached stage-2 latents vs encoding on the fly: a D²iT-B step ({step['params_m']:.0f}M params, options "
+            f"{step['options']}) takes {1e3 * share['step_s']:.0f} ms per batch on cached latents; encoding that batch "
+            f"takes {1e3 * share['encode_s']:.0f} ms = {100 * share['share_of_step']:.0f}% of an uncached step "
+            f"(cache speed-up {1 / (1 - share['share_of_step']):.2f}x)"
         )
     return "\n".join(lines)
 

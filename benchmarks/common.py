@@ -1,6 +1,7 @@
 """Shared benchmark helpers: interleaved timing, the machine's matmul rate, tables, peak memory."""
 
 import json
+import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,41 @@ def matmul_rate(n: int = 2048, dtype=torch.float32, device="cpu", repeats: int =
     return n**3 / stats["mm"]["min"]
 
 
+def matmul_fn(n: int = 2048, dtype=torch.float32, device="cpu"):
+    """(callable, MACs): one n x n x n product to time interleaved with the candidates (the reference rate)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    return (lambda: torch.mm(a, b)), n**3
+
+
+def rate(stats: dict, macs: float) -> float:
+    """Best multiply-accumulates per second of a timed callable doing `macs` MACs."""
+    return macs / stats["min"]
+
+
+def ratio(a: dict, b: dict) -> dict:
+    """Time ratios a / b of two timing stats: of the medians and of the best (min) times."""
+    return {"median": a["median"] / b["median"], "min": a["min"] / b["min"]}
+
+
+def ms(stats: dict) -> str:
+    """'median (min–max)' in milliseconds."""
+    return f"{1e3 * stats['median']:.1f} ({1e3 * stats['min']:.1f}–{1e3 * stats['max']:.1f})"
+
+
+def machine(device="cpu", **extra) -> dict:
+    """Where and how a benchmark ran."""
+    info = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return {**info, **extra}
+
+
 def markdown_table(headers, rows) -> str:
     """A GitHub Markdown table."""
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
@@ -54,14 +90,19 @@ def markdown_table(headers, rows) -> str:
 
 def peak_memory_mb(code: str) -> float:
     """Peak resident memory (MiB) of a fresh Python process running `code` (Linux ru_maxrss)."""
-    wrapper = code + "\nimport resource, sys\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)"
+    wrapper = (
+        code
+        + "\nimport resource, sys\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)"
+    )
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
     return float(proc.stderr.strip().splitlines()[-1])
 
 
-def save(name: str, result: dict, table: str):
-    """Write results/<name>.json and results/<name>.md and print the table."""
+def save(name: str, result: dict, table: str, quick: bool = False):
+    """Write results/<name>.json and results/<name>.md (<name>-quick.* for quick runs) and print the table."""
+    name = f"{name}-quick" if quick else name
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(table + "\n")
     print(table)
+    print(f"\nwrote {RESULTS / name}.json and .md")

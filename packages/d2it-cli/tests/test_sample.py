@@ -6,14 +6,12 @@ import types
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from d2it import system as systems
 from d2it.errors import D2itError
 from d2it_cli import generation
-from d2it_cli.commands.build import record_from_options
 from d2it_cli.engine import dist
-from d2it_cli.main import load_registry, make_cli
+from d2it_cli.images import load_png
 
 # -- sharding logic, with a stand-in for the generation pipeline --------------------------------------
 
@@ -149,3 +147,85 @@ def test_bad_arguments(tmp_path, fake_generate):
         generation.sample_shards(FakeSystem(num_classes=3), 3, tmp_path, classes=[3], progress=False)
     with pytest.raises(D2itError):
         generation.load_samples(tmp_path / "nope.npz")
+
+
+# -- the real pipeline on the tiny (untrained) system of conftest.py ---------------------------------------
+
+
+def _sample(run_cli, system, out, *extra):
+    args = ["--num", 5, "--steps", 3, "--batch", 2, "--out", out, "--quiet", *extra]
+    return run_cli("sample", "--system", system, *args)
+
+
+def test_sample_command_files_and_npz(tiny_system, tmp_path, run_cli):
+    out = tmp_path / "out"
+    result = _sample(run_cli, tiny_system, out, "--class", "1,3", "--npz", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    pngs = sorted((out / "samples").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:06d}_class{c}.png" for i, c in enumerate([1, 3, 1, 3, 1])]
+    assert (out / "grid.png").is_file() and not (out / "shards").exists()
+    data = generation.load_samples(out / "samples.npz")
+    arr = data["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (5, 32, 32, 3)
+    assert data["labels"].tolist() == [1, 3, 1, 3, 1]
+    assert data["grain_maps"].shape == (5, 2, 2) and set(np.unique(data["grain_maps"])) <= {0, 1}
+    assert arr.std() > 0  # not a constant image
+    assert np.array_equal(load_png(pngs[2]), arr[2])
+    settings = json.loads((out / "samples.json").read_text())
+    assert settings["seed"] == 7 and settings["steps"] == 3 and settings["num"] == 5
+
+
+def test_sample_command_is_deterministic_per_seed(tiny_system, tmp_path, run_cli):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert _sample(run_cli, tiny_system, tmp_path / name, "--seed", seed, "--npz").exit_code == 0
+        runs[name] = generation.load_samples(tmp_path / name / "samples.npz")
+    assert np.array_equal(runs["a"]["arr_0"], runs["b"]["arr_0"])
+    assert np.array_equal(runs["a"]["labels"], runs["b"]["labels"])
+    assert not np.array_equal(runs["a"]["arr_0"], runs["c"]["arr_0"])
+
+
+def test_sample_without_npz_and_uniform_classes(tiny_system, tmp_path, run_cli):
+    out = tmp_path / "out"
+    result = _sample(run_cli, tiny_system, out, "--classes-uniform", "--sampler", "ddim", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["num"] == 5 and not (out / "samples.npz").exists()
+    assert sorted(p.name[-10:] for p in (out / "samples").glob("*.png")) == sorted(
+        f"_class{c}.png"[-10:] for c in [0, 1, 2, 3, 0]
+    )
+
+
+def test_sample_shards_match_the_pipeline(tiny_system, tmp_path):
+    from d2it_sampling.pipeline import generate
+
+    system = systems.load(tiny_system)
+    path = generation.sample_shards(system, 3, tmp_path, classes=[2], seed=4, steps=2, batch=3, progress=False)
+    direct = generate(system, [2, 2, 2], seed=generation.shard_seed(4, 0), steps=2, cfg_scale=1.5, progress=False)
+    from d2it_cli.images import to_uint8
+
+    data = generation.load_samples(path)
+    assert np.array_equal(data["arr_0"], to_uint8(direct.images))
+    assert np.array_equal(data["grain_maps"], direct.grain_maps.numpy())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--class", "4"], "out of range"),
+        (["--class", "-1"], "out of range"),
+        (["--class", "a"], "integers"),
+        (["--class", "1", "--classes-uniform"], "not both"),
+        (["--sampler", "nope"], "unknown sampler"),
+    ],
+)
+def test_sample_user_errors_exit_2(tiny_system, tmp_path, run_cli, args, message):
+    result = _sample(run_cli, tiny_system, tmp_path / "out", *args)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "samples").exists()
+
+
+def test_sample_missing_system_exits_2(tmp_path, run_cli):
+    result = _sample(run_cli, tmp_path / "nothing", tmp_path / "out")
+    assert result.exit_code == 2 and "does not exist" in result.output

@@ -204,8 +204,26 @@ def test_train_dvae_under_torchrun_two_processes(tiny_system):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "d2it_cli", "train", "dvae",
-           "--system", str(tiny_system), "--data", "synthetic:8", "--steps", "2", "--disc-start", "1", *DVAE_FAST]
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "d2it_cli",
+        "train",
+        "dvae",
+        "--system",
+        str(tiny_system),
+        "--data",
+        "synthetic:8",
+        "--steps",
+        "2",
+        "--disc-start",
+        "1",
+        *DVAE_FAST,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -92,7 +92,19 @@ def test_train_content_with_random_grain_maps(encoded, tmp_path, run_cli):
 def test_train_grain_and_resume(encoded, tmp_path, run_cli):
     system, cache = encoded
     before = file_sha256(system / "grain.safetensors")
-    common = ["train", "grain", "--system", system, "--cache", cache, *FAST, "--run-dir", tmp_path / "g"]
+    common = [
+        "train",
+        "grain",
+        "--system",
+        system,
+        "--cache",
+        cache,
+        *FAST,
+        "--run-dir",
+        tmp_path / "g",
+        "--lr",
+        "3e-4",
+    ]
     result = run_cli(*common, "--steps", "2", "--sample-every", "2")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "g" / "samples" / "step-0000002.png").is_file()
@@ -101,6 +113,7 @@ def test_train_grain_and_resume(encoded, tmp_path, run_cli):
     log = read_log(tmp_path / "g")
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in log)
     assert file_sha256(system / "grain.safetensors") != before
+    assert all(r["lr"] == 3e-4 for r in log)
 
 
 def test_a_cache_from_other_dvae_weights_is_refused(encoded, run_cli):

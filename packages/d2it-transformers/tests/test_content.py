@@ -10,6 +10,7 @@ from d2it.registry import default_registry
 from d2it_transformers.content import (
     REFINERS,
     DynamicContentTransformer,
+    RefineNet,
     WindowAttention,
     example_grain_map,
     window_partition,
@@ -21,8 +22,9 @@ REFINER_NAMES = ["global", "none", "window16", "window2", "window4", "window8"]
 
 
 def test_every_refiner_is_registered():
-    assert default_registry().names("refiner") == REFINER_NAMES
-    assert sorted(s.name for s in REFINERS) == REFINER_NAMES
+    dense = [n for n in default_registry().names("refiner") if not n.endswith("-sparse")]
+    assert dense == REFINER_NAMES
+    assert sorted(s.name for s in REFINERS if not s.name.endswith("-sparse")) == REFINER_NAMES
 
 
 # --- window attention ---------------------------------------------------------------------------
@@ -78,6 +80,30 @@ def test_global_window_is_the_whole_grid():
     assert layer.window == (4, 6) and layer.windows == 1
     x = torch.randn(2, 24, 16)
     torch.testing.assert_close(layer(x), _copy_attention(layer)(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("region", "window"), [(2, 4), (2, 2), (4, 4), (2, None)])
+def test_window_major_refinenet_equals_grid_order(region, window):
+    kwargs = dict(input_size=8, in_channels=4, out_channels=8, region=region, hidden_size=32, num_heads=2, depth=2)
+    torch.manual_seed(0)
+    fast = RefineNet(**kwargs, window=window)
+    assert fast.window_major
+    slow = RefineNet(**kwargs, window=window, window_major=False)
+    with torch.no_grad():
+        for p in fast.parameters():  # non-zero everywhere, so the blocks and head matter
+            p.copy_(torch.randn_like(p) * 0.1)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    tokens, c = torch.randn(2, (8 // region) ** 2, 32), torch.randn(2, 32)
+    torch.testing.assert_close(fast(x, tokens, c), slow(x, tokens, c), rtol=1e-5, atol=1e-5)
+
+
+def test_window_major_needs_windows_that_tile_the_grid_by_regions():
+    kwargs = dict(input_size=8, in_channels=4, out_channels=8, hidden_size=32, num_heads=2, depth=1)
+    assert not RefineNet(**kwargs, region=4, window=2).window_major  # a window smaller than a region
+    assert not RefineNet(**{**kwargs, "input_size": 12}, region=2, window=8).window_major  # padded
+    with pytest.raises(ConfigError, match="window-major"):
+        RefineNet(**kwargs, region=4, window=2, window_major=True)
 
 
 def test_global_refiner_equals_a_window_covering_the_grid(content, inputs, train):

@@ -59,7 +59,7 @@ def parse_classes(text: str | None) -> list[int] | None:
     return out or None
 
 
-def sample_labels(num: int, num_classes: int, *, classes=None, classes_uniform: bool = False, seed: int = 0) -> torch.Tensor:
+def sample_labels(num: int, num_classes: int, *, classes=None, classes_uniform: bool = False, seed: int = 0):
     """The class of every sample: given classes cycled, every class equally often, or uniformly random (seeded)."""
     if num < 0:
         raise D2itError(f"the number of samples must be positive, got {num}")
@@ -90,7 +90,8 @@ def system_fingerprint(system) -> str:
     return h.hexdigest()
 
 
-def _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_scale, grain_cfg_scale, grain_options, batch):
+def _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_scale, grain_cfg_scale, grain_options,
+              batch):
     label_hash = hashlib.sha256(labels.numpy().tobytes()).hexdigest()
     return {
         "system": system_fingerprint(system),
@@ -144,7 +145,8 @@ def _check_manifest(shard_dir: Path, settings: dict, resume: bool):
         if old != settings:
             changed = sorted(k for k in settings if not old or old.get(k) != settings[k])
             raise D2itError(
-                f"{shard_dir} holds shards sampled with other settings ({', '.join(changed) or 'unreadable manifest'}); "
+                f"{shard_dir} holds shards sampled with other settings "
+                f"({', '.join(changed) or 'unreadable manifest'}); "
                 "use another output directory or start over without resuming"
             )
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +192,8 @@ def run_shards(
     labels = sample_labels(num, system.record.num_classes, classes=classes, classes_uniform=classes_uniform, seed=seed)
     out_dir = Path(out_dir)
     shard_dir = out_dir / SHARD_DIR
-    settings = _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_scale, grain_cfg_scale, grain_options, batch)
+    settings = _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_scale, grain_cfg_scale,
+                         grain_options, batch)
     with dist.main_first():
         if dist.is_main():
             _check_manifest(shard_dir, settings, resume)
@@ -203,7 +206,8 @@ def run_shards(
     was_training = system.training
     system.eval()
     try:
-        with tqdm(total=total_mine, initial=done_before, desc="sampling", unit="img", disable=not show or len(todo) < 2) as bar:
+        quiet_bar = not show or len(todo) < 2
+        with tqdm(total=total_mine, initial=done_before, desc="sampling", unit="img", disable=quiet_bar) as bar:
             for i in todo:
                 start, stop = ranges[i]
                 with torch.no_grad():
@@ -267,7 +271,7 @@ def sample_shards(
     resume: bool = True,
     keep_shards: bool = True,
 ) -> Path:
-    """Sample `num` images across all ranks into `out_dir/samples.npz` (arr_0 uint8 NHWC, labels, grain_maps); returns its path."""
+    """Sample `num` images on all ranks into out_dir/samples.npz (arr_0 uint8 NHWC, labels, grain_maps); returns it."""
     out_dir = Path(out_dir)
     npz = out_dir / NPZ_NAME
     paths = run_shards(

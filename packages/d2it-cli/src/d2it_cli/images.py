@@ -16,7 +16,8 @@ COARSE_RGB = (40, 90, 255)
 FINE_RGB = (255, 40, 40)
 # a perceptually ordered dark-to-bright ramp (close to matplotlib's "inferno") for heatmaps
 HEAT_RAMP = np.array(
-    [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39), (252, 255, 164)],
+    [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
+     (252, 255, 164)],
     dtype=np.float64,
 )
 # line colours for the series of a plot
@@ -25,7 +26,7 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 
 # -- conversions ------------------------------------------------------------------------------
 def to_uint8(images) -> np.ndarray:
-    """Float images in [-1, 1] (NCHW or CHW tensor/array) -> uint8 NHWC (HWC) as the ADM evaluation suite stores them."""
+    """Float images in [-1, 1] (NCHW or CHW) -> uint8 NHWC (HWC), as the ADM evaluation suite stores them."""
     x = torch.as_tensor(images).detach().to("cpu", torch.float32)
     if x.dim() not in (3, 4):
         raise DataError(f"expected an image tensor of 3 or 4 dimensions, got shape {tuple(x.shape)}")
@@ -277,7 +278,7 @@ def plot_curves(
     smoothing: float = 0.0,
     size: tuple[int, int] = (560, 340),
 ) -> np.ndarray:
-    """Line plot of one or more series ({name: values or [(x, y), ...]}) drawn with Pillow; written as PNG when `path` is given."""
+    """Line plot of series ({name: values or [(x, y), ...]}) drawn with Pillow; written as PNG when `path` is given."""
     if not isinstance(series, Mapping):
         series = {ylabel: series}
     lines = {}
@@ -330,7 +331,11 @@ def plot_curves(
             draw.line([x, top, x, top + ph], fill=(235, 235, 235))
             label = _fmt(t)
             draw.text((x - 3 * len(label), top + ph + 6), label, fill=(0, 0, 0), font=font)
-        for t in _nice_ticks(y0, y1):
+        if log_y and y1 - y0 < 1.5:  # under about a decade: round values, placed on the log axis
+            ticks = [math.log10(v) for v in _nice_ticks(10**y0, 10**y1) if v > 0]
+        else:
+            ticks = _nice_ticks(y0, y1)
+        for t in ticks:
             value = 10**t if log_y else t
             y = top + ph - (t - y0) / (y1 - y0) * ph
             draw.line([left - 4, y, left, y], fill=(0, 0, 0))

@@ -8,6 +8,7 @@ window attention on the cell grid; the output follows the copied (neighbour-copy
 
 import attrs
 import torch
+from einops import rearrange
 from torch import nn
 
 from d2it.errors import ConfigError
@@ -59,12 +60,19 @@ class WindowAttention(Attention):
 
     Windows larger than the grid shrink to it; a grid the window does not divide is padded and the
     padding masked out of the keys. `window=None` is one window over the whole grid (global attention).
+    With `window_major` the tokens arrive already grouped window by window (see `to_window_major`), so
+    attention needs no partition copies; this needs a grid the window divides.
     """
 
-    def __init__(self, dim: int, num_heads: int, attention, grid: tuple[int, int], window: int | None):
+    def __init__(
+        self, dim: int, num_heads: int, attention, grid: tuple[int, int], window: int | None, window_major: bool = False
+    ):
         super().__init__(dim, num_heads, attention)
         h, w = self.grid = tuple(grid)
         self.window, self.padded, self.windows = window_geometry(self.grid, window)
+        if window_major and self.padded != self.grid:
+            raise ValueError(f"window-major tokens need a grid {self.grid} divisible by the window {self.window}")
+        self.window_major = window_major
         mh, mw = self.window
         valid = None
         if self.padded != self.grid:
@@ -74,8 +82,10 @@ class WindowAttention(Attention):
         self.register_buffer("key_mask", valid, persistent=False)
 
     def forward(self, x, mask=None):
-        """(B, H*W, D) tokens in row-major grid order -> (B, H*W, D)."""
+        """(B, H*W, D) tokens, in row-major grid order or window-major order -> (B, H*W, D) in the same order."""
         b, n, d = x.shape
+        if self.window_major or (self.windows == 1 and self.padded == self.grid):
+            return super().forward(x.view(b * self.windows, n // self.windows, d)).view(b, n, d)
         (h, w), (ph, pw), (mh, mw) = self.grid, self.padded, self.window
         heads, hd = self.num_heads, self.head_dim
         qkv = self.qkv(x).view(b, h, w, 3 * d)
@@ -92,6 +102,12 @@ class WindowAttention(Attention):
         if (ph, pw) != (h, w):
             out = out[:, :h, :w]
         return self.proj(out.reshape(b, n, d))
+
+
+def to_window_major(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) grid -> (B, C, windows * mh, mw): a 1x1 convolution of it yields window-major tokens."""
+    mh, mw = window
+    return rearrange(x, "b c (nh mh) (nw mw) -> b c (nh nw mh) mw", mh=mh, mw=mw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +134,7 @@ class RefineNet(nn.Module):
         window: int | None,
         mlp_ratio: float = 4.0,
         attention=None,
+        window_major: bool | None = None,
     ):
         super().__init__()
         self.input_size = input_size
@@ -126,32 +143,54 @@ class RefineNet(nn.Module):
         self.window = window
         self.grad_checkpointing = False
         grid = (input_size, input_size)
+        shape, padded, self.windows = window_geometry(grid, window)
+        fits = padded == grid and shape[0] % region == 0 and shape[1] % region == 0
+        if window_major is None:
+            window_major = fits
+        elif window_major and not fits:
+            raise ConfigError(f"window-major order needs {shape[0]}x{shape[1]} windows tiling the grid by regions")
+        # window-major: tokens grouped window by window for all blocks, so attention needs no partition copies
+        self.window_major = window_major
+        self.window_shape = shape
         self.x_embedder = PatchEmbed(1, in_channels, hidden_size)
         self.region_proj = nn.Linear(hidden_size, region * region * hidden_size)
         self.pos_embed = nn.Parameter(sincos_table(hidden_size, grid))
         self.blocks = nn.ModuleList(
             DiTBlock(
-                hidden_size, num_heads, mlp_ratio, attn=WindowAttention(hidden_size, num_heads, attention, grid, window)
+                hidden_size,
+                num_heads,
+                mlp_ratio,
+                attn=WindowAttention(hidden_size, num_heads, attention, grid, window, window_major),
             )
             for _ in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, 1, out_channels)
         init_dit_weights(self)
 
-    @property
-    def windows(self) -> int:
-        """Windows per sample."""
-        return window_geometry((self.input_size, self.input_size), self.window)[2]
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute block activations in the backward pass to save memory."""
+        self.grad_checkpointing = enable
 
     def forward(self, x, tokens, c):
         """Correction (B, out_channels, H, W) from x_t (B, C, H, W), region tokens (B, h*w, D) and c (B, D)."""
         b, _, h, w = x.shape
-        s, d = self.region, tokens.shape[-1]
-        feats = self.region_proj(tokens).view(b, h // s, w // s, s, s, d)
-        feats = feats.permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, d)
-        cells = self.x_embedder(x) + feats + self.pos_embed
-        cells = run_blocks(self.blocks, cells, c, self.grad_checkpointing)
+        s = self.region
+        feats = self.region_proj(tokens)
+        pos = self.pos_embed
+        if self.window_major:
+            (mh, mw), cells = self.window_shape, self.x_embedder(to_window_major(x, self.window_shape))
+            a, e = mh // s, mw // s  # regions per window side
+            order = "b (nh a nw e) (p q d) -> b (nh nw a p e q) d"
+            feats = rearrange(feats, order, a=a, e=e, nw=w // mw, p=s, q=s)
+            pos = rearrange(pos, "o (nh mh nw mw) d -> o (nh nw mh mw) d", mh=mh, mw=mw, nw=w // mw)
+        else:
+            cells = self.x_embedder(x)
+            feats = rearrange(feats, "b (i j) (p q d) -> b (i p j q) d", j=w // s, p=s, q=s)
+        cells = run_blocks(self.blocks, cells + feats + pos, c, self.grad_checkpointing)
         out = self.final_layer(cells, c)  # (B, H*W, out_channels)
+        if self.window_major:
+            mh, mw = self.window_shape
+            return rearrange(out, "b (nh nw mh mw) c -> b c (nh mh) (nw mw)", mh=mh, mw=mw, nw=w // mw)
         return out.transpose(1, 2).reshape(b, self.out_channels, h, w)
 
 
@@ -196,7 +235,9 @@ class DynamicContentTransformer(nn.Module):
         """Multi-grained noise (and variance) prediction (B, out_channels, H, W) in the copied layout."""
         routed = self.backbone(x, t, y, grain_map)
         pred = routed.rough
-        if self.refiner is not None:
+        if getattr(self.refiner, "sparse", False):
+            pred = pred + self.refiner(x, routed.tokens, routed.c, grain_map)
+        elif self.refiner is not None:
             pred = pred + self.refiner(x, routed.tokens, routed.c)
         coarsest = (cell_grain(grain_map, self.grains) == 0).unsqueeze(1)
         pred = torch.where(coarsest, upsample_codes(routed.coarse, 0, self.grains), pred)
@@ -221,10 +262,18 @@ class DynamicContentTransformer(nn.Module):
         if self.refiner is None:
             return "no RefineNet: fine cells take the backbone's rough prediction"
         size = self.input_size
-        m = self.refiner.window
-        shape = "one window over the whole grid" if m is None else f"{self.refiner.windows} windows of {m}x{m} cells"
+        m, n, depth = self.refiner.window, self.refiner.windows, len(self.refiner.blocks)
+        shape = "one window over the whole grid" if m is None else f"{n} window{'s' * (n != 1)} of {m}x{m} cells"
+        if getattr(self.refiner, "sparse", False):
+            gm = example_grain_map(1, self.backbone.grid, self.grains)
+            fine = int((cell_grain(gm, self.grains) > 0).sum())
+            return (
+                f"sparse RefineNet ({depth} block{'s' * (depth != 1)}) counted on the fine cells only: {fine} of the "
+                f"{size * size} cells of the {size}x{size} latent for the example grain map ({shape}); its MACs "
+                "scale with the fine ratio"
+            )
         return (
-            f"RefineNet ({len(self.refiner.blocks)} blocks) counted on all {size * size} cells of the {size}x{size} "
+            f"RefineNet ({depth} block{'s' * (depth != 1)}) counted on all {size * size} cells of the {size}x{size} "
             f"latent ({shape}), coarse cells included, so its MACs do not depend on the grain map"
         )
 
@@ -249,7 +298,7 @@ def _routed(backbone, name: str):
     return backbone
 
 
-def make_refiner(name: str, window: int | None):
+def make_refiner(name: str, window: int | None, sparse: bool = False):
     """The factory of one RefineNet variant: wraps the routed backbone into the content model."""
 
     def factory(config, *, backbone, attention):
@@ -257,7 +306,12 @@ def make_refiner(name: str, window: int | None):
         depth = backbone.refine_depth if config.depth is None else config.depth
         if depth < 0:
             raise ConfigError(f"refine.depth must be at least 0, got {depth}")
-        refiner = RefineNet(
+        cls, extra = RefineNet, {}
+        if sparse:
+            from d2it_transformers.sparse import SparseRefineNet
+
+            cls, extra = SparseRefineNet, {"grains": backbone.grains}
+        refiner = cls(
             input_size=backbone.input_size,
             in_channels=backbone.in_channels,
             out_channels=backbone.out_channels,
@@ -268,6 +322,7 @@ def make_refiner(name: str, window: int | None):
             window=window,
             mlp_ratio=backbone.mlp_ratio,
             attention=attention,
+            **extra,
         )
         return DynamicContentTransformer(backbone, refiner, name)
 
@@ -293,6 +348,23 @@ REFINERS = [
     ),
     ComponentSpec(
         "global", "refiner", make_refiner("global", None), RefinerConfig, summary="RefineNet with global attention"
+    ),
+    *(
+        ComponentSpec(
+            f"window{m}-sparse",
+            "refiner",
+            make_refiner(f"window{m}-sparse", m, sparse=True),
+            RefinerConfig,
+            summary=f"RefineNet with {m}x{m}-cell window attention on the fine cells only (packed, same weights)",
+        )
+        for m in (16, 8, 4, 2)
+    ),
+    ComponentSpec(
+        "global-sparse",
+        "refiner",
+        make_refiner("global-sparse", None, sparse=True),
+        RefinerConfig,
+        summary="RefineNet with global attention on the fine cells only (packed, same weights)",
     ),
     ComponentSpec(
         "none", "refiner", make_no_refiner, EmptyConfig, summary="no RefineNet: the backbone's rough prediction"

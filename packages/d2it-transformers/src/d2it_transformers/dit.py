@@ -376,7 +376,6 @@ class RoutedDiT(nn.Module):
         self.mlp_ratio = mlp_ratio
         self.num_classes = num_classes
         self.refine_depth = refine_depth
-        self.attention = attention
         self.grad_checkpointing = False
         self.grid = (input_size // self.region, input_size // self.region)
 

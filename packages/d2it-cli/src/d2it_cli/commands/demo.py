@@ -14,9 +14,12 @@ from d2it_cli.demo import run_demo
 @click.option("--quick", is_flag=True, help="Smaller settings (about three minutes on two CPU cores).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bars or step headers.")
+@click.option("--plan", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a plan setting, e.g. content_steps=3000 (vae/backbone/grain: ';' between items).")
 @click.pass_context
-def demo(ctx, out, device, quick, seed, quiet):
-    """Build, train (DVAE, grain and content transformers) and sample D²iT on synthetic data; report in OUT/index.html."""
+def demo(ctx, out, device, quick, seed, quiet, overrides):
+    """Build, train (DVAE, grain, content) and sample D²iT on synthetic data; report in OUT/index.html."""
     start = time.perf_counter()
-    index = run_demo(ctx.find_root().command, out, device=device, quick=quick, seed=seed, quiet=quiet)
+    index = run_demo(ctx.find_root().command, out, device=device, quick=quick, seed=seed, quiet=quiet,
+                     overrides=overrides)
     click.echo(f"demo finished in {time.perf_counter() - start:.0f} s; open {index}")

@@ -18,7 +18,7 @@ SAMPLE_DIR = "samples"
 GRID_LIMIT = 64  # samples shown in the grid
 
 
-def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int, limit: int = GRID_LIMIT) -> np.ndarray:
+def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int, limit: int = GRID_LIMIT):
     """A grid of (sample | sample with grain-map overlay) tiles, small images enlarged to at least 64 px."""
     arr = arr[:limit]
     scale = max(1, math.ceil(64 / max(1, arr.shape[1])))
@@ -48,24 +48,31 @@ def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
 
 
 @click.command()
-@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False), help="Trained model directory.")
+@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False),
+              help="Trained model directory.")
 @click.option("--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of samples.")
 @click.option("--class", "class_list", default=None, metavar="I,J,...", help="Class indices, cycled over the samples.")
-@click.option("--classes-uniform", is_flag=True, help="Spread the samples evenly over all classes (default: random classes).")
+@click.option("--classes-uniform", is_flag=True,
+              help="Spread the samples evenly over all classes (default: random classes).")
 @click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Sampling steps (respaced).")
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=float, help="Classifier-free guidance scale (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float, help="Guidance scale of the grain predictor.")
+@click.option("--cfg-scale", default=1.5, show_default=True, type=float,
+              help="Classifier-free guidance scale (1 = off).")
+@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float,
+              help="Guidance scale of the grain predictor.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Samples per batch (and per shard).")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Samples per batch (and per shard).")
 @click.option("--device", default=None, help="Device (default: CUDA when available).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--npz", is_flag=True, help="Also write samples.npz (arr_0 uint8 NHWC, as the ADM evaluation suite reads).")
+@click.option("--npz", is_flag=True,
+              help="Also write samples.npz (arr_0 uint8 NHWC, as the ADM evaluation suite reads).")
 @click.option("--no-resume", is_flag=True, help="Discard finished shards from an earlier run instead of reusing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_obj
-def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cfg_scale, grain_cfg_scale, seed, batch, device, out, npz, no_resume, as_json, quiet):
+def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cfg_scale, grain_cfg_scale, seed, batch,
+           device, out, npz, no_resume, as_json, quiet):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
     registry = (obj or {}).get("registry")
     classes = generation.parse_classes(class_list)

@@ -105,14 +105,15 @@ def _stage2_system(system_dir, registry, part):
 @train.command()
 @SYSTEM
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Latent cache from d2it encode.")
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="AdamW learning rate (constant).")
 @click.option("--weight-decay", default=0.0, show_default=True, type=float)
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=1000)
 @click.pass_obj
-def grain(obj, system_dir, cache, weight_decay, **kwargs):
+def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     """Stage 2: train the grain transformer on cached grain maps; writes SYSTEM/grain.safetensors."""
     config = train_config(system_dir, "grain", kwargs)
     system = _stage2_system(system_dir, obj["registry"], "grain")
-    task = GrainTask(system, open_cache(cache, system), system_dir, weight_decay=weight_decay)
+    task = GrainTask(system, open_cache(cache, system), system_dir, lr=lr, weight_decay=weight_decay)
     trainer = Trainer(task, config)
     _report(trainer.fit(), trainer, "grain", system_dir)
 
@@ -120,6 +121,7 @@ def grain(obj, system_dir, cache, weight_decay, **kwargs):
 @train.command()
 @SYSTEM
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Latent cache from d2it encode.")
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="AdamW learning rate (constant).")
 @click.option("--weight-decay", default=0.0, show_default=True, type=float)
 @click.option(
     "--grain-source",
@@ -134,7 +136,7 @@ def grain(obj, system_dir, cache, weight_decay, **kwargs):
 @click.option("--sample-steps", default=50, show_default=True, type=int, help="Sampling steps of the preview grids.")
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=5000)
 @click.pass_obj
-def content(obj, system_dir, cache, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):
+def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):
     """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
     if not 0.0 <= fine_ratio <= 1.0:
         raise ConfigError(f"--fine-ratio must lie in [0, 1], got {fine_ratio}")
@@ -144,6 +146,7 @@ def content(obj, system_dir, cache, weight_decay, grain_source, fine_ratio, samp
         system,
         open_cache(cache, system),
         system_dir,
+        lr=lr,
         weight_decay=weight_decay,
         grain_source=grain_source,
         fine_ratio=fine_ratio,

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import attrs
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from d2it.errors import DataError
 
@@ -103,7 +105,9 @@ class FolderDataset(torch.utils.data.Dataset):
             raise DataError(f"no PNG or JPEG images found in {self.root}")
         self.skipped: list[tuple[str, str]] = []
         with ThreadPoolExecutor(max_workers=max(1, config.check_workers)) as pool:
-            problems = list(pool.map(lambda c: _header_ok(c[0]), candidates))
+            checks = pool.map(lambda c: _header_ok(c[0]), candidates)
+            hide = not sys.stdout.isatty() or len(candidates) < 10_000  # a bar only for big folders
+            problems = list(tqdm(checks, total=len(candidates), desc=f"scan {self.root.name}", disable=hide))
         self.samples = []
         for (path, label), problem in zip(candidates, problems):
             if problem is None:

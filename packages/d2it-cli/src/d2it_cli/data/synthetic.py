@@ -1,10 +1,14 @@
 """The `synthetic` dataset: procedural images mixing smooth and detailed regions, deterministic per index.
 
-Each image is a recursive split of the canvas into rectangles. A smooth rectangle holds a flat
-colour or a very gentle linear gradient (one or two grey levels per region); a detailed one holds
-high-contrast sine stripes, a four-level checkerboard, soft dots or noise at a few pixels' period
-(many grey levels), so detail coincides with high region entropy. The class chooses the palette and the preferred texture, so class-conditional
-models have something to learn. `detail_mask(index)` tells where the detail is.
+Each image is a recursive split of the canvas into a handful of rectangles on a grid of a quarter of
+the image side (so at 64x64 every rectangle covers whole 16x16 regions). A smooth rectangle holds a
+flat colour or a very gentle linear gradient (one or two grey levels per region); a detailed one
+holds a high-contrast pattern at a moderate period (an eighth to a fifth of the image side): sine
+stripes at one of four angles, a four-level checkerboard, soft dots or concentric rings. Patterns
+have many grey levels, so detail coincides with high region entropy, yet they are regular enough
+for a small autoencoder to reconstruct and a small generator to imitate (no per-pixel noise).
+The class chooses the palette (hue) and the preferred pattern, so class-conditional models have
+something to learn. `detail_mask(index)` tells where the detail is.
 """
 
 import attrs
@@ -14,7 +18,7 @@ import torch
 from d2it.errors import DataError
 from d2it_cli.data.folder import random_flip
 
-TEXTURES = ("stripes", "checker", "dots", "noise")
+TEXTURES = ("stripes", "checker", "dots", "rings")
 
 
 @attrs.frozen
@@ -88,9 +92,9 @@ class SyntheticDataset(torch.utils.data.Dataset):
             raise IndexError(index)
         size, cls = self.image_size, self.label(index)
         rng = np.random.default_rng([self.config.seed, index])
-        hue = (cls / self.config.num_classes + 0.08 * rng.standard_normal()) % 1.0
+        hue = (cls / self.config.num_classes + 0.04 * rng.standard_normal()) % 1.0
         preferred = TEXTURES[cls % len(TEXTURES)]
-        unit = max(4, size // 8)
+        unit = max(4, size // 4)
         boxes: list = []
         _split(rng, (0, 0, size, size), 3, unit, boxes)
         image = np.zeros((size, size, 3), np.float32)
@@ -98,28 +102,26 @@ class SyntheticDataset(torch.utils.data.Dataset):
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         for y0, x0, y1, x1 in boxes:
             ys, xs = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
-            c1 = _hsv_to_rgb((hue + 0.15 * rng.standard_normal()) % 1.0, rng.uniform(0.3, 0.9), rng.uniform(0.3, 1.0))
-            c2 = _hsv_to_rgb(
-                (hue + 0.5 + 0.2 * rng.standard_normal()) % 1.0, rng.uniform(0.2, 0.9), rng.uniform(0.1, 0.9)
-            )
+            c1 = _hsv_to_rgb((hue + 0.06 * rng.standard_normal()) % 1.0, rng.uniform(0.4, 0.9), rng.uniform(0.35, 1.0))
             if rng.random() < self.config.detail_ratio:
-                texture = preferred if rng.random() < 0.6 else TEXTURES[int(rng.integers(len(TEXTURES)))]
-                period = float(rng.uniform(3.0, 7.0))
-                # strong contrast between the two colours, and textures of several grey levels: high entropy
-                c2 = np.clip(1.0 - c1 + 0.15 * rng.standard_normal(3), 0.0, 1.0)
+                texture = preferred if rng.random() < 0.7 else TEXTURES[int(rng.integers(len(TEXTURES)))]
+                period = size * float(rng.uniform(1 / 8, 1 / 5))
+                # strong contrast between the two colours, patterns of many grey levels: high entropy
+                c2 = np.clip(1.0 - c1 + 0.1 * rng.standard_normal(3), 0.0, 1.0)
                 if texture == "stripes":
-                    angle = rng.uniform(0, np.pi)
-                    phase = (np.cos(angle) * xs + np.sin(angle) * ys) / period
-                    t = 0.5 + 0.5 * np.sin(2 * np.pi * phase).astype(np.float32)
+                    angle = np.pi / 4 * int(rng.integers(4))
+                    phase = (np.cos(angle) * xs + np.sin(angle) * ys) / period + rng.random()
+                    t = 0.5 + 0.5 * np.sin(2 * np.pi * phase)
                 elif texture == "checker":
-                    p = max(2, int(round(period / 1.5)))
-                    t = (((ys // p) + 2 * (xs // p)) % 4).astype(np.float32) / 3.0
+                    p = max(2, int(round(period / 2)))
+                    t = (((ys - y0) // p) + 2 * ((xs - x0) // p)) % 4 / 3.0
                 elif texture == "dots":
                     p = max(3, int(round(period)))
-                    dy, dx = (ys % p) - p / 2 + 0.5, (xs % p) - p / 2 + 0.5
-                    t = np.clip(1.0 - np.sqrt(dy * dy + dx * dx) / (p / 2), 0.0, 1.0).astype(np.float32)
+                    dy, dx = ((ys - y0) % p) - p / 2 + 0.5, ((xs - x0) % p) - p / 2 + 0.5
+                    t = np.clip(1.0 - np.sqrt(dy * dy + dx * dx) / (p / 2), 0.0, 1.0)
                 else:
-                    t = rng.random(ys.shape).astype(np.float32)
+                    r = np.sqrt((ys - (y0 + y1 - 1) / 2) ** 2 + (xs - (x0 + x1 - 1) / 2) ** 2)
+                    t = 0.5 + 0.5 * np.cos(2 * np.pi * r / period)
                 detail[y0:y1, x0:x1] = True
             else:
                 # a flat colour or a very gentle gradient: one or two grey levels per region, so low entropy

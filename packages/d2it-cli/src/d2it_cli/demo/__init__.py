@@ -35,10 +35,12 @@ class DemoPlan:
     backbone: tuple = ()
     refine: tuple = ()
     grain: tuple = ()
-    dvae_steps: int = 400
+    dvae_steps: int = 800
     dvae_batch: int = 16
     dvae_lr: float = 1e-3
     grain_steps: int = 300
+    grain_lr: float = 1e-3
+    content_lr: float = 5e-4
     grain_batch: int = 32
     content_steps: int = 1500
     content_batch: int = 32
@@ -49,10 +51,11 @@ class DemoPlan:
     sample_batch: int = 32
     cfg_scale: float = 2.0
     log_every: int = 10
+    workers: int = 0  # data-loading processes of the trainers
 
     def summary(self) -> dict:
         """JSON-ready settings."""
-        return attrs.asdict(self, retain_collection_types=False)
+        return attrs.asdict(self)
 
 
 TINY_VAE = (
@@ -82,19 +85,38 @@ SMALL_GRAIN = ("grain.depth=4", "grain.hidden_size=128", "grain.num_heads=4")
 def plan_for(device: str, quick: bool) -> DemoPlan:
     """The demo's sizes: tiny on CPU (smaller still with --quick), 64x64 images and larger models on a GPU."""
     if device.startswith("cuda"):
+        # stage 2 is bound by data loading here, so the batches stay moderate and loading uses workers
         if quick:
             return DemoPlan(image_size=64, num_images=2000, vae=SMALL_VAE, backbone=SMALL_BACKBONE, grain=SMALL_GRAIN,
-                            dvae_steps=1500, dvae_batch=32, grain_steps=600, grain_batch=64, content_steps=3000,
-                            content_batch=64, sample_num=64, sample_steps=100, sample_batch=64, log_every=25)
+                            dvae_steps=1000, dvae_batch=32, grain_steps=500, grain_batch=64, content_steps=2000,
+                            content_batch=64, content_ema_decay=0.995, sample_num=64, sample_steps=100,
+                            sample_batch=64, log_every=25, workers=4)
         return DemoPlan(image_size=64, num_images=4000, vae=SMALL_VAE, backbone=SMALL_BACKBONE, grain=SMALL_GRAIN,
-                        dvae_steps=6000, dvae_batch=32, grain_steps=2000, grain_batch=64, content_steps=12000,
-                        content_batch=128, content_ema_decay=0.999, sample_num=64, sample_steps=250, sample_batch=64,
-                        log_every=50)
+                        dvae_steps=3000, dvae_batch=32, grain_steps=1500, grain_batch=64, content_steps=6000,
+                        content_batch=64, content_ema_decay=0.998, sample_num=64, sample_steps=250, sample_batch=64,
+                        log_every=50, workers=4)
     if quick:
         return DemoPlan(vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN, num_images=256, dvae_steps=120,
                         grain_steps=100, content_steps=400, sample_num=16, sample_steps=50, sample_batch=16,
                         content_ema_decay=0.98, grain_ema_decay=0.95, log_every=5)
     return DemoPlan(vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN)
+
+
+def override_plan(plan: DemoPlan, items) -> DemoPlan:
+    """Apply `key=value` overrides (numbers for numeric settings, comma-separated --set items for vae/backbone/...)."""
+    fields = {f.name: f for f in attrs.fields(DemoPlan)}
+    changes = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise D2itError(f"--plan expects KEY=VALUE with KEY one of {', '.join(fields)}, got {item!r}")
+        kind = type(getattr(plan, key))
+        try:
+            changes[key] = tuple(v for v in value.split(";") if v) if kind is tuple else kind(value)
+        except ValueError:
+            raise D2itError(f"--plan {key} expects {kind.__name__}, got {value!r}") from None
+    return attrs.evolve(plan, **changes)
 
 
 @attrs.define
@@ -153,9 +175,23 @@ class Demo:
             raise DemoError(f"demo step '{name}' failed ({status}); see the messages above")
         return seconds
 
-    def common(self) -> list[str]:
+    def supports(self, path: list[str], option: str) -> bool:
+        """True when the subcommand at `path` (e.g. ["train", "content"]) accepts `option`."""
+        cmd = self.cli
+        for name in path:
+            cmd = getattr(cmd, "commands", {}).get(name)
+            if cmd is None:
+                return False
+        return any(option in p.opts for p in cmd.params)
+
+    def stage2_lr(self, trainer: str) -> list[str]:
+        """`--lr` for a stage-2 trainer when that trainer has the option (its default, 1e-4, is slow for a demo)."""
+        lr = self.plan.grain_lr if trainer == "grain" else self.plan.content_lr
+        return ["--lr", lr] if self.supports(["train", trainer], "--lr") else []
+
+    def common(self, workers: bool = True) -> list[str]:
         """Options every training/encoding step takes."""
-        out = ["--device", self.device]
+        out = ["--device", self.device] + (["--workers", self.plan.workers] if workers and self.plan.workers else [])
         return out + (["--quiet"] if self.quiet else [])
 
     def run_pipeline(self):
@@ -176,22 +212,24 @@ class Demo:
         self.invoke("encode", ["encode", "--system", sysdir, "--data", self.data, "--out", self.cache_dir,
                                "--batch", 64, "--overwrite", "--seed", self.seed, *self.common()])
         self.invoke("train grain", ["train", "grain", "--system", sysdir, "--cache", self.cache_dir,
-                                    "--steps", p.grain_steps, "--batch", p.grain_batch, "--ema-decay", p.grain_ema_decay,
+                                    "--steps", p.grain_steps, "--batch", p.grain_batch,
+                                    "--ema-decay", p.grain_ema_decay,
                                     "--log-every", p.log_every, "--sample-every", p.grain_steps,
-                                    "--ckpt-every", p.grain_steps, "--seed", self.seed, *self.common()])
+                                    "--ckpt-every", p.grain_steps, "--seed", self.seed, *self.stage2_lr("grain"),
+                                    *self.common()])
         self.invoke("train content", ["train", "content", "--system", sysdir, "--cache", self.cache_dir,
                                       "--steps", p.content_steps, "--batch", p.content_batch,
                                       "--ema-decay", p.content_ema_decay, "--log-every", p.log_every,
                                       "--sample-every", 0, "--ckpt-every", p.content_steps, "--seed", self.seed,
-                                      *self.common()])
+                                      *self.stage2_lr("content"), *self.common()])
         self.invoke("sample", ["sample", "--system", sysdir, "--num", p.sample_num, "--classes-uniform",
                                "--steps", p.sample_steps, "--cfg-scale", p.cfg_scale, "--seed", self.seed,
                                "--batch", p.sample_batch, "--out", self.samples_dir, "--npz", "--no-resume",
-                               *self.common()])
+                               *self.common(workers=False)])
 
 
 def run_demo(cli: click.Group, out, *, device: str | None = None, quick: bool = False, seed: int = 0,
-             quiet: bool = False) -> Path:
+             quiet: bool = False, overrides=()) -> Path:
     """Run the whole demo into `out` and return the path of its index.html."""
     from d2it.system import torch_device
     from d2it_cli.demo.report import StepTiming, build_report
@@ -199,7 +237,7 @@ def run_demo(cli: click.Group, out, *, device: str | None = None, quick: bool = 
     device = str(torch_device(device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_for(device, quick)
+    plan = override_plan(plan_for(device, quick), overrides)
     demo = Demo(cli=cli, out=out, plan=plan, device=device, seed=seed, quiet=quiet)
     start = time.perf_counter()
     failure = None

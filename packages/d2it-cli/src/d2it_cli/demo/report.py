@@ -285,7 +285,8 @@ def build_report(demo, failed: bool = False) -> Path:
         samples, s_stats = sample_figures(demo.samples_dir, plan.num_classes, grains, fig_dir)
         stats.update(s_stats)
     data_figs = []
-    if (demo.system_dir / "vae.safetensors").is_file() and record is not None and (demo.cache_dir / "manifest.json").is_file():
+    trained_vae = (demo.cache_dir / "manifest.json").is_file()  # encode ran, so the DVAE is trained
+    if record is not None and trained_vae:
         data_figs, d_stats = data_and_reconstructions(demo.system_dir, demo.data, plan.image_size, plan.num_classes,
                                                       8, fig_dir, demo.device)
         stats.update(d_stats)
@@ -308,9 +309,11 @@ def build_report(demo, failed: bool = False) -> Path:
     if previews:
         sections.append(Section("Grain transformer preview", figures=[
             Figure(previews[-1], "Grain maps the trained grain transformer samples per class (training preview).")]))
-    links = [("system (d2it.json + safetensors)", demo.system_dir), ("samples (PNGs, grid, samples.npz)", demo.samples_dir),
+    links = [("system (d2it.json + safetensors)", demo.system_dir),
+             ("samples (PNGs, grid, samples.npz)", demo.samples_dir),
              ("latent cache", demo.cache_dir), ("timings.json", out / "timings.json")]
-    items = "".join(f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>' for t, p in links if p.exists())
+    items = "".join(f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>'
+                    for t, p in links if p.exists())
     sections.append(Section("Files", html=f"<ul>{items}</ul>"))
     status = "<p class='failed'>A step failed; the report shows what was produced before it.</p>" if failed else ""
     intro = (

@@ -303,7 +303,12 @@ class Trainer:
         for name, opt in self.optimizers.items():
             if name not in state["optimizers"]:
                 raise CheckpointError(f"checkpoint {path} has no state for optimizer {name}")
+            configured = [(g["base_lr"], g.get("weight_decay")) for g in opt.param_groups]
             opt.load_state_dict(state["optimizers"][name])
+            for group, (lr, decay) in zip(opt.param_groups, configured):  # this run's --lr / --weight-decay win
+                group["base_lr"] = lr
+                if decay is not None:
+                    group["weight_decay"] = decay
         for name, ema in self.ema.items():
             if name in state.get("ema", {}):
                 ema.load_state_dict(state["ema"][name])
@@ -361,14 +366,18 @@ class Trainer:
         )
 
     def _trim_log(self):
+        """Drop log lines past the resumed step (written by the interrupted run after its last checkpoint)."""
         path = self.run_dir / LOG_FILE
         if not path.is_file():
             return
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= self.step
-        ]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the interruption
+                continue
+            if record.get("step", 0) <= self.step:
+                kept.append(line)
         io.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _write_config(self):

@@ -32,7 +32,7 @@ def save_part(directory, part: str, state: dict):
     save_safetensors(state, Path(directory) / f"{part}.safetensors", meta)
 
 
-def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int):
+def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int, warmup: str = "0"):
     """Decorator adding the shared training options (with per-trainer defaults) to a click command."""
 
     def decorate(fn):
@@ -46,7 +46,7 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
             click.option("--steps", type=int, help="Optimizer steps to train for (overrides --epochs)."),
             click.option("--epochs", type=float, help="Epochs to train for."),
             click.option(
-                "--warmup", default="0", show_default=True, help="Linear warm-up: steps, or epochs as '0.5ep'."
+                "--warmup", default=warmup, show_default=True, help="Linear warm-up: steps, or epochs as '0.5ep'."
             ),
             click.option("--resume", help="Continue from 'latest' (of --run-dir) or a checkpoint/run directory."),
             click.option(

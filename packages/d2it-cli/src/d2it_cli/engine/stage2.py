@@ -34,10 +34,10 @@ def open_cache(path, system) -> LatentCache:
     return cache
 
 
-def _adamw(module, weight_decay: float, device) -> torch.optim.Optimizer:
-    """AdamW with constant LR 1e-4, betas (0.9, 0.999) (fused on CUDA)."""
+def _adamw(module, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
+    """AdamW with a constant LR (1e-4 in the paper), betas (0.9, 0.999) (fused on CUDA)."""
     return torch.optim.AdamW(
-        module.parameters(), lr=LR, betas=BETAS, weight_decay=weight_decay, fused=device.type == "cuda"
+        module.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay, fused=device.type == "cuda"
     )
 
 
@@ -57,11 +57,13 @@ class GrainTask(Task):
 
     name = "grain"
 
-    def __init__(self, system, cache: LatentCache, system_dir, *, weight_decay: float = 0.0, preview_classes=None):
+    def __init__(
+        self, system, cache: LatentCache, system_dir, *, lr: float = LR, weight_decay: float = 0.0, preview_classes=None
+    ):
         if system.grain is None or not getattr(system.grain, "trainable", False):
             raise ConfigError(f"the system's grain predictor {system.record.grain!r} has nothing to train")
         self.system, self.dataset, self.system_dir = system, cache, system_dir
-        self.weight_decay = weight_decay
+        self.lr, self.weight_decay = lr, weight_decay
         self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
 
     def modules(self):
@@ -71,7 +73,7 @@ class GrainTask(Task):
         return GrainLoss(module)
 
     def make_optimizers(self, trainer):
-        return {"grain": _adamw(self.system.grain, self.weight_decay, trainer.device)}
+        return {"grain": _adamw(self.system.grain, self.lr, self.weight_decay, trainer.device)}
 
     def micro_step(self, trainer, batch, step, scale):
         with trainer.autocast():
@@ -117,6 +119,7 @@ class ContentTask(Task):
         cache: LatentCache,
         system_dir,
         *,
+        lr: float = LR,
         weight_decay: float = 0.0,
         grain_source: str = "gt",
         fine_ratio: float = 0.5,
@@ -128,7 +131,7 @@ class ContentTask(Task):
         if grain_source not in GRAIN_SOURCES:
             raise ConfigError(f"--grain-source must be one of {', '.join(GRAIN_SOURCES)}, got {grain_source!r}")
         self.system, self.dataset, self.system_dir = system, cache, system_dir
-        self.weight_decay, self.grain_source, self.fine_ratio = weight_decay, grain_source, fine_ratio
+        self.lr, self.weight_decay, self.grain_source, self.fine_ratio = lr, weight_decay, grain_source, fine_ratio
         self.diffusion = make_diffusion(system)
         self.scale = float(system.record.latent_scale)
         self.routed = getattr(system.content, "grains", None) is not None
@@ -142,7 +145,7 @@ class ContentTask(Task):
         self.system.vae.to(trainer.device).eval().requires_grad_(False)
 
     def make_optimizers(self, trainer):
-        return {"content": _adamw(self.system.content, self.weight_decay, trainer.device)}
+        return {"content": _adamw(self.system.content, self.lr, self.weight_decay, trainer.device)}
 
     def grain_maps(self, batch) -> torch.Tensor:
         """Ground-truth grain maps, or the random ablation's maps (each region finest with probability `fine_ratio`)."""
