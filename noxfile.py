@@ -45,29 +45,32 @@ def _run(session, *args, **kwargs):
     session.run(*args, external=True, **kwargs)
 
 
+def _pip_install(session, *args):
+    """pip install into the shared venv, from local folders, without touching dependencies."""
+    _run(session, str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *args)
+
+
+_fresh = []  # set once our packages were reinstalled in this nox run
+
+
 def shared_env(session) -> dict:
-    """Create or refresh the shared venv; reinstall our packages from source; return its env."""
+    """Create or refresh the shared venv, reinstall our packages from source once per run, return its env."""
     stamp = SHARED / ".deps"
     want = hashlib.sha256("\n".join(TORCH + THIRD_PARTY).encode()).hexdigest()
     if not stamp.is_file() or stamp.read_text() != want:
         _run(session, sys.executable, "-m", "venv", "--clear", str(SHARED))
         _run(session, str(BIN / "python"), "-m", "pip", "install", "-q", *TORCH, *THIRD_PARTY)
         stamp.write_text(want)
-    paths = [str(ROOT / "packages" / p) for p in PACKAGES]
+    if not _fresh:
+        _pip_install(session, "--force-reinstall", *(str(ROOT / "packages" / p) for p in PACKAGES))
+        _fresh.append(True)
+    return {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(SHARED)}
+
+
+def _pytest(session, env, *args):
     _run(
-        session,
-        str(BIN / "python"),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-build-isolation",
-        "--force-reinstall",
-        *paths,
+        session, str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "--durations=5", *args, *session.posargs, env=env
     )
-    env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(SHARED)}
-    return env
 
 
 @nox.session
@@ -81,17 +84,7 @@ def lint(session):
 @nox.parametrize("package", PACKAGES)
 def tests(session, package):
     """Unit tests of one package, against the installed (non-editable) packages."""
-    env = shared_env(session)
-    _run(
-        session,
-        str(BIN / "pytest"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        str(ROOT / "packages" / package / "tests"),
-        *session.posargs,
-        env=env,
-    )
+    _pytest(session, shared_env(session), str(ROOT / "packages" / package / "tests"))
 
 
 @nox.session(venv_backend="none")
@@ -99,32 +92,10 @@ def integration(session):
     """Cross-package tests with a third-party example plugin installed from its folder."""
     env = shared_env(session)
     # the example plugins go into a separate folder on PYTHONPATH, so unit-test runs never see them
-    _run(
-        session,
-        str(BIN / "python"),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-build-isolation",
-        "--force-reinstall",
-        "--target",
-        str(PLUGINS),
-        str(ROOT / "integration_tests" / "example_plugin"),
-        str(ROOT / "integration_tests" / "broken_plugin"),
-    )
+    plugins = [str(ROOT / "integration_tests" / name) for name in ("example_plugin", "broken_plugin")]
+    _pip_install(session, "--force-reinstall", "--target", str(PLUGINS), "--upgrade", *plugins)
     env["PYTHONPATH"] = str(PLUGINS)
-    _run(
-        session,
-        str(BIN / "pytest"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        str(ROOT / "integration_tests"),
-        *session.posargs,
-        env=env,
-    )
+    _pytest(session, env, str(ROOT / "integration_tests"))
 
 
 @nox.session(venv_backend="none")

@@ -88,13 +88,33 @@ def markdown_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
-def peak_memory_mb(code: str) -> float:
-    """Peak resident memory (MiB) of a fresh Python process running `code` (Linux ru_maxrss)."""
-    wrapper = (
-        code
-        + "\nimport resource, sys\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)"
-    )
-    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
+PEAK = """
+import resource, sys
+from pathlib import Path
+def _peak():
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _reset():
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set size (VmHWM)
+        return True
+    except OSError:
+        return False
+"""
+
+
+def peak_memory_mb(code: str, setup: str = "") -> float:
+    """Peak resident memory (MiB) of `code` in a fresh Python process, counted from after `setup` where Linux allows.
+
+    The peak is reset after `setup` (imports, model building), so it is the peak while `code` ran,
+    not the import-time peak; without /proc/self/clear_refs it is the whole process's peak.
+    """
+    script = f"{PEAK}\n{setup}\n_reset()\n{code}\nprint(_peak(), file=sys.stderr)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(proc.stderr.strip().splitlines()[-1])
 
 

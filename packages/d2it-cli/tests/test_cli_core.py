@@ -7,7 +7,18 @@ from click.testing import CliRunner
 
 from d2it_cli.main import load_registry, main, make_cli
 
-TINY = ["--backbone", "dit-s", "--image-size", "32", "--set", "backbone.depth=1", "--set", "backbone.hidden_size=32", "--set", "backbone.num_heads=2"]
+TINY = [
+    "--backbone",
+    "dit-s",
+    "--image-size",
+    "32",
+    "--set",
+    "backbone.depth=1",
+    "--set",
+    "backbone.hidden_size=32",
+    "--set",
+    "backbone.num_heads=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +52,22 @@ def test_build_table_and_json(cli):
 
 
 def test_build_d2it_counts_every_part(cli):
-    doc = json.loads(invoke(cli, "build", *TINY, "--refine", "window4", "--set", "grain.depth=1", "--set", "grain.hidden_size=32", "--set", "grain.num_heads=2", "--json").output)
+    doc = json.loads(
+        invoke(
+            cli,
+            "build",
+            *TINY,
+            "--refine",
+            "window4",
+            "--set",
+            "grain.depth=1",
+            "--set",
+            "grain.hidden_size=32",
+            "--set",
+            "grain.num_heads=2",
+            "--json",
+        ).output
+    )
     assert [p["part"] for p in doc["parts"]] == ["grain", "content"]
     assert doc["system"]["grain"] == "dgt-s" and doc["providers"]["refine"].startswith("d2it-transformers")
 

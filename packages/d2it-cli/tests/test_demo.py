@@ -26,7 +26,7 @@ def test_plans_scale_with_device_and_quick():
     quick, full, gpu = plan_for("cpu", True), plan_for("cpu", False), plan_for("cuda", False)
     for field in ("dvae_steps", "grain_steps", "content_steps"):
         assert getattr(quick, field) < getattr(full, field) < getattr(gpu, field)
-    assert quick.image_size == full.image_size == 32 and gpu.image_size == 64
+    assert quick.image_size == full.image_size == gpu.image_size == 64
     assert plan_for("cuda:1", True).image_size == 64
     assert json.loads(json.dumps(full.summary()))["dvae_steps"] == full.dvae_steps
 

@@ -147,3 +147,19 @@ def test_cache_items_collate_into_batches(encoded):
     assert [p.shape for p in batch["params"]] == [(5, 8, 2, 2), (5, 8, 4, 4)]
     assert batch["grain_map"].shape == (5, 2, 2) and batch["grain_map"].dtype == torch.int64
     assert batch["label"].tolist() == [0, 1, 2, 3, 0]
+
+
+def test_fast_paths_train_the_same(encoded, tmp_path, run_cli):
+    system, cache = encoded
+    copy = tmp_path / "system-copy"
+    shutil.copytree(system, copy)
+    common = ["train", "content", "--cache", cache, *FAST, "--steps", "2", "--no-ema"]
+    plain = run_cli(*common, "--system", system, "--run-dir", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+    fast = run_cli(*common, "--system", copy, "--run-dir", tmp_path / "fast", "--grad-checkpointing", "--channels-last")
+    assert fast.exit_code == 0, fast.output
+    a, b = read_log(tmp_path / "plain"), read_log(tmp_path / "fast")
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+    config = json.loads((tmp_path / "fast" / "train.json").read_text())
+    assert config["grad_checkpointing"] and config["channels_last"] and not config["compile"]

@@ -43,7 +43,7 @@ def save_safetensors(tensors: dict, path, metadata: dict | None = None):
 
 
 def load_safetensors(path, device="cpu") -> tuple[dict, dict]:
-    """Load (tensors, metadata) onto a device (name or torch.device); a missing or corrupt file raises CheckpointError."""
+    """Load (tensors, metadata) onto a device; a missing or corrupt file raises CheckpointError."""
     path, device = Path(path), str(device)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")

@@ -165,9 +165,8 @@ class SparseRefineNet(RefineNet):
             raise ValueError("the sparse RefineNet needs the grain map")
         b, _, size, _ = x.shape
         layout = self.layout(grain_map)
-        out = x.new_zeros(b * size * size, self.out_channels)
         if layout.sample.numel() == 0:
-            return out.view(b, size, size, -1).permute(0, 3, 1, 2)
+            return x.new_zeros(b, self.out_channels, size, size)
         h = self.embed(x, tokens, layout)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -177,7 +176,7 @@ class SparseRefineNet(RefineNet):
         final = self.final_layer
         shift, scale = token_modulation(final.adaLN_modulation(c), 2, (1,), layout.sample)
         pred = final.linear(torch.addcmul(shift, final.norm_final(h), scale))
-        out = out.index_copy(0, layout.cells, pred.to(out.dtype))
+        out = pred.new_zeros(b * size * size, self.out_channels).index_copy(0, layout.cells, pred)
         return out.view(b, size, size, -1).permute(0, 3, 1, 2)
 
 

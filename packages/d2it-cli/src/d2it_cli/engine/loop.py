@@ -26,6 +26,7 @@ from d2it.errors import CheckpointError, ConfigError, DataError
 from d2it_cli.engine import checkpoint as ckpt
 from d2it_cli.engine import dist
 from d2it_cli.engine.ema import EMA
+from d2it_cli.engine.fastpaths import autocast, configure_tf32, maybe_compile, set_grad_checkpointing, to_channels_last
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "train.json"
@@ -56,6 +57,10 @@ class TrainConfig:
     quiet: bool = False
     device: str | None = None
     max_grad_norm: float | None = None
+    compile: bool = False
+    grad_checkpointing: bool = False
+    tf32: bool = True
+    channels_last: bool = False
 
     def validate(self):
         """Raise ConfigError for impossible settings."""
@@ -217,9 +222,7 @@ class Trainer:
     # -- helpers for tasks -------------------------------------------------------------------
     def autocast(self):
         """The forward-pass precision context (bf16 autocast or nothing)."""
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.device, self.precision)
 
     @property
     def global_batch(self) -> int:
@@ -251,13 +254,16 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + dist.rank())
         np.random.seed((cfg.seed * 1000 + dist.rank()) % 2**32)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            configure_tf32(cfg.tf32)
         modules = self.task.modules()
         if not modules:
             raise ConfigError(f"{self.task.name} has nothing to train")
         for m in modules.values():
             m.to(self.device).train()
+            if cfg.channels_last:
+                to_channels_last(m)
+        if cfg.grad_checkpointing and not set_grad_checkpointing(next(iter(modules.values()))):
+            raise ConfigError(f"--grad-checkpointing: the {self.task.name} model does not support it")
         self.task.prepare(self)
         self.main_name = next(iter(modules))
         for name, m in modules.items():
@@ -269,7 +275,7 @@ class Trainer:
             if dist.is_distributed():
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 target = nn.parallel.DistributedDataParallel(target, device_ids=ids, find_unused_parameters=True)
-            self.wrapped[name] = target
+            self.wrapped[name] = maybe_compile(target, cfg.compile)
         self.optimizers = self.task.make_optimizers(self)
         for opt in self.optimizers.values():
             for group in opt.param_groups:

@@ -80,6 +80,10 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
             ),
             click.option("--quiet", is_flag=True, help="No progress bar."),
+            click.option("--compile", is_flag=True, help="torch.compile the model (eager fallback with a warning)."),
+            click.option("--grad-checkpointing", is_flag=True, help="Recompute block activations in backward."),
+            click.option("--tf32/--no-tf32", default=True, show_default=True, help="TF32 matmuls on CUDA."),
+            click.option("--channels-last", is_flag=True, help="NHWC memory format for convolutions."),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -107,6 +111,10 @@ ENGINE_KEYS = (
     "seed",
     "quiet",
     "device",
+    "compile",
+    "grad_checkpointing",
+    "tf32",
+    "channels_last",
 )
 
 

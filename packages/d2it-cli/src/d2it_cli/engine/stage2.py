@@ -9,6 +9,7 @@ from d2it.errors import ConfigError, DataError
 from d2it.io import state_sha256
 from d2it_cli.cache import LatentCache
 from d2it_cli.engine import dist
+from d2it_cli.engine.fastpaths import make_adamw
 from d2it_cli.engine.loop import Task
 from d2it_cli.engine.parts import save_part
 from d2it_cli.images import grain_map_image, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
@@ -34,11 +35,9 @@ def open_cache(path, system) -> LatentCache:
     return cache
 
 
-def _adamw(module, lr: float, weight_decay: float, device) -> torch.optim.Optimizer:
+def _adamw(module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with a constant LR (1e-4 in the paper), betas (0.9, 0.999) (fused on CUDA)."""
-    return torch.optim.AdamW(
-        module.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay, fused=device.type == "cuda"
-    )
+    return make_adamw(module.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay)
 
 
 class GrainLoss(nn.Module):
@@ -73,7 +72,7 @@ class GrainTask(Task):
         return GrainLoss(module)
 
     def make_optimizers(self, trainer):
-        return {"grain": _adamw(self.system.grain, self.lr, self.weight_decay, trainer.device)}
+        return {"grain": _adamw(self.system.grain, self.lr, self.weight_decay)}
 
     def micro_step(self, trainer, batch, step, scale):
         with trainer.autocast():
@@ -145,7 +144,7 @@ class ContentTask(Task):
         self.system.vae.to(trainer.device).eval().requires_grad_(False)
 
     def make_optimizers(self, trainer):
-        return {"content": _adamw(self.system.content, self.lr, self.weight_decay, trainer.device)}
+        return {"content": _adamw(self.system.content, self.lr, self.weight_decay)}
 
     def grain_maps(self, batch) -> torch.Tensor:
         """Ground-truth grain maps, or the random ablation's maps (each region finest with probability `fine_ratio`)."""
