@@ -1,13 +1,14 @@
 """The `synthetic` dataset: procedural images mixing smooth and detailed regions, deterministic per index.
 
-Each image is a recursive split of the canvas into a handful of rectangles on a grid of a quarter of
-the image side (so at 64x64 every rectangle covers whole 16x16 regions). A smooth rectangle holds a
-flat colour or a very gentle linear gradient (one or two grey levels per region); a detailed one
-holds a high-contrast pattern at a moderate period (an eighth to a fifth of the image side): sine
-stripes at one of four angles, a four-level checkerboard, soft dots or concentric rings. Patterns
-have many grey levels, so detail coincides with high region entropy, yet they are regular enough
-for a small autoencoder to reconstruct and a small generator to imitate (no per-pixel noise).
-The class chooses the palette (hue) and the preferred pattern, so class-conditional models have
+Each image is a recursive split of the canvas into a handful of rectangles on a grid of a quarter
+of the image side (so at 64x64 every rectangle covers whole 16x16 regions). A smooth rectangle
+holds a flat colour or a very gentle linear gradient (one or two grey levels per region); a
+detailed one holds a pattern of strong brightness contrast in its own hue at a moderate period (an
+eighth to a fifth of the image side): sine stripes at one of four angles, a four-level
+checkerboard, soft dots or concentric rings. Patterns have many grey levels, so detail coincides
+with high region entropy, yet they are regular enough for a small autoencoder to reconstruct and a
+small generator to imitate (no per-pixel noise). The class chooses the palette (hue), the
+preferred pattern and how much of the image is detailed, so class-conditional models have
 something to learn. `detail_mask(index)` tells where the detail is.
 """
 
@@ -95,6 +96,9 @@ class SyntheticDataset(torch.utils.data.Dataset):
         hue = (cls / self.config.num_classes + 0.04 * rng.standard_normal()) % 1.0
         preferred = TEXTURES[cls % len(TEXTURES)]
         unit = max(4, size // 4)
+        # classes differ in how much detail they hold (0.6 to 1.4 times detail_ratio, the average)
+        k = self.config.num_classes
+        detail_ratio = self.config.detail_ratio * (0.6 + 0.8 * cls / (k - 1) if k > 1 else 1.0)
         boxes: list = []
         _split(rng, (0, 0, size, size), 3, unit, boxes)
         image = np.zeros((size, size, 3), np.float32)
@@ -103,11 +107,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
         for y0, x0, y1, x1 in boxes:
             ys, xs = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
             c1 = _hsv_to_rgb((hue + 0.06 * rng.standard_normal()) % 1.0, rng.uniform(0.4, 0.9), rng.uniform(0.35, 1.0))
-            if rng.random() < self.config.detail_ratio:
+            if rng.random() < detail_ratio:
                 texture = preferred if rng.random() < 0.7 else TEXTURES[int(rng.integers(len(TEXTURES)))]
                 period = size * float(rng.uniform(1 / 8, 1 / 5))
-                # strong contrast between the two colours, patterns of many grey levels: high entropy
-                c2 = np.clip(1.0 - c1 + 0.1 * rng.standard_normal(3), 0.0, 1.0)
+                # the same hue at a strongly different brightness (so a textured area keeps the class colour),
+                # patterns of many grey levels: high entropy
+                c2 = c1 * 0.25 if c1.max() > 0.6 else np.clip(c1 * 2.5 + 0.2, 0.0, 1.0)
                 if texture == "stripes":
                     angle = np.pi / 4 * int(rng.integers(4))
                     phase = (np.cos(angle) * xs + np.sin(angle) * ys) / period + rng.random()
