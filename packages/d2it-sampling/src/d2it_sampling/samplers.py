@@ -15,6 +15,7 @@ generator: one torch.Generator, a list of B (one per sample) or None (the global
 The loops keep everything on the device: no `.item()` or host copies per step.
 """
 
+import abc
 import sys
 
 import attrs
@@ -96,7 +97,7 @@ class DDIMConfig:
     clip_denoised: bool = False
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """A registered sampler: respaces the diffusion, draws x_T and runs its sampling function.
 
     Subclasses set `name` and implement `run(model_fn, diffusion, x, *, grain_map, generator, progress)`.
@@ -151,8 +152,9 @@ class Sampler:
             x = noise.to(device=device, dtype=torch.float32)
         return self.run(model_fn, spaced, x, grain_map=grain_map, generator=generator, progress=progress)
 
+    @abc.abstractmethod
     def run(self, model_fn, diffusion, x, *, grain_map=None, generator=None, progress=True) -> torch.Tensor:
-        raise NotImplementedError
+        """Denoise x_T into x_0 on the (respaced) diffusion."""
 
 
 class DDPMSampler(Sampler):

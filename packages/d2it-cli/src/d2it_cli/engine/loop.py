@@ -7,6 +7,7 @@ comes from (seed, epoch), each item's augmentation from its own seed, and the RN
 of the checkpoint, so a resumed run repeats the losses of an uninterrupted one exactly.
 """
 
+import abc
 import json
 import math
 import random
@@ -160,7 +161,7 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stdout.isatty() and dist.is_main()
 
 
-class Task:
+class Task(abc.ABC):
     """What a trainer provides; subclass and fill in `modules`, `make_optimizers` and `micro_step`."""
 
     name = "task"
@@ -168,17 +169,17 @@ class Task:
     collate_fn = None
     images_per_item = 1
 
+    @abc.abstractmethod
     def modules(self) -> dict[str, nn.Module]:
         """Trained modules by checkpoint name; the first is the main one (DDP-wrapped)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def make_optimizers(self, trainer) -> dict[str, torch.optim.Optimizer]:
         """Optimizers by name (their param groups' `lr` is the base learning rate)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def micro_step(self, trainer, batch, step: int, scale: float) -> dict:
         """Forward and backward of one micro-batch (losses multiplied by `scale`); returns detached log values."""
-        raise NotImplementedError
 
     def prepare(self, trainer):
         """Move helpers that are not trained (frozen networks, losses) to `trainer.device`; optional."""

@@ -1,5 +1,7 @@
 """The metric components: thin layers over torch-fidelity (FID, IS, KID, precision/recall) and lpips."""
 
+import abc
+
 import attrs
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ class FeatureSet:
         return self.features[layer]
 
 
-class FeatureMetric:
+class FeatureMetric(abc.ABC):
     """A metric computed from extractor features of generated images (and a reference set)."""
 
     metric = "fid"  # torch-fidelity's metric whose default layer this one reads
@@ -55,8 +57,9 @@ class FeatureMetric:
         """The feature layer this metric reads from a torch-fidelity extractor class."""
         return getattr(self.config, "layer", None) or extractor_cls.get_default_feature_layer_for_metric(self.metric)
 
+    @abc.abstractmethod
     def __call__(self, gen: FeatureSet, ref: FeatureSet | None, layer: str, seed: int) -> dict[str, float]:
-        raise NotImplementedError
+        """Metric values from generated (and reference) features."""
 
 
 @attrs.frozen
@@ -133,8 +136,16 @@ class KID(FeatureMetric):
         c = self.config
         size = min(c.subset_size, len(f1), len(f2))
         out = kid_features_to_metric(
-            f1, f2, kid_subsets=c.subsets, kid_subset_size=size, kid_kernel="poly", kid_kernel_poly_degree=c.degree,
-            kid_kernel_poly_gamma=c.gamma, kid_kernel_poly_coef0=c.coef0, rng_seed=seed, verbose=False,
+            f1,
+            f2,
+            kid_subsets=c.subsets,
+            kid_subset_size=size,
+            kid_kernel="poly",
+            kid_kernel_poly_degree=c.degree,
+            kid_kernel_poly_gamma=c.gamma,
+            kid_kernel_poly_coef0=c.coef0,
+            rng_seed=seed,
+            verbose=False,
         )
         mean, std = out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
         return {"kid": mean, "kid_std": std, "kid_subset_size": size}
