@@ -103,7 +103,7 @@ def plan_for(device: str, quick: bool) -> DemoPlan:
                         sample_steps=25, sampler="ddim", sample_batch=16, content_ema_decay=0.98,
                         grain_ema_decay=0.95, log_every=10)
     return DemoPlan(image_size=64, vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN, num_images=512,
-                    dvae_steps=700, dvae_lr=2e-3, grain_steps=300, content_steps=1200, sample_num=32,
+                    dvae_steps=600, dvae_lr=2e-3, grain_steps=300, content_steps=1000, sample_num=32,
                     sample_steps=50, sampler="ddim", log_every=20)
 
 
