@@ -16,6 +16,7 @@ KIND_HOOKS = {
     "refiner": "d2it_refiners",
     "sampler": "d2it_samplers",
     "schedule": "d2it_schedules",
+    "spacing": "d2it_spacings",
     "attention": "d2it_attention",
     "metric": "d2it_metrics",
     "dataset": "d2it_datasets",
@@ -57,6 +58,10 @@ class D2itSpec:
     @hookspec
     def d2it_schedules(self):
         """Return noise schedule specs (factory(config) -> betas as a float64 tensor)."""
+
+    @hookspec
+    def d2it_spacings(self):
+        """Return timestep spacing specs (factory(config) -> spacing(alphas_cumprod, steps) -> kept steps)."""
 
     @hookspec
     def d2it_attention(self):

@@ -251,7 +251,13 @@ class GaussianDiffusion:
         """The process on `steps` (see `space_timesteps`), betas from the kept ᾱ (ADM's SpacedDiffusion)."""
         if isinstance(steps, int) and not isinstance(steps, bool) and steps == self.num_timesteps:
             return self
-        kept = space_timesteps(self.num_timesteps, steps)
+        return self.subset(space_timesteps(self.num_timesteps, steps))
+
+    def subset(self, kept) -> "GaussianDiffusion":
+        """The process on exactly the steps `kept` of this one (sorted, distinct), betas from their ᾱ."""
+        kept = [int(k) for k in kept]
+        if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= self.num_timesteps:
+            raise ConfigError(f"kept steps must be distinct, ascending and in [0, {self.num_timesteps}), got {kept}")
         ac = self.alphas_cumprod[kept]
         prev = torch.cat([ac.new_ones(1), ac[:-1]])
         return GaussianDiffusion(

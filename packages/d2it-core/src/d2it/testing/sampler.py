@@ -10,7 +10,16 @@ steps `t`, `diffusion` is a `d2it_sampling.GaussianDiffusion` (the suite needs d
 installed; it is skipped otherwise), `generator` is one torch.Generator or a list of B (one stream
 per sample), and every noise draw follows `grain_map`'s layout (`diffusion.noise`).
 Subclass, set `name` (and a small `overrides`), and pytest runs every check.
+
+Convergence order: a sampler declares `order` (its class attribute or property; 0 for a stochastic
+one). On Gaussian data N(μ, s²) the ε-prediction and the probability-flow ODE are exact in closed
+form (`gaussian_oracle`, `gaussian_flow_solution`), so the error of a deterministic sampler must
+fall by about 2**order each time the steps double: on its own steps (through `sample`) and, for a
+`d2it_sampling.Sampler`, on uneven steps whose sizes alternate 1:2 in log-SNR (through `run`), the
+case where a multistep method's step-size ratio matters.
 """
+
+import math
 
 import attrs
 import pytest
@@ -49,6 +58,52 @@ def mixture_oracle(points: torch.Tensor, weights, alphas_cumprod: torch.Tensor):
     return model_fn
 
 
+def log_snr_linear_betas(num_timesteps: int = 10_000, log_snr_max: float = 12.0, log_snr_min: float = -12.0):
+    """Betas whose log-SNR 2λ_t falls linearly from `log_snr_max` to `log_snr_min`: a fine, even grid in λ."""
+    lam = torch.linspace(log_snr_max / 2, log_snr_min / 2, num_timesteps, dtype=torch.float64)
+    abar = torch.sigmoid(2 * lam)
+    return 1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+
+
+def gaussian_oracle(mean: float, std: float, alphas_cumprod: torch.Tensor):
+    """The exact E[ε | x_t] for data N(mean, std²) in every element.
+
+    x_t ~ N(sqrt(ᾱ) μ, ᾱ s² + 1 - ᾱ), so E[ε | x_t] = sqrt(1 - ᾱ) (x_t - sqrt(ᾱ) μ) / (ᾱ s² + 1 - ᾱ).
+    """
+
+    def model_fn(x, t):
+        ab = alphas_cumprod.to(x.device)[t].reshape(-1, 1, 1, 1)
+        xd = x.double()
+        return ((1 - ab).sqrt() * (xd - ab.sqrt() * mean) / (ab * std**2 + 1 - ab)).to(x.dtype)
+
+    return model_fn
+
+
+def gaussian_flow_solution(x_start, mean: float, std: float, abar_start: float, abar_end: float) -> torch.Tensor:
+    """x̂_0 at the end of the exact probability-flow ODE for data N(mean, std²), float64.
+
+    In y = x / sqrt(ᾱ), σ² = (1 - ᾱ) / ᾱ the flow is dy/dσ = (y - D(y, σ)) / σ with the affine
+    denoiser D = μ + s² (y - μ) / (s² + σ²), whose solution is y(σ) - μ ∝ sqrt(s² + σ²). From x_start
+    at ᾱ_start the flow runs to the last kept step ᾱ_end, then x̂_0 = D there (every sampler's last step).
+    """
+    sig2_start, sig2_end = (1 - abar_start) / abar_start, (1 - abar_end) / abar_end
+    y = x_start.double() / math.sqrt(abar_start)
+    y_end = mean + (y - mean) * math.sqrt((std**2 + sig2_end) / (std**2 + sig2_start))
+    return mean + std**2 / (std**2 + sig2_end) * (y_end - mean)
+
+
+def uneven_steps(n: int, total: int, ratio: float = 2.0) -> list[int]:
+    """n steps of a `total`-step process from 0 to total-1 whose sizes alternate 1 : ratio."""
+    sizes = torch.tensor([1.0 if i % 2 == 0 else ratio for i in range(n - 1)], dtype=torch.float64)
+    edges = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+    return sorted({round(float(v)) for v in edges / edges[-1] * (total - 1)})
+
+
+def observed_order(errors) -> float:
+    """The mean of log2(e_k / e_{k+1}) over the last two doublings of the steps."""
+    return 0.5 * math.log2(errors[-3] / errors[-1])
+
+
 def elementwise_model(learn_sigma: bool):
     """A smooth model acting on each cell alone, so identical cells stay identical (respects any layout)."""
 
@@ -74,6 +129,12 @@ class SamplerConformance:
     oracle_batch = 256
     point_tolerance = 0.05  # max |x - point| of a recovered sample
     proportion_tolerance = 0.1  # |fraction at a point - its probability|
+    order_steps = (25, 50, 100, 200)  # step counts of the convergence-order check (each double the last)
+    uneven_order_steps = (20, 40, 80, 160)
+    order_slack = 0.25  # the observed order may fall this far below the declared one
+    gaussian = (0.3, 0.5)  # mean, std of the Gaussian data
+    gaussian_steps = 100  # steps and batch of the Gaussian distribution check
+    gaussian_batch = 64
 
     # -- helpers ----------------------------------------------------------------------------
     def make(self):
@@ -188,6 +249,75 @@ class SamplerConformance:
         )
         fraction = (nearest.indices == 0).double().mean().item()
         assert abs(fraction - probs[0]) < self.proportion_tolerance, f"{fraction:.3f} of samples at the p=0.3 point"
+
+    def declared_order(self) -> int:
+        sampler = self.make()
+        order = getattr(sampler, "order", None)
+        assert isinstance(order, int) and order >= 0, "a sampler must declare its convergence order (0: stochastic)"
+        return order
+
+    def _order_errors(self, run, diffusion, grids):
+        """Max |x̂_0 - exact| for each grid of kept steps; `run(diffusion, kept, x_T, steps)` samples."""
+        mean, std = self.gaussian
+        x_start = torch.randn(self.shape(), generator=torch.Generator().manual_seed(11))
+        ac = diffusion.alphas_cumprod
+        errors = []
+        for steps, kept in grids:
+            x = run(diffusion, kept, x_start, steps)
+            exact = gaussian_flow_solution(x_start, mean, std, float(ac[kept[-1]]), float(ac[kept[0]]))
+            errors.append(float((x.double() - exact).abs().max()))
+        return errors
+
+    def test_convergence_order_on_its_own_steps(self):
+        order = self.declared_order()
+        if order == 0:
+            pytest.skip("a stochastic sampler has no ODE convergence order")
+        diffusion, sampler = self.make_diffusion(learn_sigma=False), self.make()
+        model_fn = gaussian_oracle(*self.gaussian, diffusion.alphas_cumprod)
+        if hasattr(sampler, "timesteps"):
+            grids = [(n, sampler.timesteps(diffusion, n)) for n in self.order_steps]
+        else:
+            grids = [(n, [0, T - 1]) for n in self.order_steps]  # uniform steps end at 0 and T-1
+
+        def run(diffusion, kept, x_start, steps):
+            return sampler.sample(model_fn, diffusion, x_start.shape, noise=x_start, steps=steps, progress=False)
+
+        errors = self._order_errors(run, diffusion, grids)
+        observed = observed_order(errors)
+        assert observed >= order - self.order_slack, (
+            f"declared order {order}, observed {observed:.2f} (errors {[f'{e:.2e}' for e in errors]})"
+        )
+
+    def test_convergence_order_on_uneven_steps(self):
+        order = self.declared_order()
+        if order == 0:
+            pytest.skip("a stochastic sampler has no ODE convergence order")
+        sampler = self.make()
+        if not hasattr(sampler, "run"):
+            pytest.skip("only a d2it_sampling.Sampler can be run on given steps")
+        sampling = pytest.importorskip("d2it_sampling")
+        diffusion = sampling.GaussianDiffusion(log_snr_linear_betas(), learn_sigma=False, grains=self.grains)
+        model_fn = gaussian_oracle(*self.gaussian, diffusion.alphas_cumprod)
+        grids = [(n, uneven_steps(n, diffusion.num_timesteps)) for n in self.uneven_order_steps]
+
+        def run(diffusion, kept, x_start, steps):
+            g = torch.Generator().manual_seed(0)
+            return sampler.run(model_fn, diffusion.subset(kept), x_start, generator=g, progress=False)
+
+        errors = self._order_errors(run, diffusion, grids)
+        observed = observed_order(errors)
+        assert observed >= order - self.order_slack, (
+            f"declared order {order}, observed {observed:.2f} on steps alternating 1:2 in log-SNR "
+            f"(errors {[f'{e:.2e}' for e in errors]})"
+        )
+
+    def test_gaussian_data_distribution(self):
+        diffusion = self.make_diffusion(learn_sigma=False)
+        mean, std = self.gaussian
+        model_fn = gaussian_oracle(mean, std, diffusion.alphas_cumprod)
+        x = self.run(model_fn, diffusion, seed=5, steps=self.gaussian_steps, batch=self.gaussian_batch)
+        assert abs(float(x.mean()) - mean) < 0.05, f"sample mean {float(x.mean()):.3f}, data mean {mean}"
+        assert abs(float(x.std()) - std) < 0.05, f"sample std {float(x.std()):.3f}, data std {std}"
 
     def test_config_round_trip(self):
         spec = default_registry().get("sampler", self.name)
