@@ -13,7 +13,7 @@ from common import interleaved, machine, markdown_table, matmul_fn, ms, rate, ra
 
 from d2it.attention import sdpa_attention
 from d2it.counting import count
-from d2it_transformers.content import RefineNet
+from d2it_transformers.refine import RefineNet
 from d2it_transformers.sparse import SparseRefineNet, blockdiag_mask
 
 RATIOS = (0.25, 0.5, 0.75)

@@ -55,8 +55,8 @@ def model_calls(models: dict, batch: int) -> dict:
 
 def attention_blocks(cells: list[int], width: dict, batch: int, repeats: int) -> dict:
     """Forward time of one RefineNet block with window16 vs global attention on a square cell grid."""
-    from d2it_transformers.content import WindowAttention
     from d2it_transformers.dit import DiTBlock
+    from d2it_transformers.refine import WindowAttention
 
     attention = default_registry().create("attention", "sdpa")
     out = {}

@@ -7,8 +7,8 @@ from d2it.attention import math_attention, sdpa_attention, xformers_attention, x
 from d2it.counting import count
 from d2it.errors import D2itError
 from d2it.registry import default_registry
-from d2it_transformers.content import WindowAttention
 from d2it_transformers.dit import Attention
+from d2it_transformers.refine import WindowAttention
 
 SHAPES = [(2, 3, 7, 7, 8), (1, 2, 13, 5, 16), (3, 1, 33, 33, 4), (2, 4, 256, 256, 32), (1, 2, 1, 9, 8)]
 

@@ -7,7 +7,7 @@ from d2it.attention import sdpa_attention
 from d2it.counting import count
 from d2it.layout import cell_grain
 from d2it.registry import default_registry
-from d2it_transformers.content import RefineNet, window_partition
+from d2it_transformers.refine import RefineNet, window_partition
 from d2it_transformers.sparse import SparseRefineNet, blockdiag_mask, pad_windows
 
 SPARSE = ["global-sparse", "window16-sparse", "window2-sparse", "window4-sparse", "window8-sparse"]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from d2it.counting import counting, record_attention
 from d2it.errors import D2itError
+from d2it.spec import ComponentSpec
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -76,3 +77,15 @@ def make_xformers(config=None):
     if not _XFORMERS:
         raise D2itError("xformers is not installed; install it with pip install 'd2it-core[xformers]' or use 'sdpa'")
     return xformers_attention
+
+
+ATTENTION = [
+    ComponentSpec(
+        "auto", "attention", lambda c: auto_attention, summary="xformers on CUDA fp16/bf16 when installed, else sdpa"
+    ),
+    ComponentSpec("sdpa", "attention", lambda c: sdpa_attention, summary="torch scaled_dot_product_attention"),
+    ComponentSpec("math", "attention", lambda c: math_attention, summary="explicit softmax(QK^T)V reference"),
+    ComponentSpec(
+        "xformers", "attention", make_xformers, summary="xformers memory-efficient attention (CUDA, fp16/bf16)"
+    ),
+]

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import attrs
 import pluggy
 
+from d2it.config import build_config
 from d2it.errors import D2itError, DuplicateComponentError, PluginWarning, UnknownComponentError
 from d2it.hookspecs import KIND_HOOKS, KINDS, PROJECT, D2itSpec
 from d2it.spec import ComponentSpec
@@ -145,8 +146,6 @@ class Registry:
         if isinstance(overrides, spec.config):
             config = overrides
         else:
-            from d2it.config import build_config
-
             config = build_config(spec.config, dict(overrides or {}), where=where or kind)
         return spec.factory(config, **context)
 

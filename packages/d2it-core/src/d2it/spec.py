@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from d2it.config import build_config
 from d2it.errors import ConfigError
 from d2it.hookspecs import KINDS
 
@@ -48,6 +49,4 @@ class ComponentSpec:
 
     def make_config(self, overrides=None):
         """Build this component's config from defaults plus overrides (strings are parsed)."""
-        from d2it.config import build_config
-
         return build_config(self.config, overrides or {}, where=self.kind)

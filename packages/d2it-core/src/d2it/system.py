@@ -12,7 +12,8 @@ from torch import nn
 from d2it.config import build_config, config_to_dict
 from d2it.errors import CheckpointError, ConfigError
 from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors
-from d2it.registry import Registry, default_registry
+from d2it.layout import unit_cells
+from d2it.registry import BUILTIN_DISTS, Registry, default_registry
 
 FORMAT = 1
 RECORD_FILE = "d2it.json"
@@ -85,8 +86,52 @@ class SystemRecord:
         return attrs.evolve(self, options=options)
 
 
+@attrs.frozen
+class Geometry:
+    """Where a system's latents live, worked out once from its record and VAE.
+
+    latent_size: cells per side of the finest latent grid (image_size / the VAE's factor).
+    channels: latent channels. grains: k of the VAE (2 without a VAE, as D²iT).
+    routed: the content model is grain-aware (a refiner is set); a plain DiT is not.
+    """
+
+    image_size: int
+    latent_size: int
+    channels: int
+    factor: int
+    grains: int
+    routed: bool
+
+    @property
+    def region(self) -> int:
+        """Side, in finest cells, of one region (one grain-map entry): 2**(k-1)."""
+        return unit_cells(0, self.grains)
+
+    @property
+    def grid(self) -> int:
+        """Regions per side of a grain map."""
+        return self.latent_size // self.region
+
+    @property
+    def content_grains(self) -> int | None:
+        """The grains the content model and its noise follow; None for a plain DiT (i.i.d. noise)."""
+        return self.grains if self.routed else None
+
+
+def latent_geometry(record: SystemRecord, vae=None) -> Geometry:
+    """The geometry of `record` with `vae` (its built VAE, or None for the default 4-channel F=8 latent)."""
+    if vae is not None:
+        channels, factor, grains = vae.latent_channels, vae.downsample, vae.grains
+    else:
+        (channels, factor), grains = DEFAULT_LATENT, 2
+    if record.image_size % factor:
+        raise ConfigError(f"image size {record.image_size} is not divisible by the VAE's factor {factor}")
+    routed = record.refine is not None
+    return Geometry(record.image_size, record.image_size // factor, channels, factor, grains, routed)
+
+
 class System(nn.Module):
-    """A built D²iT (or DiT) system: VAE, grain predictor and content transformer."""
+    """A built D²iT (or DiT) system: VAE, grain predictor and content transformer, and their geometry."""
 
     def __init__(self, record: SystemRecord, vae=None, grain=None, content=None, attention=None):
         super().__init__()
@@ -95,11 +140,37 @@ class System(nn.Module):
         self.grain = grain
         self.content = content
         self.attention = attention
+        self.geometry = latent_geometry(record, vae)
 
     @property
     def latent_scale(self) -> float:
         """Multiply DVAE latents by this before diffusion (1/std of training latents)."""
         return self.record.latent_scale
+
+    @property
+    def grains(self) -> int:
+        """Number of grains k of the latent (grain maps hold 0..k-1)."""
+        return self.geometry.grains
+
+    @property
+    def routed(self) -> bool:
+        """True when the content model is grain-aware (D²iT), False for a plain DiT."""
+        return self.geometry.routed
+
+    @property
+    def region(self) -> int:
+        """Side, in finest latent cells, of one grain-map region."""
+        return self.geometry.region
+
+    @property
+    def latent_size(self) -> int:
+        """Cells per side of the finest latent grid."""
+        return self.geometry.latent_size
+
+    @property
+    def grid(self) -> int:
+        """Regions per side of a grain map."""
+        return self.geometry.grid
 
     def weight_modules(self) -> dict[str, nn.Module]:
         """Weight file stem -> module, for the parts this system has."""
@@ -118,17 +189,6 @@ class System(nn.Module):
         return self
 
 
-def latent_geometry(record: SystemRecord, vae) -> tuple[int, int, int | None]:
-    """(input_size, channels, grains) of the diffusion latent for this record."""
-    if vae is not None:
-        channels, factor, grains = vae.latent_channels, vae.downsample, vae.grains
-    else:
-        (channels, factor), grains = DEFAULT_LATENT, 2
-    if record.image_size % factor:
-        raise ConfigError(f"image size {record.image_size} is not divisible by the VAE's factor {factor}")
-    return record.image_size // factor, channels, grains
-
-
 def build(record: SystemRecord, registry: Registry | None = None) -> System:
     """Instantiate every slot of `record` (randomly initialised) into a System."""
     registry = registry or default_registry()
@@ -138,34 +198,32 @@ def build(record: SystemRecord, registry: Registry | None = None) -> System:
     vae = None
     if record.vae:
         vae = registry.create("vae", record.vae, opts.get("vae"), where="vae", image_size=record.image_size)
-    input_size, channels, grains = latent_geometry(record, vae)
-    routed = record.refine is not None
+    geometry = latent_geometry(record, vae)
     backbone = registry.create(
         "backbone",
         record.backbone,
         opts.get("backbone"),
         where="backbone",
-        input_size=input_size,
-        in_channels=channels,
+        input_size=geometry.latent_size,
+        in_channels=geometry.channels,
         num_classes=record.num_classes,
-        grains=grains if routed else None,
+        grains=geometry.content_grains,
         attention=attention,
     )
     content = backbone
-    if routed:
+    if geometry.routed:
         content = registry.create(
             "refiner", record.refine, opts.get("refine"), where="refine", backbone=backbone, attention=attention
         )
     grain = None
     if record.grain:
-        region = 2 ** ((grains or 1) - 1)
         grain = registry.create(
             "grain_predictor",
             record.grain,
             opts.get("grain"),
             where="grain",
-            grid=input_size // region,
-            grains=grains or 1,
+            grid=geometry.grid,
+            grains=geometry.grains,
             num_classes=record.num_classes,
             attention=attention,
         )
@@ -175,8 +233,6 @@ def build(record: SystemRecord, registry: Registry | None = None) -> System:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the d2it distributions."""
-    from d2it.registry import BUILTIN_DISTS
-
     out = {}
     for dist in sorted(BUILTIN_DISTS):
         try:

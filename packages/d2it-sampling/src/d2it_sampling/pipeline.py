@@ -54,25 +54,23 @@ def make_diffusion(record_or_system, steps=None, *, grain_weights=None, registry
     """The diffusion a system trains and samples with.
 
     The betas come from the record's schedule (name and `options["schedule"]`); `learn_sigma`
-    and the number of grains from the content model (for a bare record: the backbone's
-    `learn_sigma` option, default True, and 2 grains when a refiner is set). `steps` respaces it
+    from the content model and the grains from the system's geometry (for a bare record: the
+    backbone's `learn_sigma` option, default True, and 2 grains when a refiner is set). `steps` respaces it
     (None: all of the schedule's steps, as for training); `grain_weights` weights the per-grain
     loss terms (default 1 each).
     """
     if isinstance(record_or_system, System):
         record, content = record_or_system.record, record_or_system.content
+        grains = record_or_system.geometry.content_grains
+        learn_sigma = bool(getattr(content, "learn_sigma", True))
     elif isinstance(record_or_system, SystemRecord):
-        record, content = record_or_system, None
+        # a bare record: the VAE is not built, so a routed record is taken to have D²iT's 2 grains
+        record, grains = record_or_system, (2 if record_or_system.refine else None)
+        learn_sigma = bool(record.options.get("backbone", {}).get("learn_sigma", True))
     else:
         raise D2itError(f"make_diffusion needs a System or SystemRecord, got {type(record_or_system).__name__}")
     registry = registry or default_registry()
     betas = registry.create("schedule", record.schedule, record.options.get("schedule"), where="schedule")
-    if content is not None:
-        learn_sigma = bool(getattr(content, "learn_sigma", True))
-        grains = getattr(content, "grains", None)
-    else:
-        learn_sigma = bool(record.options.get("backbone", {}).get("learn_sigma", True))
-        grains = 2 if record.refine else None
     if grains is None and grain_weights is not None:
         grains = len(grain_weights)
     diffusion = GaussianDiffusion(betas, learn_sigma=learn_sigma, grains=grains, grain_weights=grain_weights)
@@ -115,12 +113,13 @@ def _check_classes(classes, num_classes: int) -> torch.Tensor:
     return tensor
 
 
-def _grain_maps(system, y, indices, *, seed, grain_cfg_scale, grain_options, grid, grains, device):
+def _grain_maps(system, y, indices, *, seed, grain_cfg_scale, grain_options, device):
     """Grain maps for one batch: each sample from its own generator (so batching does not change them)."""
+    grid = system.geometry.grid
     if system.grain is None:
-        if grains is None:
+        if not system.routed:
             return None
-        return torch.full((y.shape[0], grid, grid), grains - 1, dtype=torch.long, device=device)  # all fine
+        return torch.full((y.shape[0], grid, grid), system.grains - 1, dtype=torch.long, device=device)  # all fine
     options = dict(grain_options or {})
     if float(grain_cfg_scale) != 1.0:
         if "cfg_scale" in options:
@@ -194,8 +193,6 @@ def generate(
     sampler_obj = default_registry().create("sampler", sampler_name, dict(sampler_options), where="sampler")
     diffusion = make_diffusion(system)
     channels, size = int(content.in_channels), int(content.input_size)
-    grains = getattr(content, "grains", None)
-    grid = size // 2 ** ((grains or 1) - 1)
     scale = float(system.latent_scale)
 
     images, grain_maps, latents = [], [], []
@@ -210,8 +207,6 @@ def generate(
                 seed=seed,
                 grain_cfg_scale=grain_cfg_scale,
                 grain_options=grain_options,
-                grid=grid,
-                grains=grains,
                 device=device,
             )
             generators = [_generator(sample_seed(seed, i, CONTENT_STREAM), device) for i in indices]

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from d2it.errors import ConfigError
+from d2it.spec import ComponentSpec
 from d2it_sampling.spacings import make_spacing, parse_spacing
 
 
@@ -414,11 +415,19 @@ class DPMPP2MSDESampler(_FunctionSampler):
         self.order = 2 if config.eta == 0 else 0
 
 
-SAMPLERS = {
-    "ddpm": (DDPMSampler, DDPMConfig),
-    "ddim": (DDIMSampler, DDIMConfig),
-    "euler": (EulerSampler, EulerConfig),
-    "heun": (HeunSampler, HeunConfig),
-    "dpmpp-2m": (DPMPP2MSampler, DPMPP2MConfig),
-    "dpmpp-2m-sde": (DPMPP2MSDESampler, DPMPP2MSDEConfig),
-}
+SAMPLERS = [
+    ComponentSpec("ddpm", "sampler", DDPMSampler, DDPMConfig, summary="ancestral DDPM sampling on respaced steps"),
+    ComponentSpec("ddim", "sampler", DDIMSampler, DDIMConfig, summary="DDIM sampling (eta = 0: deterministic)"),
+    ComponentSpec("euler", "sampler", EulerSampler, EulerConfig, summary="Euler on the probability-flow ODE"),
+    ComponentSpec("heun", "sampler", HeunSampler, HeunConfig, summary="Heun (2nd order) on the PF ODE"),
+    ComponentSpec(
+        "dpmpp-2m", "sampler", DPMPP2MSampler, DPMPP2MConfig, summary="DPM-Solver++(2M), few-step default"
+    ),
+    ComponentSpec(
+        "dpmpp-2m-sde",
+        "sampler",
+        DPMPP2MSDESampler,
+        DPMPP2MSDEConfig,
+        summary="DPM-Solver++(2M) SDE, multi-grained noise",
+    ),
+]

@@ -5,7 +5,7 @@ position embeddings -> configs -> the name -> factory table (`BACKBONES`).
 """
 
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import attrs
 import numpy as np
@@ -460,93 +460,132 @@ def sincos_table(embed_dim: int, grid) -> torch.Tensor:
 # Configs and the name -> factory table
 # ---------------------------------------------------------------------------------------------
 
-# size -> (hidden size, heads, total depth, RefineNet depth of D²iT)
-SIZES = {"s": (384, 6, 12, 2), "b": (768, 12, 12, 2), "l": (1024, 16, 24, 4), "xl": (1152, 16, 28, 6)}
+@attrs.frozen
+class DiTConfig:
+    """Options of a DiT backbone: depth None = the size's `blocks`, minus refine_depth when routed."""
+
+    depth: int | None = None
+    hidden_size: int = 1152
+    num_heads: int = 16
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    class_dropout: float = 0.1
+    learn_sigma: bool = True
+    refine_depth: int = 6  # of the `blocks`, how many D²iT gives to RefineNet
+    blocks: ClassVar[int] = 28  # the size's total depth (DiT's `depth`)
 
 
-def _size_config(size: str, patch: int) -> type:
-    hidden, heads, _, refine = SIZES[size]
-    name = f"DiT{size.upper()}{patch}Config"
-    cls = attrs.make_class(
-        name,
-        {
-            "depth": attrs.field(type=int | None, default=None),
-            "hidden_size": attrs.field(type=int, default=hidden),
-            "num_heads": attrs.field(type=int, default=heads),
-            "patch_size": attrs.field(type=int, default=patch),
-            "mlp_ratio": attrs.field(type=float, default=4.0),
-            "class_dropout": attrs.field(type=float, default=0.1),
-            "learn_sigma": attrs.field(type=bool, default=True),
-            "refine_depth": attrs.field(type=int, default=refine),
-        },
-        frozen=True,
+@attrs.frozen
+class DiTS2Config(DiTConfig):
+    """Options of DiT-S/2: width 384, 6 heads, 12 blocks (D²iT: 10 + 2 RefineNet)."""
+
+    hidden_size: int = 384
+    num_heads: int = 6
+    refine_depth: int = 2
+    blocks: ClassVar[int] = 12
+
+
+@attrs.frozen
+class DiTB2Config(DiTConfig):
+    """Options of DiT-B/2: width 768, 12 heads, 12 blocks (D²iT: 10 + 2 RefineNet)."""
+
+    hidden_size: int = 768
+    num_heads: int = 12
+    refine_depth: int = 2
+    blocks: ClassVar[int] = 12
+
+
+@attrs.frozen
+class DiTL2Config(DiTConfig):
+    """Options of DiT-L/2: width 1024, 16 heads, 24 blocks (D²iT: 20 + 4 RefineNet)."""
+
+    hidden_size: int = 1024
+    num_heads: int = 16
+    refine_depth: int = 4
+    blocks: ClassVar[int] = 24
+
+
+@attrs.frozen
+class DiTXL2Config(DiTConfig):
+    """Options of DiT-XL/2: width 1152, 16 heads, 28 blocks (D²iT: 22 + 6 RefineNet)."""
+
+
+@attrs.frozen
+class DiTS1Config(DiTS2Config):
+    """Options of DiT-S/1: DiT-S with patch size 1."""
+
+    patch_size: int = 1
+
+
+@attrs.frozen
+class DiTB1Config(DiTB2Config):
+    """Options of DiT-B/1: DiT-B with patch size 1."""
+
+    patch_size: int = 1
+
+
+@attrs.frozen
+class DiTL1Config(DiTL2Config):
+    """Options of DiT-L/1: DiT-L with patch size 1."""
+
+    patch_size: int = 1
+
+
+@attrs.frozen
+class DiTXL1Config(DiTXL2Config):
+    """Options of DiT-XL/1: DiT-XL with patch size 1."""
+
+    patch_size: int = 1
+
+
+def make_backbone(config: DiTConfig, *, input_size, in_channels, num_classes, grains, attention):
+    """Build a DiT of `config`'s size: a plain DiT for grains=None, the routed D²iT backbone for grains=k."""
+    common = dict(
+        in_channels=in_channels,
+        hidden_size=config.hidden_size,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        class_dropout_prob=config.class_dropout,
+        num_classes=num_classes,
+        learn_sigma=config.learn_sigma,
+        attention=attention,
     )
-    cls.__module__ = __name__
-    total = SIZES[size][2]
-    cls.__doc__ = f"Options of DiT-{size.upper()}/{patch}: depth None = {total}, or {total} - refine_depth when routed."
-    return cls
-
-
-DiTS2Config, DiTB2Config, DiTL2Config, DiTXL2Config = (_size_config(s, 2) for s in SIZES)
-DiTS1Config, DiTB1Config, DiTL1Config, DiTXL1Config = (_size_config(s, 1) for s in SIZES)
-
-
-def make_backbone(size: str):
-    """The factory of one DiT size: a plain DiT for grains=None, the routed D²iT backbone for grains=k."""
-    total = SIZES[size][2]
-
-    def factory(config, *, input_size, in_channels, num_classes, grains, attention):
-        common = dict(
-            in_channels=in_channels,
-            hidden_size=config.hidden_size,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            class_dropout_prob=config.class_dropout,
-            num_classes=num_classes,
-            learn_sigma=config.learn_sigma,
-            attention=attention,
+    if not 0.0 <= config.class_dropout < 1.0:
+        raise ConfigError(f"class_dropout must be in [0, 1), got {config.class_dropout}")
+    if grains is None or grains == 1:
+        depth = config.blocks if config.depth is None else config.depth
+        return DiT(input_size=input_size, patch_size=config.patch_size, depth=depth, **common)
+    region = unit_cells(0, grains)
+    if config.patch_size != region:
+        raise ConfigError(
+            f"a {grains}-grain routed backbone has one token per region of {region}x{region} cells, so it needs "
+            f"patch_size {region}, got {config.patch_size}; use a patch-{region} backbone or "
+            f"--set backbone.patch_size={region}"
         )
-        if not 0.0 <= config.class_dropout < 1.0:
-            raise ConfigError(f"class_dropout must be in [0, 1), got {config.class_dropout}")
-        if grains is None or grains == 1:
-            depth = total if config.depth is None else config.depth
-            return DiT(input_size=input_size, patch_size=config.patch_size, depth=depth, **common)
-        region = unit_cells(0, grains)
-        if config.patch_size != region:
-            raise ConfigError(
-                f"a {grains}-grain routed backbone has one token per region of {region}x{region} cells, so it needs "
-                f"patch_size {region}, got {config.patch_size}; use a patch-{region} backbone or "
-                f"--set backbone.patch_size={region}"
-            )
-        if config.refine_depth < 0:
-            raise ConfigError(f"refine_depth must be at least 0, got {config.refine_depth}")
-        depth = total - config.refine_depth if config.depth is None else config.depth
-        return RoutedDiT(input_size=input_size, grains=grains, depth=depth, refine_depth=config.refine_depth, **common)
-
-    factory.__doc__ = f"Build DiT-{size.upper()} (plain) or its routed D²iT backbone."
-    return factory
+    if config.refine_depth < 0:
+        raise ConfigError(f"refine_depth must be at least 0, got {config.refine_depth}")
+    depth = config.blocks - config.refine_depth if config.depth is None else config.depth
+    return RoutedDiT(input_size=input_size, grains=grains, depth=depth, refine_depth=config.refine_depth, **common)
 
 
-_CONFIGS = {
-    ("s", 2): DiTS2Config,
-    ("b", 2): DiTB2Config,
-    ("l", 2): DiTL2Config,
-    ("xl", 2): DiTXL2Config,
-    ("s", 1): DiTS1Config,
-    ("b", 1): DiTB1Config,
-    ("l", 1): DiTL1Config,
-    ("xl", 1): DiTXL1Config,
-}
+def backbone_spec(name: str, config: type, aliases=()) -> ComponentSpec:
+    """The registry entry of one DiT size, its summary read from the config's defaults."""
+    c = config()
+    title = f"DiT-{name.removeprefix('dit-').split('/')[0].upper()}/{c.patch_size}"
+    summary = (
+        f"{title}: width {c.hidden_size}, {c.num_heads} heads, depth {c.blocks} "
+        f"(D²iT: {c.blocks - c.refine_depth} + {c.refine_depth} RefineNet)"
+    )
+    return ComponentSpec(name, "backbone", make_backbone, config, summary=summary, aliases=aliases)
+
 
 BACKBONES = [
-    ComponentSpec(
-        name=f"dit-{size}" if patch == 2 else f"dit-{size}/1",
-        kind="backbone",
-        factory=make_backbone(size),
-        config=config,
-        summary=f"DiT-{size.upper()}/{patch}: width {SIZES[size][0]}, {SIZES[size][1]} heads, "
-        f"depth {SIZES[size][2]} (D²iT: {SIZES[size][2] - SIZES[size][3]} + {SIZES[size][3]} RefineNet)",
-        aliases=(f"dit-{size}/2",) if patch == 2 else (),
-    )
-    for (size, patch), config in _CONFIGS.items()
+    backbone_spec("dit-s", DiTS2Config, aliases=("dit-s/2",)),
+    backbone_spec("dit-b", DiTB2Config, aliases=("dit-b/2",)),
+    backbone_spec("dit-l", DiTL2Config, aliases=("dit-l/2",)),
+    backbone_spec("dit-xl", DiTXL2Config, aliases=("dit-xl/2",)),
+    backbone_spec("dit-s/1", DiTS1Config),
+    backbone_spec("dit-b/1", DiTB1Config),
+    backbone_spec("dit-l/1", DiTL1Config),
+    backbone_spec("dit-xl/1", DiTXL1Config),
 ]

@@ -2,6 +2,9 @@
 
 from d2it.hookspecs import hookimpl
 
+# Each hook imports its module when called, not at the top: loading the plugin (every `d2it` start)
+# then imports no model code until a component of that kind is asked for.
+
 
 @hookimpl
 def d2it_backbones():

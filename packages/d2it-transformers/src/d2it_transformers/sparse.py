@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from d2it.attention import HALF, auto_attention, xformers_attention, xformers_available
 from d2it.counting import counting
 from d2it.layout import unit_cells
-from d2it_transformers.content import RefineNet, window_geometry
+from d2it_transformers.refine import RefineNet, window_geometry
 
 _XFORMERS = xformers_available()
 

@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from d2it.errors import ConfigError
+from d2it.spec import ComponentSpec
 
 
 def _distributed() -> bool:
@@ -185,3 +186,9 @@ def make_vq(config: VQConfig, *, channels: int) -> EMAVectorQuantizer:
     return EMAVectorQuantizer(
         channels, config.codebook_size, config.commitment, config.ema_decay, config.ema_eps, config.dead_threshold
     )
+
+
+REGULARIZERS = [
+    ComponentSpec("kl", "regularizer", make_kl, KLConfig, summary="diagonal Gaussian posterior, KL to N(0, I)"),
+    ComponentSpec("vq", "regularizer", make_vq, VQConfig, summary="vector quantizer, EMA codebook, straight-through"),
+]

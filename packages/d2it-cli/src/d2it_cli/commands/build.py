@@ -59,7 +59,7 @@ def count_system(system) -> list[dict]:
         if module is None:
             continue
         if part == "content":
-            name = f"{record.backbone}+{record.refine}" if record.refine else record.backbone
+            name = f"{record.backbone}+{record.refine}" if system.routed else record.backbone
         with torch.random.fork_rng():
             torch.manual_seed(0)
             counts = count(module, *module.example_inputs(1))

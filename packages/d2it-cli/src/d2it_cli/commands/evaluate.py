@@ -226,6 +226,5 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
     sampling = json.loads((out / generation.SHARD_DIR / generation.MANIFEST_NAME).read_text())
     doc["sampling"] = {**sampling, "preset": preset, "system_path": str(Path(system_dir).resolve())}
     if "grain_maps" in arrays and len(arrays["grain_maps"]):
-        grains = getattr(system.vae, "grains", 2) or 2
-        doc["metrics"]["fine_ratio"] = float((arrays["grain_maps"] == grains - 1).mean())
+        doc["metrics"]["fine_ratio"] = float((arrays["grain_maps"] == system.grains - 1).mean())
     _report(doc, out / "metrics.json", as_json)

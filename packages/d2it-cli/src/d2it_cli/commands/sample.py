@@ -104,7 +104,7 @@ def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cf
         dist.barrier()
         return
     arrays = generation.read_shards(paths)
-    summary = write_outputs(arrays, out, grains=getattr(system.vae, "grains", 2) or 2)
+    summary = write_outputs(arrays, out, grains=system.grains)
     if npz:
         generation.write_npz(out / generation.NPZ_NAME, **arrays)
         summary["npz"] = str(out / generation.NPZ_NAME)

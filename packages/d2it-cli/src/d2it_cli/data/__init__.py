@@ -8,23 +8,6 @@ from d2it.spec import ComponentSpec
 from d2it_cli.data.folder import FolderConfig, FolderDataset, make_folder
 from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset, make_synthetic
 
-DATASETS = [
-    ComponentSpec(
-        name="folder",
-        kind="dataset",
-        factory=make_folder,
-        config=FolderConfig,
-        summary="PNG/JPEG images in class subfolders (ImageFolder layout) or a flat folder",
-    ),
-    ComponentSpec(
-        name="synthetic",
-        kind="dataset",
-        factory=make_synthetic,
-        config=SyntheticConfig,
-        summary="procedural images with smooth and detailed regions (no download)",
-    ),
-]
-
 
 def parse_data(spec: str) -> tuple[str, dict, str | None]:
     """`--data` value -> (dataset name, options, root): a directory, `synthetic`, `synthetic:N` or `NAME:ROOT`."""
@@ -64,6 +47,23 @@ def dataset_classes(dataset) -> int:
         n = len(getattr(dataset, "classes", []) or [0])
     return max(1, int(n))
 
+
+DATASETS = [
+    ComponentSpec(
+        "folder",
+        "dataset",
+        make_folder,
+        FolderConfig,
+        summary="PNG/JPEG images in class subfolders (ImageFolder layout) or a flat folder",
+    ),
+    ComponentSpec(
+        "synthetic",
+        "dataset",
+        make_synthetic,
+        SyntheticConfig,
+        summary="procedural images with smooth and detailed regions (no download)",
+    ),
+]
 
 __all__ = [
     "DATASETS",

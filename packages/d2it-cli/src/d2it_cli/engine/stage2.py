@@ -28,9 +28,9 @@ def open_cache(path, system) -> LatentCache:
             f"latent cache {path} has {cache.num_classes} classes but the system was built for "
             f"{system.record.num_classes} (d2it build --num-classes)"
         )
-    if int(cache.manifest["grains"]) != system.vae.grains:
+    if int(cache.manifest["grains"]) != system.grains:
         raise DataError(
-            f"latent cache {path} has {cache.manifest['grains']} grains, the system's VAE {system.vae.grains}"
+            f"latent cache {path} has {cache.manifest['grains']} grains, the system's VAE {system.grains}"
         )
     return cache
 
@@ -93,7 +93,7 @@ class GrainTask(Task):
         size = max(64, 8 * maps.shape[-1])
         save_png(
             label_image(
-                make_grid(grain_map_image(maps, size, self.system.vae.grains), nrow=len(classes)),
+                make_grid(grain_map_image(maps, size, self.system.grains), nrow=len(classes)),
                 f"grain maps, classes {self.preview_classes}",
             ),
             path,
@@ -133,7 +133,6 @@ class ContentTask(Task):
         self.lr, self.weight_decay, self.grain_source, self.fine_ratio = lr, weight_decay, grain_source, fine_ratio
         self.diffusion = make_diffusion(system)
         self.scale = float(system.record.latent_scale)
-        self.routed = getattr(system.content, "grains", None) is not None
         self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
         self.sample_steps = sample_steps
 
@@ -152,7 +151,7 @@ class ContentTask(Task):
         if self.grain_source == "gt":
             return gt
         fine = torch.rand(gt.shape, device=gt.device) < self.fine_ratio
-        return torch.where(fine, torch.full_like(gt, self.system.vae.grains - 1), torch.zeros_like(gt))
+        return torch.where(fine, torch.full_like(gt, self.system.grains - 1), torch.zeros_like(gt))
 
     def micro_step(self, trainer, batch, step, scale):
         grain_map = self.grain_maps(batch)
@@ -161,7 +160,7 @@ class ContentTask(Task):
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
         with trainer.autocast():
             terms = self.diffusion.training_losses(
-                trainer.wrapped["content"], x0, t, batch["label"], grain_map=grain_map if self.routed else None
+                trainer.wrapped["content"], x0, t, batch["label"], grain_map=grain_map if self.system.routed else None
             )
         loss = terms["loss"]
         (loss * scale).backward()
@@ -196,7 +195,7 @@ class ContentTask(Task):
                 rows.append(
                     label_image(
                         make_grid(
-                            grain_overlay(gen.images, gen.grain_maps, self.system.vae.grains),
+                            grain_overlay(gen.images, gen.grain_maps, self.system.grains),
                             nrow=len(self.preview_classes),
                         ),
                         "grain maps (blue coarse, red fine)",
