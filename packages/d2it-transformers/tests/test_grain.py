@@ -114,7 +114,7 @@ def test_user_errors_are_d2it_errors():
     with pytest.raises(ConfigError, match="divisible"):
         make("dgt-s", {**TINY, "num_heads": 3})
     model = make("dgt-s", TINY)
-    with pytest.raises(DataError, match="class indices"):
+    with pytest.raises(ConfigError, match="class 4 is out of range"):
         model.sample(torch.tensor([0, 4]))
     with pytest.raises(DataError, match="shape"):
         model.loss(torch.zeros(2, 5, 5, dtype=torch.long), torch.tensor([0, 1]))

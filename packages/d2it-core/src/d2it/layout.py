@@ -6,6 +6,7 @@ coarsest code; a code of grain g covers 2**(k-1-g) x 2**(k-1-g) cells of the fin
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -77,3 +78,13 @@ def per_grain_mean(values: torch.Tensor, grain_map: torch.Tensor, grains: int) -
     sums = (per_cell * masks).sum(dim=(0, 2, 3))
     counts = masks.sum(dim=(0, 2, 3))
     return sums / counts.clamp(min=1)
+
+
+def fine_ratio(grain_maps):
+    """Share of regions finer than the coarsest grain (grain > 0): the r of the entropy thresholds.
+
+    A 0-d float tensor for a tensor (no host sync), a float for a numpy array.
+    """
+    if isinstance(grain_maps, torch.Tensor):
+        return (grain_maps > 0).float().mean()
+    return float((np.asarray(grain_maps) > 0).mean())

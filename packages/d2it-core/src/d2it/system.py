@@ -2,6 +2,7 @@
 
 import importlib.metadata as md
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import attr
@@ -293,6 +294,18 @@ def update_record(directory, **changes):
     record, doc = read_record(directory)
     doc["system"] = attrs.evolve(record, **changes).to_dict()
     atomic_write_text(Path(directory) / RECORD_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Eval mode (no dropout, no label dropout) inside the block; every submodule's own mode is restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def torch_device(name: str | None = None) -> torch.device:

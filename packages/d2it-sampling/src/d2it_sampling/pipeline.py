@@ -1,16 +1,15 @@
 """Generation: grain maps, then latents by diffusion, then images, for a built `d2it.system.System`."""
 
-from contextlib import contextmanager
-
 import attrs
 import torch
 
 from d2it.errors import ConfigError, D2itError
+from d2it.labels import check_classes
+from d2it.progress import progress_bar
 from d2it.registry import default_registry
-from d2it.system import System, SystemRecord
+from d2it.system import System, SystemRecord, eval_mode
 from d2it_sampling.diffusion import GaussianDiffusion
 from d2it_sampling.guidance import conditioned_model
-from d2it_sampling.samplers import progress_bar
 
 _MASK64 = (1 << 64) - 1
 GRAIN_STREAM, CONTENT_STREAM = 1, 2
@@ -83,36 +82,6 @@ def _system_device(system) -> torch.device:
     return torch.device("cpu")
 
 
-@contextmanager
-def _eval_mode(module):
-    """Put a module in eval mode (no label dropout) and restore every submodule's mode afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def _check_classes(classes, num_classes: int) -> torch.Tensor:
-    try:
-        tensor = torch.as_tensor(classes)
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"classes must be a sequence of ints, got {classes!r}") from None
-    if tensor.ndim == 0:
-        tensor = tensor.reshape(1)
-    if tensor.ndim != 1 or tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise ConfigError(f"classes must be a 1-d sequence of ints, got shape {tuple(tensor.shape)} of {tensor.dtype}")
-    tensor = tensor.long().cpu()
-    if tensor.numel() == 0:
-        raise ConfigError("no classes to generate")
-    bad = tensor[(tensor < 0) | (tensor >= num_classes)]
-    if bad.numel():
-        raise ConfigError(f"class {int(bad[0])} is out of range: this model has classes 0..{num_classes - 1}")
-    return tensor
-
-
 def _grain_maps(system, y, indices, *, seed, grain_cfg_scale, grain_options, device):
     """Grain maps for one batch: each sample from its own generator (so batching does not change them)."""
     grid = system.geometry.grid
@@ -182,7 +151,9 @@ def generate(
     else:
         device = _system_device(system)
     num_classes = int(getattr(content, "num_classes", record.num_classes))
-    classes = _check_classes(classes, num_classes)
+    classes = check_classes(classes, num_classes).cpu()
+    if classes.numel() == 0:
+        raise ConfigError("no classes to generate")
     total = classes.shape[0]
     batch_size = total if batch_size is None else int(batch_size)
     if batch_size < 1:
@@ -196,7 +167,7 @@ def generate(
     scale = float(system.latent_scale)
 
     images, grain_maps, latents = [], [], []
-    with _eval_mode(system), progress_bar(None, total=total, enabled=progress, desc="generate", unit="img") as bar:
+    with eval_mode(system), progress_bar(None, total=total, enabled=progress, desc="generate", unit="img") as bar:
         for start in range(0, total, batch_size):
             indices = range(start, min(start + batch_size, total))
             y = classes[start : indices.stop].to(device)

@@ -22,21 +22,14 @@ smallest kept step (σ_next = 0), as DDPM and DDIM do.
 
 import abc
 import math
-import sys
 
 import attrs
 import torch
-from tqdm.auto import tqdm
 
 from d2it.errors import ConfigError
+from d2it.progress import progress_bar
 from d2it.spec import ComponentSpec
 from d2it_sampling.spacings import make_spacing, parse_spacing
-
-
-def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
-    """A tqdm bar (over `iterable`, or counting to `total=`), shown only when `enabled` and stdout is a terminal."""
-    show = bool(enabled) and sys.stdout.isatty()
-    return tqdm(iterable, disable=not show, **kwargs)
 
 
 def _timesteps(diffusion, x):

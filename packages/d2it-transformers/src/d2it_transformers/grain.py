@@ -20,6 +20,7 @@ from torch import nn
 
 from d2it.config import coerce
 from d2it.errors import ConfigError, DataError
+from d2it.labels import check_classes
 from d2it.spec import ComponentSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -53,19 +54,6 @@ def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Standard Gumbel noise -log(-log u)."""
     u = _rand(shape, generator, device)
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-
-
-def _check_classes(classes, num_classes: int) -> torch.Tensor:
-    """Validate a (B,) tensor of class indices in 0..num_classes (the last one the null class)."""
-    if not isinstance(classes, torch.Tensor) or classes.ndim != 1 or classes.dtype.is_floating_point:
-        shape = tuple(classes.shape) if isinstance(classes, torch.Tensor) else type(classes).__name__
-        raise DataError(f"classes must be a 1-D integer tensor, got {shape}")
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) > num_classes):
-        raise DataError(
-            f"class indices must lie in 0..{num_classes} ({num_classes} is the null class), "
-            f"got {int(classes.min())}..{int(classes.max())}"
-        )
-    return classes.long()
 
 
 def _check_options(given: dict, defaults: dict, where: str) -> dict:
@@ -126,7 +114,7 @@ class FixedGrainPredictor(nn.Module):
 
     def sample(self, classes, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         """Constant grain maps (B, grid, grid)."""
-        classes = _check_classes(classes, self.num_classes)
+        classes = check_classes(classes, self.num_classes, null=True)
         _check_options(options, {}, "this grain predictor")
         return torch.full((classes.shape[0], self.grid, self.grid), self.grain, dtype=torch.long, device=classes.device)
 
@@ -147,7 +135,7 @@ class RandomGrainPredictor(nn.Module):
 
     def sample(self, classes, generator: torch.Generator | None = None, **options) -> torch.Tensor:
         """Random grain maps; option `ratio` overrides the configured fine probability for this call."""
-        classes = _check_classes(classes, self.num_classes)
+        classes = check_classes(classes, self.num_classes, null=True)
         ratio = _check_ratio(_check_options(options, {"ratio": self.ratio}, "grain predictor 'random'")["ratio"])
         u = _rand((classes.shape[0], self.grid, self.grid), generator, classes.device)
         return (u < ratio).long() * (self.grains - 1)
@@ -247,7 +235,7 @@ class GrainTransformer(nn.Module):
         """Masked-token cross-entropy (nats per masked token); mask ratio γ(r), r ~ U[0, 1), at least one token."""
         device = self.token_embed.weight.device
         tokens = self._tokens(grain_maps).to(device)
-        y = _check_classes(classes, self.num_classes).to(device)
+        y = check_classes(classes, self.num_classes, null=True).to(device)
         if y.shape[0] != tokens.shape[0]:
             raise DataError(f"got {tokens.shape[0]} grain maps but {y.shape[0]} classes")
         b, n = tokens.shape
@@ -265,7 +253,7 @@ class GrainTransformer(nn.Module):
         if opts["cfg_scale"] != 1.0 and self.class_dropout == 0:
             raise ConfigError("cfg_scale other than 1 needs a trained null class: train with class_dropout > 0")
         device = self.token_embed.weight.device
-        y = _check_classes(classes, self.num_classes).to(device)
+        y = check_classes(classes, self.num_classes, null=True).to(device)
         b, n = y.shape[0], self.grid * self.grid
         steps = min(opts["steps"], n)
         tokens = torch.full((b, n), self.mask_id, dtype=torch.long, device=device)
