@@ -33,6 +33,40 @@ def test_space_timesteps_like_adm():
     assert space_timesteps(10, [10]) == list(range(10))
 
 
+def _dit_space_timesteps(num_timesteps, section_counts):
+    """DiT's `space_timesteps` (diffusion/respace.py) for a list of counts, restated from its algorithm.
+
+    Each section of `size` steps keeps `count` of them: start at 0, add the float stride
+    (size - 1) / (count - 1) each time and round the running sum (Python's round, half to even).
+    """
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start_idx, all_steps = 0, []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx, taken = 0.0, []
+        for _ in range(section_count):
+            taken.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken
+        start_idx += size
+    return set(all_steps)
+
+
+def test_space_timesteps_equals_dit_for_every_count():
+    mismatched = [n for n in range(1, 1001) if space_timesteps(1000, n) != sorted(_dit_space_timesteps(1000, [n]))]
+    assert mismatched == []
+    assert 499 in space_timesteps(1000, 999) and 500 not in space_timesteps(1000, 999)  # the issue's example
+    for n in (1, 2, 250, 999, 1000):
+        assert len(space_timesteps(1000, n)) == n
+
+
+@pytest.mark.parametrize("sections", [[3, 7], [10, 20, 30], [1, 1, 1], [333, 1, 5]])
+def test_space_timesteps_sections_equal_dit(sections):
+    assert space_timesteps(1000, sections) == sorted(_dit_space_timesteps(1000, sections))
+    assert space_timesteps(1000, ",".join(map(str, sections))) == sorted(_dit_space_timesteps(1000, sections))
+
+
 @pytest.mark.parametrize("bad", [0, 11, "ddim7x", "ddim3000", "abc", True])
 def test_space_timesteps_rejects_bad_counts(bad):
     with pytest.raises(ConfigError):

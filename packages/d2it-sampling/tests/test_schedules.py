@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,8 +24,29 @@ def test_linear_defaults_match_ddpm():
 
 
 def test_linear_options():
-    betas = d2it.create("schedule", "linear", {"num_timesteps": "10", "beta_start": 0.001, "beta_end": 0.1})
-    assert betas.shape == (10,) and betas[-1].item() == pytest.approx(0.1)
+    options = {"num_timesteps": "10", "beta_start": 0.001, "beta_end": 0.05, "rescale": False}
+    betas = d2it.create("schedule", "linear", options)
+    assert betas.shape == (10,) and betas[-1].item() == pytest.approx(0.05)
+
+
+def _adm_linear(num_diffusion_timesteps):
+    """ADM's `get_named_beta_schedule("linear", T)` (guided_diffusion/gaussian_diffusion.py), restated."""
+    scale = 1000 / num_diffusion_timesteps
+    beta_start = scale * 0.0001
+    beta_end = scale * 0.02
+    return np.linspace(beta_start, beta_end, num_diffusion_timesteps, dtype=np.float64)
+
+
+@pytest.mark.parametrize("steps", [1000, 4000, 500, 100, 51])
+def test_linear_is_rescaled_as_adm_for_any_length(steps):
+    betas = d2it.create("schedule", "linear", {"num_timesteps": steps})
+    np.testing.assert_allclose(betas.numpy(), _adm_linear(steps), rtol=1e-12, atol=0)
+
+
+def test_linear_rescale_can_be_turned_off():
+    betas = linear_betas(100, rescale=False)
+    assert betas[-1].item() == pytest.approx(0.02)
+    assert linear_betas(100)[-1].item() == pytest.approx(0.2)
 
 
 def test_cosine_matches_its_alpha_bar():
@@ -49,6 +71,7 @@ def test_cosine_max_beta_option():
         lambda: linear_betas(0),
         lambda: linear_betas(10, 0.1, 0.01),
         lambda: linear_betas(10, 0.0, 0.01),
+        lambda: linear_betas(20),  # beta_end 0.02 * 1000 / 20 = 1: no noise left
         lambda: cosine_betas(10, max_beta=1.0),
         lambda: d2it.create("schedule", "linear", {"beta_stop": 0.1}),
         lambda: d2it.create("schedule", "cosine", {"s": "abc"}),

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from d2it.counting import count, count_params
-from d2it.errors import ConfigError
+from d2it.errors import ConfigError, D2itError
 from d2it.registry import default_registry
 from d2it.testing.backbone import BackboneConformance
 from d2it_transformers.dit import (
@@ -119,6 +119,21 @@ def test_label_embedder_null_class_and_dropout():
     dropped = (emb.token_drop(labels) == 10).float().mean()
     assert 0.4 < dropped < 0.6
     assert torch.equal(LabelEmbedder(10, 8, 0.0).token_drop(labels, None), labels)
+
+
+def test_label_table_has_no_null_row_without_dropout_as_dit():
+    # DiT's LabelEmbedder: use_cfg_embedding = dropout_prob > 0; Embedding(num_classes + use_cfg_embedding, D)
+    for dropout, rows in ((0.0, 10), (0.1, 11)):
+        emb = LabelEmbedder(10, 8, dropout_prob=dropout)
+        assert emb.embedding_table.num_embeddings == rows
+        assert emb.null_class == (10 if dropout else None)
+    emb = LabelEmbedder(10, 8, 0.0)
+    with pytest.raises(D2itError, match="null class"):
+        emb(torch.tensor([1]), train=False, force_drop_ids=torch.tensor([1]))
+    # weights written with the old unconditional null row still load (the untrained row is dropped)
+    old = {"embedding_table.weight": torch.randn(11, 8)}
+    emb.load_state_dict(old)
+    torch.testing.assert_close(emb.embedding_table.weight, old["embedding_table.weight"][:10])
 
 
 def test_sincos_table_matches_dit():

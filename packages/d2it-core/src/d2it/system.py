@@ -33,6 +33,30 @@ WEIGHT_SLOTS = {"vae": "vae", "grain": "grain", "content": "content"}
 DEFAULT_LATENT = (4, 8)  # channels, downsampling factor when no VAE is configured
 
 
+GUIDANCE_CHANNELS = ("all", "dit")
+
+
+def _check_channels(instance, attribute, value):
+    if value not in GUIDANCE_CHANNELS:
+        raise ValueError(f"channels must be one of {', '.join(GUIDANCE_CHANNELS)}, got {value!r}")
+
+
+@attrs.frozen
+class GuidanceConfig:
+    """How classifier-free guidance is applied when sampling: `options["guidance"]` of a record.
+
+    channels: `all` guides every noise channel (D²iT, standard CFG); `dit` guides only the first
+    three, as DiT's published `forward_with_cfg` (the default of imported DiT systems, so they
+    reproduce DiT's samples and FID).
+    """
+
+    channels: str = attrs.field(default="all", validator=_check_channels)
+
+
+# record options that belong to no component slot -> their config class
+RECORD_OPTIONS = {"guidance": GuidanceConfig}
+
+
 def _freeze_options(value) -> dict:
     return {str(k): dict(v) for k, v in dict(value or {}).items()}
 
@@ -81,6 +105,8 @@ class SystemRecord:
             options[slot] = config_to_dict(config)
             if name != spec.name:  # resolve aliases to the canonical name
                 self = attrs.evolve(self, **{slot: spec.name})
+        for key, config_class in RECORD_OPTIONS.items():
+            options[key] = config_to_dict(build_config(config_class, self.options.get(key, {}), where=key))
         stray = sorted(set(self.options) - set(options))
         if stray:
             raise ConfigError(f"options given for slot {stray[0]!r}, which this system does not use")

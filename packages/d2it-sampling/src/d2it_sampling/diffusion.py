@@ -23,7 +23,7 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 # -- timestep respacing ------------------------------------------------------------------------
 def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
-    """The kept steps of a `num_timesteps` process, sorted (ADM's `space_timesteps`).
+    """The kept steps of a `num_timesteps` process, sorted (exactly DiT's / ADM's `space_timesteps`).
 
     `section_counts` is an int (that many steps, evenly spaced and including 0 and T-1), a list of
     ints (the process cut into equal sections, that many steps from each) or a string: "10,20,30"
@@ -52,7 +52,12 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
         if size < count:
             raise ConfigError(f"cannot take {count} steps from a section of {size} (the process has {num_timesteps})")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(j * stride) for j in range(count)]
+        # accumulate the fractional stride (not j * stride): DiT's / ADM's float sums round differently
+        # for many odd counts (999 steps keep 499, not 500), and checkpoints were sampled with theirs
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

@@ -117,6 +117,7 @@ def generate(
     sampler: str | None = None,
     sampler_options: dict | None = None,
     cfg_scale: float = 1.0,
+    guidance_channels: str | None = None,
     grain_cfg_scale: float = 1.0,
     grain_options: dict | None = None,
     batch_size: int | None = None,
@@ -134,6 +135,8 @@ def generate(
     sampler / sampler_options: a registered sampler and its options (default the record's
         sampler with the record's options; with another sampler, its defaults).
     cfg_scale: classifier-free guidance on ε (1.0 = off), one batched forward per step.
+    guidance_channels: `all` or `dit` (DiT's first three channels); default the record's
+        `options["guidance"]["channels"]`, else `all`.
     grain_cfg_scale: guidance of the grain predictor, passed as its `cfg_scale` option when not
         1.0; grain_options: other options of its `sample` (e.g. `temperature`, `steps`).
     Grain maps: from `system.grain`; without one a routed content model gets all-fine maps and
@@ -165,6 +168,8 @@ def generate(
     diffusion = make_diffusion(system)
     channels, size = int(content.in_channels), int(content.input_size)
     scale = float(system.latent_scale)
+    if guidance_channels is None:
+        guidance_channels = record.options.get("guidance", {}).get("channels", "all")
 
     images, grain_maps, latents = [], [], []
     with eval_mode(system), progress_bar(None, total=total, enabled=progress, desc="generate", unit="img") as bar:
@@ -181,7 +186,7 @@ def generate(
                 device=device,
             )
             generators = [_generator(sample_seed(seed, i, CONTENT_STREAM), device) for i in indices]
-            model_fn = conditioned_model(content, y, grain_map, cfg_scale=cfg_scale)
+            model_fn = conditioned_model(content, y, grain_map, cfg_scale=cfg_scale, channels=guidance_channels)
             z = sampler_obj.sample(
                 model_fn,
                 diffusion,

@@ -14,8 +14,9 @@ class LinearConfig:
     """Options of the `linear` schedule (DDPM, Ho et al. 2020)."""
 
     num_timesteps: int = 1000
-    beta_start: float = 1e-4
+    beta_start: float = 1e-4  # at T = 1000; scaled by 1000 / T when `rescale`
     beta_end: float = 0.02
+    rescale: bool = True  # ADM: the same total noise for every T
 
 
 @attrs.frozen
@@ -33,12 +34,23 @@ def _check_steps(num_timesteps: int) -> int:
     return num_timesteps
 
 
-def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """Betas spaced evenly from `beta_start` to `beta_end` (DDPM's schedule; no rescaling with T)."""
+def linear_betas(
+    num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, rescale: bool = True
+) -> torch.Tensor:
+    """Betas spaced evenly from `beta_start` to `beta_end`, both times 1000 / T when `rescale` (ADM, DiT).
+
+    ADM's `get_named_beta_schedule("linear", T)` scales the DDPM endpoints by 1000 / T so that a
+    process of any length adds about as much noise in all; at T = 1000 nothing changes.
+    """
     _check_steps(num_timesteps)
-    if not 0.0 < beta_start <= beta_end < 1.0:
-        raise ConfigError(f"linear schedule needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    scale = 1000.0 / num_timesteps if rescale else 1.0
+    start, end = scale * beta_start, scale * beta_end
+    if not 0.0 < start <= end < 1.0:
+        raise ConfigError(
+            f"linear schedule needs 0 < beta_start <= beta_end < 1 after scaling by {scale:g} (1000 / T), "
+            f"got {start:g}, {end:g}; use more timesteps or schedule.rescale=false"
+        )
+    return torch.linspace(start, end, num_timesteps, dtype=torch.float64)
 
 
 def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -59,7 +71,7 @@ def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 
 
 def make_linear(config: LinearConfig) -> torch.Tensor:
     """Registry factory of `linear`."""
-    return linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
+    return linear_betas(config.num_timesteps, config.beta_start, config.beta_end, config.rescale)
 
 
 def make_cosine(config: CosineConfig) -> torch.Tensor:

@@ -46,6 +46,7 @@ class DynamicContentTransformer(nn.Module):
         self.learn_sigma = backbone.learn_sigma
         self.input_size = backbone.input_size
         self.num_classes = backbone.num_classes
+        self.null_class = getattr(backbone, "null_class", backbone.num_classes)
         self.grains = backbone.grains
 
     def set_grad_checkpointing(self, enable: bool = True):

@@ -60,16 +60,30 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Embeds class labels; row `num_classes` is the null class that label dropout uses for guidance."""
+    """Embeds class labels; with dropout, row `num_classes` is the null class that guidance uses.
+
+    As DiT, the null row exists only when `dropout_prob > 0` (a model trained without label
+    dropout has no unconditional embedding, so it cannot be guided).
+    """
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+        self.has_null = dropout_prob > 0
+        self.embedding_table = nn.Embedding(num_classes + int(self.has_null), hidden_size)
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
 
+    @property
+    def null_class(self) -> int | None:
+        """The index of the null class, or None without label dropout."""
+        return self.num_classes if self.has_null else None
+
     def token_drop(self, labels, force_drop_ids=None):
         """Replace labels by the null class with probability dropout_prob, or where force_drop_ids == 1."""
+        if not self.has_null:
+            if force_drop_ids is not None:
+                raise ConfigError("this model was built with class_dropout=0, so it has no null class to drop to")
+            return labels
         if force_drop_ids is None:
             drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
         else:
@@ -81,6 +95,15 @@ class LabelEmbedder(nn.Module):
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
             labels = self.token_drop(labels, force_drop_ids)
         return self.embedding_table(labels)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before the null row became conditional have num_classes + 1 rows even
+        # without dropout; that row was never trained (nothing drops to it), so it is dropped
+        key = prefix + "embedding_table.weight"
+        table = state_dict.get(key)
+        if not self.has_null and table is not None and table.shape[0] == self.num_classes + 1:
+            state_dict[key] = table[: self.num_classes]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class PatchEmbed(nn.Module):
@@ -261,6 +284,7 @@ class DiT(nn.Module):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.null_class = self.y_embedder.null_class
         # fixed sin-cos table: a buffer, so it is saved but not counted or trained as a parameter
         self.register_buffer("pos_embed", sincos_table(hidden_size, self.grid))
         self.blocks = nn.ModuleList(
@@ -382,6 +406,7 @@ class RoutedDiT(nn.Module):
         self.x_embedder = RoutingEmbed(in_channels, hidden_size, grains)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.null_class = self.y_embedder.null_class
         self.register_buffer("pos_embed", sincos_table(hidden_size, self.grid))
         self.blocks = nn.ModuleList(
             [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, attention=attention) for _ in range(depth)]
