@@ -7,6 +7,7 @@ import torch
 
 import d2it
 from d2it.errors import ConfigError, DataError
+from d2it.io import load_into
 from d2it.layout import neighbour_copy
 
 TINY = {"base_width": 8, "norm_groups": 4, "num_res_blocks": 1}
@@ -36,9 +37,10 @@ def test_full_size_geometry_and_ldm_f8_parameter_count():
     with torch.device("meta"):
         f8 = d2it.create("vae", "vae-f8", image_size=256)
         dvae = d2it.create("vae", "dvae-kl", image_size=256)
-    # LDM kl-f8 has 83,653,863 parameters, of which its 1x1 quant_conv (72) and post_quant_conv (20)
-    # are linear maps folded into the encoder head and the decoder's conv_in here
-    assert sum(p.numel() for p in f8.parameters()) == 83_653_863 - 72 - 20
+    # LDM kl-f8 has 83,653,863 parameters, its 1x1 quant_conv (72) and post_quant_conv (20) included
+    assert sum(p.numel() for p in f8.parameters()) == 83_653_863
+    assert (tuple(f8.quant_conv.weight.shape), tuple(f8.post_quant_conv.weight.shape)) == ((8, 8, 1, 1), (4, 4, 1, 1))
+    assert dvae.quant_conv is None and dvae.post_quant_conv is None
     assert (dvae.downsample, dvae.grains, dvae.region) == (8, 2, 16)
     assert dvae.encoder.tap_levels == [4, 3]  # F=16 tap for the coarse grain, F=8 for the fine one
     assert dvae.pos_embed.shape == (1, 4, 32, 32)
@@ -99,6 +101,30 @@ def test_vae_f8_has_one_grain_of_zeros():
     assert vae.grains == 1 and vae.thresholds == [] and vae.pos_embed is None
     out = vae(x)
     assert out.entropy is None and len(out.params) == 1
+
+
+def test_vae_f8_quant_convs_start_as_identity_and_old_weights_load(tmp_path):
+    torch.manual_seed(0)
+    vae = tiny("vae-f8").eval()
+    x = half_flat()
+    without = tiny("vae-f8", quant_conv=False).eval()
+    # the same trunk without the 1x1 convs: an identity quant/post-quant changes nothing
+    old = {k: v for k, v in vae.state_dict().items() if "quant_conv" not in k}
+    load_into(without, old, where="old.safetensors")
+    torch.testing.assert_close(vae.encode(x)[0], without.encode(x)[0])
+    z = torch.randn(2, 4, 4, 4)
+    torch.testing.assert_close(vae.decode(z), without.decode(z))
+    # weights written before the convs existed load into the new layout, the convs as identity
+    fresh = tiny("vae-f8")
+    with torch.no_grad():
+        fresh.quant_conv.weight.mul_(3.0)
+    load_into(fresh, old, where="old.safetensors")
+    torch.testing.assert_close(fresh.quant_conv.weight[:, :, 0, 0], torch.eye(8))
+    torch.testing.assert_close(fresh.post_quant_conv.bias, torch.zeros(4))
+    # and the convs act when they are not the identity: LDM's order (moments -> quant_conv, z -> post_quant_conv)
+    with torch.no_grad():
+        fresh.post_quant_conv.weight.mul_(2.0)
+    torch.testing.assert_close(fresh.eval().decode(z), without.decode(2.0 * z))
 
 
 def test_vq_latents_are_codebook_entries():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import d2it
-from d2it.errors import CheckpointError
+from d2it.errors import CheckpointError, ConfigError
 from d2it_vae.losses import NLayerDiscriminator, hinge_d_loss, make_lpips
 
 TINY = {"base_width": 8, "norm_groups": 4, "num_res_blocks": 1}
@@ -26,7 +26,9 @@ def test_gan_terms_start_at_disc_start(setup):
     assert logs["g_loss"] == 0.0 and logs["d_weight"] == 0.0
     l1 = (x - out.recon).abs().mean().item()
     assert logs["l1"] == pytest.approx(l1, rel=1e-5)
-    assert loss.item() == pytest.approx(l1 + logs["lpips"] + 1e-3 * out.reg_loss.item(), rel=1e-5)
+    pixels = x[0].numel()  # LDM sums the reconstruction per sample (logvar starts at 0)
+    expected = (l1 + logs["lpips"]) * pixels + 1e-3 * out.reg_loss.item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
     d_loss, d_logs = loss_fn.discriminator_loss(x, out, step=9)
     assert d_loss.item() == 0.0 and d_loss.requires_grad
     loss2, logs2 = loss_fn.generator_loss(x, out, step=10)
@@ -91,3 +93,66 @@ def test_lpips_stays_frozen_in_train_mode(setup):
     loss_fn = vae.make_loss(pnet_rand=True).train()
     assert loss_fn.discriminator.training and not loss_fn.perceptual.training
     assert all(not p.requires_grad for p in loss_fn.perceptual.parameters())
+
+
+# -- LDM's LPIPSWithDiscriminator, restated from ldm/modules/losses/contperceptual.py ----------------
+
+
+def ldm_generator_loss_before_gan(inputs, reconstructions, p_loss, mean, logvar_posterior, logvar, kl_weight):
+    """LDM's generator loss without the GAN term: per-sample sums over a learned log-variance, KL summed."""
+    rec_loss = torch.abs(inputs.contiguous() - reconstructions.contiguous())
+    rec_loss = rec_loss + 1.0 * p_loss
+    nll_loss = rec_loss / torch.exp(logvar) + logvar
+    nll_loss = torch.sum(nll_loss) / nll_loss.shape[0]
+    var = torch.exp(logvar_posterior)
+    kl_loss = 0.5 * torch.sum(torch.pow(mean, 2) + var - 1.0 - logvar_posterior, dim=[1, 2, 3])
+    kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
+    return nll_loss + kl_weight * kl_loss, nll_loss
+
+
+@pytest.mark.parametrize("logvar", [0.0, 1.3])
+def test_kl_loss_is_normalised_as_ldm(logvar):
+    torch.manual_seed(0)
+    vae = d2it.create("vae", "vae-f8", {**TINY, "channel_mult": (1, 2), "decoder_mult": (1, 2)}, image_size=16)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loss_fn = vae.make_loss(pnet_rand=True, logvar_init=logvar)
+    assert loss_fn.normalization == "ldm" and loss_fn.reg_weight == 1e-6
+    out = vae(x, generator=torch.Generator().manual_seed(2))
+    loss, logs = loss_fn.generator_loss(x, out, step=-1)
+    p_loss = loss_fn.perceptual(x, out.recon)
+    mean, logvar_posterior = out.params[0].chunk(2, dim=1)
+    want, want_nll = ldm_generator_loss_before_gan(
+        x, out.recon, p_loss, mean, logvar_posterior, torch.tensor(logvar), 1e-6
+    )
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert logs["nll"] == pytest.approx(want_nll.item(), rel=1e-5) and logs["logvar"] == pytest.approx(logvar)
+    # the KL weighs like LDM's whatever the image size: ratio of KL to NLL gradients is size-free
+    assert loss_fn.convention() == {
+        "normalization": "ldm", "reg_weight": 1e-6, "perceptual_weight": 1.0, "adaptive_cap": 0.75,
+        "learn_logvar": True, "logvar_init": logvar, "logvar": pytest.approx(logvar),
+    }  # fmt: skip
+
+
+def test_logvar_is_learnable_and_gets_a_gradient(setup):
+    vae, x = setup
+    loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0)
+    loss, _ = loss_fn.generator_loss(x, vae(x), step=-1)
+    loss.backward()
+    grad = loss_fn.logvar.logvar.grad
+    assert grad is not None and grad.item() != 0.0
+    # d/dlogvar of sum(rec * e^-logvar + logvar)/B at logvar 0 = pixels - sum(rec)/B
+    fixed = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, learn_logvar=False)
+    assert not fixed.logvar.logvar.requires_grad and fixed.convention()["learn_logvar"] is False
+
+
+def test_vq_keeps_taming_means_and_unknown_normalization_is_an_error():
+    vae = d2it.create("vae", "dvae-vq", {**TINY, "codebook_size": 16}, image_size=32)
+    loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0)
+    assert loss_fn.normalization == "taming" and not loss_fn.logvar.logvar.requires_grad
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = vae(x)
+    loss, logs = loss_fn.generator_loss(x, out, step=-1)
+    want = (x - out.recon).abs().mean() + out.reg_loss
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="ldm, taming"):
+        vae.make_loss(pnet_rand=True, normalization="sum")

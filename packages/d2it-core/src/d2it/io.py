@@ -91,8 +91,23 @@ def state_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
+def upgrade_state(module: torch.nn.Module, tensors: dict) -> dict:
+    """A copy of `tensors` that submodules with `upgrade_state_dict(state, prefix)` adapted from older layouts.
+
+    A module that gained a tensor (an identity-initialised layer) or changed one compatibly fills
+    or converts the old file's entries here, so weights written before still load strictly.
+    """
+    tensors = dict(tensors)
+    for name, sub in module.named_modules():
+        hook = getattr(sub, "upgrade_state_dict", None)
+        if callable(hook):
+            hook(tensors, f"{name}." if name else "")
+    return tensors
+
+
 def load_into(module: torch.nn.Module, tensors: dict, where: str):
-    """Load `tensors` into `module` strictly; a mismatch names the first differing tensor."""
+    """Load `tensors` into `module` strictly (after `upgrade_state`); a mismatch names the first differing tensor."""
+    tensors = upgrade_state(module, tensors)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -334,6 +334,13 @@ def eval_mode(module: nn.Module):
             m.training = training
 
 
+def update_extra(directory, **entries):
+    """Set entries of a saved record's `extra` section (e.g. the stage-1 loss convention) without touching weights."""
+    _, doc = read_record(directory)
+    doc["extra"] = {**doc.get("extra", {}), **entries}
+    atomic_write_text(Path(directory) / RECORD_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
 def torch_device(name: str | None = None) -> torch.device:
     """The requested device, or CUDA when available, else CPU."""
     if name:

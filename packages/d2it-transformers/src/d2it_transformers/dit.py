@@ -96,14 +96,13 @@ class LabelEmbedder(nn.Module):
             labels = self.token_drop(labels, force_drop_ids)
         return self.embedding_table(labels)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # weights saved before the null row became conditional have num_classes + 1 rows even
-        # without dropout; that row was never trained (nothing drops to it), so it is dropped
+    def upgrade_state_dict(self, state: dict, prefix: str):
+        """Drop the null row of weights written when every table had one (`d2it.io.upgrade_state`)."""
+        # that row was never trained without dropout (nothing drops to it), so nothing is lost
         key = prefix + "embedding_table.weight"
-        table = state_dict.get(key)
+        table = state.get(key)
         if not self.has_null and table is not None and table.shape[0] == self.num_classes + 1:
-            state_dict[key] = table[: self.num_classes]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            state[key] = table[: self.num_classes]
 
 
 class PatchEmbed(nn.Module):

@@ -17,7 +17,7 @@ from d2it.errors import ConfigError, D2itError, DataError
 from d2it.layout import neighbour_copy
 from d2it.registry import default_registry
 from d2it.spec import ComponentSpec
-from d2it_vae.modules import Decoder, HierarchicalEncoder
+from d2it_vae.modules import Decoder, HierarchicalEncoder, IdentityConv
 
 
 @dataclass
@@ -52,6 +52,7 @@ class VAEF8Config:
     norm_groups: int = 32
     dropout: float = 0.0
     regularizer: str = "kl"
+    quant_conv: bool = True  # LDM's 1x1 quant_conv / post_quant_conv (identity-initialised)
 
 
 @attrs.frozen
@@ -114,6 +115,7 @@ class DynamicVAE(nn.Module):
         norm_groups: int = 32,
         dropout: float = 0.0,
         pos_embed: bool = True,
+        quant_conv: bool = False,
     ):
         super().__init__()
         if grains < 1 or len(channel_mult) < grains:
@@ -155,6 +157,9 @@ class DynamicVAE(nn.Module):
             groups=norm_groups,
             dropout=dropout,
         )
+        # LDM's AutoencoderKL: 1x1 convs on the moments after the encoder and on z before the decoder
+        self.quant_conv = IdentityConv(regularizer.in_channels) if quant_conv else None
+        self.post_quant_conv = IdentityConv(latent_channels) if quant_conv else None
         side = image_size // self.downsample
         self.pos_embed = nn.Parameter(torch.zeros(1, latent_channels, side, side)) if pos_embed else None
         if self.pos_embed is not None:
@@ -202,10 +207,15 @@ class DynamicVAE(nn.Module):
         return masks
 
     # -- latents ------------------------------------------------------------------------------
+    def _moments(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The regularizer's inputs per grain: encoder heads (then `quant_conv`, when the VAE has one)."""
+        hs = self.encoder(images)
+        return hs if self.quant_conv is None else [self.quant_conv(h) for h in hs]
+
     def encode(self, images: torch.Tensor, grain_map: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Posterior parameters per grain, coarsest first, on each grain's full grid (the grain map selects later)."""
         self._check_images(images)
-        return [self.regularizer.posterior(h) for h in self.encoder(images)]
+        return [self.regularizer.posterior(h) for h in self._moments(images)]
 
     def sample_latent(self, params, grain_map, generator=None, mode: bool = False) -> torch.Tensor:
         """Copied-layout latent (B, C, H/8, W/8): each grain's draw (or mode) where the grain map selects it."""
@@ -223,12 +233,14 @@ class DynamicVAE(nn.Module):
             )
         if self.pos_embed is not None:
             z = z + self.pos_embed.to(z.dtype)
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
         return self.decoder(z)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False) -> VAEOutput:
         """Grain map, encoding with each code's regularization counted once, neighbour copying, decoding."""
         grain_map, scores = self._grains(images)
-        params, reg_loss = self.regularizer(self.encoder(images), self.grain_masks(grain_map))
+        params, reg_loss = self.regularizer(self._moments(images), self.grain_masks(grain_map))
         z = self.sample_latent(params, grain_map, generator=generator, mode=mode)
         return VAEOutput(self.decode(z), grain_map, z, params, reg_loss, scores)
 
@@ -298,7 +310,10 @@ def make_dvae(config: DVAEConfig, *, image_size: int) -> DynamicVAE:
 def make_vae_f8(config: VAEF8Config, *, image_size: int) -> DynamicVAE:
     """Factory of `vae-f8`: the standard LDM KL-f8 autoencoder (one grain, no position embedding)."""
     kwargs = {key: getattr(config, key) for key in _MODEL_KEYS}
-    return DynamicVAE(image_size, _regularizer(config), None, grains=1, pos_embed=False, **kwargs)
+    return DynamicVAE(
+        image_size, _regularizer(config), None, grains=1, pos_embed=False, quant_conv=config.quant_conv, **kwargs
+    )
+
 
 
 VAES = [

@@ -1,6 +1,13 @@
 """Stage-1 losses: L1 + LPIPS(VGG) + hinge PatchGAN with the adaptive weight + regularizer loss.
 
-As the VQGAN / LDM `LPIPSWithDiscriminator`, with DQ-VAE's cap of 0.75 on the adaptive GAN weight.
+Normalised as each regularizer's reference loss, with DQ-VAE's cap of 0.75 on the adaptive GAN weight:
+
+- `ldm` (KL, the default there): LDM's `LPIPSWithDiscriminator` (contperceptual.py). The
+  reconstruction (|x - x̂| + w·LPIPS per pixel) is divided by exp(logvar) for a learnable scalar
+  log-variance, logvar added, summed per sample and averaged over the batch; the KL is summed per
+  sample too, so `kl_weight` 1e-6 is LDM's "slight KL penalty" at any image size.
+- `taming` (VQ, the default there): taming's `VQLPIPSWithDiscriminator`: means over pixels, no
+  log-variance; the codebook loss is a mean as well.
 The LPIPS trunk (torchvision VGG16) is loaded from `lpips_weights` when given, downloaded by
 torchvision on first use otherwise, or left random with `pnet_rand=True` (tests).
 """
@@ -14,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2it.errors import CheckpointError
+from d2it.errors import CheckpointError, ConfigError
 
 #################################################################################
 #                                  LPIPS (VGG)                                  #
@@ -113,8 +120,22 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 #################################################################################
 
 
+NORMALIZATIONS = ("ldm", "taming")
+
+
+class LogVariance(nn.Module):
+    """LDM's scalar log-variance of the reconstruction likelihood (`logvar`), learnable or fixed."""
+
+    def __init__(self, init: float = 0.0, learn: bool = True):
+        super().__init__()
+        self.logvar = nn.Parameter(torch.full((), float(init)), requires_grad=learn)
+
+    def forward(self) -> torch.Tensor:
+        return self.logvar
+
+
 class VAELoss(nn.Module):
-    """L1 + perceptual_weight * LPIPS + adaptive-weighted hinge GAN + weighted regularizer loss."""
+    """Reconstruction NLL + adaptive-weighted hinge GAN + weighted regularizer loss (see the module docstring)."""
 
     def __init__(
         self,
@@ -130,14 +151,37 @@ class VAELoss(nn.Module):
         disc_width: int = 64,
         lpips_weights: str | None = None,
         pnet_rand: bool = False,
+        normalization: str | None = None,
+        learn_logvar: bool = True,
+        logvar_init: float = 0.0,
     ):
         super().__init__()
         self._last_layer = vae.last_layer  # a bound method: the VAE's parameters stay out of this module
-        self.reg_weight = kl_weight if getattr(vae.regularizer, "name", "") == "kl" else codebook_weight
+        kl = getattr(vae.regularizer, "name", "") == "kl"
+        self.reg_weight = kl_weight if kl else codebook_weight
+        self.normalization = normalization or ("ldm" if kl else "taming")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"unknown loss normalization {self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
+            )
         self.disc_start, self.perceptual_weight = disc_start, perceptual_weight
         self.disc_weight, self.adaptive_cap = disc_weight, adaptive_cap
         self.perceptual = make_lpips(lpips_weights, pnet_rand) if perceptual_weight > 0 else None
         self.discriminator = NLayerDiscriminator(3, disc_width, disc_layers)
+        learn = bool(learn_logvar) and self.normalization == "ldm"
+        self.logvar = LogVariance(logvar_init, learn=learn)
+        self.settings = {
+            "normalization": self.normalization,
+            "reg_weight": float(self.reg_weight),
+            "perceptual_weight": float(perceptual_weight),
+            "adaptive_cap": float(adaptive_cap),
+            "learn_logvar": learn,
+            "logvar_init": float(logvar_init),
+        }
+
+    def convention(self) -> dict:
+        """The loss settings to record next to the weights (d2it.json), with the current log-variance."""
+        return {**self.settings, "logvar": float(self.logvar.logvar.detach())}
 
     def train(self, mode: bool = True):
         """Train the discriminator; the LPIPS network always stays in eval mode."""
@@ -160,17 +204,28 @@ class VAELoss(nn.Module):
         weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
         return weight.clamp(0.0, self.adaptive_cap).detach() * self.disc_weight
 
+    def reconstruction_nll(self, images: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The reconstruction term, normalised as `self.normalization`, and its parts (means) as floats."""
+        rec = (images - recon).abs()
+        p_loss = torch.zeros((), device=images.device)
+        if self.perceptual is not None:
+            p_loss = self.perceptual(images.float(), recon.float())  # (B, 1, 1, 1)
+            rec = rec + self.perceptual_weight * p_loss  # broadcast to every pixel, as LDM
+        parts = {"l1": (images - recon).abs().mean().item(), "lpips": p_loss.mean().item()}
+        if self.normalization == "taming":
+            return rec.mean(), parts
+        logvar = self.logvar()
+        nll = rec / torch.exp(logvar) + logvar
+        parts["logvar"] = float(logvar.detach())
+        return nll.sum() / nll.shape[0], parts
+
     def generator_loss(self, images: torch.Tensor, out, step: int) -> tuple[torch.Tensor, dict]:
         """The autoencoder's loss for one batch and its parts as floats."""
         recon = out.recon
-        l1 = (images - recon).abs().mean()
-        p_loss = torch.zeros((), device=images.device)
-        if self.perceptual is not None:
-            p_loss = self.perceptual(images.float(), recon.float()).mean()
-        nll = l1 + self.perceptual_weight * p_loss
+        nll, logs = self.reconstruction_nll(images, recon)
         reg = self.reg_weight * out.reg_loss
         loss = nll + reg
-        logs = {"l1": l1.item(), "lpips": p_loss.item(), "nll": nll.item(), "reg": out.reg_loss.item()}
+        logs.update(nll=nll.item(), reg=out.reg_loss.item())
         if self.gan_active(step):
             g_loss = -self.discriminator(recon).mean()
             d_weight = self.adaptive_weight(nll, g_loss)

@@ -22,6 +22,27 @@ def normalize(channels: int, groups: int) -> nn.GroupNorm:
 #################################################################################
 
 
+class IdentityConv(nn.Conv2d):
+    """A 1x1 convolution initialised to the identity: LDM's `quant_conv` / `post_quant_conv`.
+
+    Weights written before the layer existed load as the identity (`upgrade_state_dict`), so an
+    older model directory keeps computing exactly what it computed.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(channels).reshape(channels, channels, 1, 1))
+            self.bias.zero_()
+
+    def upgrade_state_dict(self, state: dict, prefix: str):
+        """Fill a missing weight and bias with the identity (`d2it.io.upgrade_state`)."""
+        c = self.in_channels
+        if prefix + "weight" not in state and prefix + "bias" not in state:
+            state[prefix + "weight"] = torch.eye(c, dtype=self.weight.dtype).reshape(c, c, 1, 1)
+            state[prefix + "bias"] = torch.zeros(c, dtype=self.bias.dtype)
+
+
 class ResnetBlock(nn.Module):
     """Two GroupNorm-SiLU-conv3x3 layers with a (1x1 projected) skip connection."""
 

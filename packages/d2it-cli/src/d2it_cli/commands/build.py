@@ -13,7 +13,7 @@ from d2it_cli.table import format_table
 
 DEFAULT_GRAIN = "dgt-s"
 # slots that are part of the system record; "system" holds record-level numbers
-RECORD_FIELDS = {"image_size": int, "num_classes": int}
+RECORD_FIELDS = {"image_size": int, "num_classes": int, "latent_scale": float}
 
 
 def record_from_options(vae, backbone, refine, grain, sampler, schedule, attention, image_size, num_classes, sets):
@@ -27,7 +27,7 @@ def record_from_options(vae, backbone, refine, grain, sampler, schedule, attenti
         try:
             extra[key] = RECORD_FIELDS[key](value)
         except ValueError:
-            raise ConfigError(f"system.{key} expects int, got {value!r}") from None
+            raise ConfigError(f"system.{key} expects {RECORD_FIELDS[key].__name__}, got {value!r}") from None
     if vae == "none":
         vae = None
     if refine is not None and grain is None:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import torch
 
+from d2it.system import update_extra
 from d2it_cli.engine import dist
 from d2it_cli.engine.loop import Task
 from d2it_cli.engine.parts import save_part
@@ -50,7 +51,8 @@ class DVAETask(Task):
         self.discriminator = self.loss.discriminator
 
     def modules(self):
-        return {"vae": self.vae, "discriminator": self.discriminator}
+        # the loss's log-variance (LDM) trains with the VAE; it is checkpointed as its own part
+        return {"vae": self.vae, "discriminator": self.discriminator, "loss_logvar": self.loss.logvar}
 
     def prepare(self, trainer):
         self.loss.to(trainer.device)
@@ -64,7 +66,12 @@ class DVAETask(Task):
         lr = self.learning_rate(trainer)
         fused = trainer.device.type == "cuda"
         return {
-            "vae": torch.optim.Adam(self.vae.parameters(), lr=lr, betas=BETAS, fused=fused),
+            "vae": torch.optim.Adam(
+                [*self.vae.parameters(), *(p for p in self.loss.logvar.parameters() if p.requires_grad)],
+                lr=lr,
+                betas=BETAS,
+                fused=fused,
+            ),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=BETAS, fused=fused),
         }
 
@@ -106,3 +113,4 @@ class DVAETask(Task):
     def finish(self, trainer):
         if dist.is_main():
             save_part(self.system_dir, "vae", {k: v.detach().cpu() for k, v in trainer.final_weights("vae").items()})
+            update_extra(self.system_dir, vae_loss=self.loss.convention())
