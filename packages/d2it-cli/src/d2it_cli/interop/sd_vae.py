@@ -59,7 +59,8 @@ def _diffusers_to_ldm(tensors: dict) -> dict:
 
 # -- LDM names -> vae-f8 names ---------------------------------------------------------------------
 def _ldm_levels(tensors: dict, part: str, level_key: str) -> int:
-    return 1 + max((int(m.group(1)) for k in tensors if (m := re.match(rf"{part}\.{level_key}\.(\d+)\.", k))), default=-1)
+    pattern = re.compile(rf"{part}\.{level_key}\.(\d+)\.")
+    return 1 + max((int(m.group(1)) for k in tensors if (m := pattern.match(k))), default=-1)
 
 
 def _ldm_to_d2it(tensors: dict) -> dict:
@@ -75,9 +76,16 @@ def _ldm_to_d2it(tensors: dict) -> dict:
         m = re.match(r"^decoder\.up\.(\d+)\.(.*)$", new)
         if m:
             i, rest = n_up - 1 - int(m.group(1)), m.group(2)
-            new = f"decoder.upsample.{i}.{rest[len('upsample.'):]}" if rest.startswith("upsample.") else f"decoder.up.{i}.{rest}"
+            if rest.startswith("upsample."):
+                new = f"decoder.upsample.{i}.{rest[len('upsample.') :]}"
+            else:
+                new = f"decoder.up.{i}.{rest}"
         out[new] = value
     return out
+
+
+def _width(tensors: dict, level: str, path) -> int:
+    return int(require(tensors, f"{level}.block.0.conv2.weight", path, "an LDM / SD autoencoder").shape[0])
 
 
 def _ldm_options(tensors: dict, path) -> dict:
@@ -85,10 +93,10 @@ def _ldm_options(tensors: dict, path) -> dict:
     what = "an LDM / SD autoencoder"
     base = int(require(tensors, "encoder.conv_in.weight", path, what).shape[0])
     levels = _ldm_levels(tensors, "encoder", "down")
-    widths = [int(require(tensors, f"encoder.down.{i}.block.0.conv2.weight", path, what).shape[0]) for i in range(levels)]
+    widths = [_width(tensors, f"encoder.down.{i}", path) for i in range(levels)]
     blocks = len({int(m.group(1)) for k in tensors if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))})
     n_up = _ldm_levels(tensors, "decoder", "up")
-    dec_widths = [int(require(tensors, f"decoder.up.{i}.block.0.conv2.weight", path, what).shape[0]) for i in range(n_up)]
+    dec_widths = [_width(tensors, f"decoder.up.{i}", path) for i in range(n_up)]
     z = int(require(tensors, "decoder.conv_in.weight", path, what).shape[1])
     moments = int(require(tensors, "encoder.conv_out.weight", path, what).shape[0])
     if moments != 2 * z:
