@@ -315,7 +315,6 @@ def make_vae_f8(config: VAEF8Config, *, image_size: int) -> DynamicVAE:
     )
 
 
-
 VAES = [
     ComponentSpec("dvae-kl", "vae", make_dvae, DVAEConfig, summary="Dynamic VAE, F=8/16, KL posterior (D²iT stage 1)"),
     ComponentSpec("dvae-vq", "vae", make_dvae, DVAEVQConfig, summary="Dynamic VAE, F=8/16, EMA vector quantizer"),
