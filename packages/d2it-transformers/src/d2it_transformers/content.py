@@ -57,10 +57,14 @@ class DynamicContentTransformer(nn.Module):
 
     def forward(self, x, t, y, grain_map=None):
         """Multi-grained noise (and variance) prediction (B, out_channels, H, W) in the copied layout."""
+        layout = None
+        if getattr(self.refiner, "sparse", False):
+            self.backbone.check_grain_map(x, grain_map)
+            layout = self.refiner.layout(grain_map)  # its one host sync, before the backbone's kernels are queued
         routed = self.backbone(x, t, y, grain_map)
         pred = routed.rough
-        if getattr(self.refiner, "sparse", False):
-            pred = pred + self.refiner(x, routed.tokens, routed.c, grain_map)
+        if layout is not None:
+            pred = pred + self.refiner(x, routed.tokens, routed.c, grain_map, layout=layout)
         elif self.refiner is not None:
             pred = pred + self.refiner(x, routed.tokens, routed.c)
         coarsest = (cell_grain(grain_map, self.grains) == 0).unsqueeze(1)

@@ -12,6 +12,7 @@ needed, and the fused CPU kernel gains nothing from the mask (benchmarks/bench_s
 The result equals the dense RefineNet with coarse cells masked out of the keys, with the same weights.
 """
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -19,8 +20,9 @@ from torch.utils.checkpoint import checkpoint
 
 from d2it.attention import HALF, auto_attention, xformers_attention, xformers_available
 from d2it.counting import counting
-from d2it.layout import unit_cells
+from d2it.layout import cell_grain, unit_cells
 from d2it_transformers.refine import RefineNet, window_geometry
+from d2it_transformers.regional import guarded_compile
 
 _XFORMERS = xformers_available()
 
@@ -42,17 +44,30 @@ class PackedLayout(NamedTuple):
         return max(self.seqlens, default=0)
 
 
-def pad_windows(seqlens: list[int], device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(dest, key_mask) placing packed tokens of windows of `seqlens` cells in a padded (W, max) layout."""
+def pad_windows(seqlens: list[int], device, counts: torch.Tensor | None = None):
+    """(dest, key_mask) placing packed tokens of windows of `seqlens` cells in a padded (W, max) layout.
+
+    `counts` (every window's length, empty ones included, on the device) builds the window lengths
+    there instead of copying `seqlens` from the host, which would be a host sync on CUDA.
+    """
     longest = max(seqlens, default=0)
     if all(n == longest for n in seqlens):
         return None, None
-    lens = torch.tensor(seqlens, device=device)
-    window = torch.repeat_interleave(torch.arange(len(seqlens), device=device), lens)
+    if counts is None:
+        lens = torch.tensor(seqlens, device=device)
+    else:  # the non-empty windows in order: a stable sort puts them first, no data-dependent shape
+        nonempty = torch.sort((counts == 0).to(torch.uint8), stable=True).indices[: len(seqlens)]
+        lens = counts.index_select(0, nonempty)
+    window = torch.repeat_interleave(torch.arange(len(seqlens), device=device), lens, output_size=sum(seqlens))
     starts = torch.cumsum(lens, 0) - lens
     pos = torch.arange(window.numel(), device=device) - starts[window]
     key_mask = (torch.arange(longest, device=device) < lens[:, None]).view(len(seqlens), 1, 1, longest)
     return window * longest + pos, key_mask
+
+
+def host_list(counts: torch.Tensor) -> list[int]:
+    """The sparse path's one device-to-host copy per layout (a host sync on CUDA): the window lengths."""
+    return counts.tolist()
 
 
 def blockdiag_mask(seqlens: list[int], device=None) -> torch.Tensor:
@@ -119,31 +134,58 @@ class SparseRefineNet(RefineNet):
         self.register_buffer("region_cells", region_cells, persistent=False)
         self.register_buffer("region_window", region_window, persistent=False)
         self.register_buffer("region_order", region_order, persistent=False)
+        self._layout_cache = None
+        self.packed_parts = None  # compiled (attention_input, block_output) after `compile_packed`
 
     def layout(self, grain_map: torch.Tensor) -> PackedLayout:
-        """The packed layout of the fine (non-coarsest) cells of a (B, h, w) grain map."""
+        """The packed layout of the fine (non-coarsest) cells of a (B, h, w) grain map.
+
+        Everything stays on the device except the window lengths (`host_list`): one host sync. The
+        last layout is kept for the same, unmodified grain-map tensor, so a sampler that passes one map
+        for all steps pays that sync once per image batch, not once per step.
+        """
+        version = None if grain_map.is_inference() else grain_map._version  # inference tensors have no version
+        cached = self._layout_cache
+        if version is not None and cached is not None and cached[0]() is grain_map and cached[1] == version:
+            return cached[2]
         b = grain_map.shape[0]
         r = self.region_order.numel()
-        cells_per_region = self.region * self.region
-        fine = grain_map.reshape(b, r)[:, self.region_order] > 0
-        flat = fine.flatten().nonzero().squeeze(1)  # sorted by sample, then window, then region
+        size, cells_per_region = self.input_size, self.region * self.region
+        fine = grain_map.reshape(b, r)[:, self.region_order] > 0  # (B, R), regions grouped window by window
+        if self.aligned:
+            window = self.region_window[self.region_order].expand(b, r)
+            counts = fine.new_zeros(b, self.windows, dtype=torch.long).scatter_add_(1, window, fine.long())
+            counts = counts * cells_per_region
+        else:
+            fine_cells = (cell_grain(grain_map, self.grains) > 0).long().view(b, size * size)
+            counts = fine_cells.new_zeros(b, self.windows).scatter_add_(1, self.cell_window.expand(b, -1), fine_cells)
+        counts = counts.flatten()
+        lengths = host_list(counts)  # the one host sync per layout
+        seqlens = [n for n in lengths if n]
+        fine_regions = sum(lengths) // cells_per_region
+        # indices of the fine regions, sorted by sample, then window, then region: a stable sort, no nonzero()
+        flat = torch.sort((~fine.flatten()).to(torch.uint8), stable=True).indices[:fine_regions]
         sample_r = flat // r
         region = self.region_order[flat % r]
         regions = sample_r * r + region
         sample = sample_r.repeat_interleave(cells_per_region)
-        cells = (sample_r[:, None] * self.input_size**2 + self.region_cells[region]).flatten()
+        cells = (sample_r[:, None] * size**2 + self.region_cells[region]).flatten()
         order = None
-        if self.aligned:
-            key = sample_r * self.windows + self.region_window[region]
-            counts = torch.bincount(key, minlength=b * self.windows) * cells_per_region
-        else:
-            key = sample * self.windows + self.cell_window[cells % self.input_size**2]
+        if not self.aligned:
+            key = sample * self.windows + self.cell_window[cells % size**2]
             order = torch.argsort(key, stable=True)
             sample, cells = sample[order], cells[order]
-            counts = torch.bincount(key, minlength=b * self.windows)
-        seqlens = [n for n in counts.tolist() if n]  # one host sync per forward: the window lengths
-        dest, key_mask = pad_windows(seqlens, grain_map.device)
-        return PackedLayout(sample, cells, regions, order, seqlens, dest, key_mask)
+        dest, key_mask = pad_windows(seqlens, grain_map.device, counts)
+        layout = PackedLayout(sample, cells, regions, order, seqlens, dest, key_mask)
+        self._layout_cache = (weakref.ref(grain_map), version, layout)
+        return layout
+
+    def compile_packed(self, **options):
+        """Compile the packed block's parts around the attention (regional compilation; the packing stays eager)."""
+        self.packed_parts = (
+            guarded_compile(attention_input, "the sparse block's attention input", **options),
+            guarded_compile(block_output, "the sparse block's output", **options),
+        )
 
     def embed(self, x, tokens, layout: PackedLayout) -> torch.Tensor:
         """Packed input tokens (N, D): patch-1 embedding + projected region features + position, fine cells only."""
@@ -159,20 +201,24 @@ class SparseRefineNet(RefineNet):
         h = torch.addmm(h, patches, proj.weight.view(d, ch).t()).add_(proj.bias)
         return h if layout.order is None else h.index_select(0, layout.order)
 
-    def forward(self, x, tokens, c, grain_map=None):
-        """Correction (B, out_channels, H, W), zero on coarse cells, from x_t, region tokens, c and the grain map."""
+    def forward(self, x, tokens, c, grain_map=None, layout: PackedLayout | None = None):
+        """Correction (B, out_channels, H, W), zero on coarse cells, from x_t, region tokens, c and the grain map.
+
+        `layout` is `self.layout(grain_map)` when the caller computed it already.
+        """
         if grain_map is None:
             raise ValueError("the sparse RefineNet needs the grain map")
         b, _, size, _ = x.shape
-        layout = self.layout(grain_map)
+        layout = self.layout(grain_map) if layout is None else layout
         if layout.sample.numel() == 0:
             return x.new_zeros(b, self.out_channels, size, size)
         h = self.embed(x, tokens, layout)
+        parts = self.packed_parts or (attention_input, block_output)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(packed_block, block, h, c, layout, use_reentrant=False)
+                h = checkpoint(packed_block, block, h, c, layout, parts, use_reentrant=False)
             else:
-                h = packed_block(block, h, c, layout)
+                h = packed_block(block, h, c, layout, parts)
         final = self.final_layer
         shift, scale = token_modulation(final.adaLN_modulation(c), 2, (1,), layout.sample)
         pred = final.linear(torch.addcmul(shift, final.norm_final(h), scale))
@@ -183,21 +229,38 @@ class SparseRefineNet(RefineNet):
 def token_modulation(mod: torch.Tensor, chunks: int, scales: tuple[int, ...], sample: torch.Tensor):
     """(B, chunks * D) adaLN output -> `chunks` per-token (N, D) views; 1 is added to the `scales` chunks on B rows."""
     b, width = mod.shape
-    one = torch.zeros(1, chunks, 1, dtype=mod.dtype, device=mod.device)
-    one[0, list(scales)] = 1
-    return (mod.view(b, chunks, width // chunks) + one).view(b, width).index_select(0, sample).chunk(chunks, dim=1)
+    one = torch.zeros(chunks, 1, dtype=mod.dtype, device=mod.device)
+    for i in scales:
+        one[i] = 1  # an integer index: a fill on the device, no index tensor copied from the host
+    return (mod.reshape(b, chunks, width // chunks) + one).view(b, width).index_select(0, sample).chunk(chunks, dim=1)
 
 
-def packed_block(block, x, c, layout: PackedLayout) -> torch.Tensor:
-    """A `DiTBlock` on packed tokens (N, D): per-token adaLN conditioning, attention within windows."""
-    mod = token_modulation(block.adaLN_modulation(c), 6, (1, 4), layout.sample)  # DiT's chunk order
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
-    attn = block.attn
-    n = x.shape[0]
-    qkv = attn.qkv(torch.addcmul(shift_msa, block.norm1(x), scale_msa))
-    a = packed_attention(attn.attention, qkv.view(n, 3, attn.num_heads, attn.head_dim), layout)
-    x = torch.addcmul(x, gate_msa, attn.proj(a))
+def attention_input(block, x, mod, sample) -> torch.Tensor:
+    """Packed (N, 3 * D) q, k, v of a `DiTBlock`: adaLN-modulated norm1, then the qkv projection."""
+    d = mod.shape[1] // 6  # DiT's chunk order: shift, scale, gate of attention, then of the MLP
+    shift_msa, scale_msa = token_modulation(mod[:, : 2 * d], 2, (1,), sample)
+    return block.attn.qkv(torch.addcmul(shift_msa, block.norm1(x), scale_msa))
+
+
+def block_output(block, x, a, mod, sample) -> torch.Tensor:
+    """The rest of a `DiTBlock` on packed tokens: gated attention projection, then the gated modulated MLP."""
+    d = mod.shape[1] // 6
+    gate_msa, shift_mlp, scale_mlp, gate_mlp = token_modulation(mod[:, 2 * d :], 4, (2,), sample)
+    x = torch.addcmul(x, gate_msa, block.attn.proj(a))
     return torch.addcmul(x, gate_mlp, block.mlp(torch.addcmul(shift_mlp, block.norm2(x), scale_mlp)))
+
+
+def packed_block(block, x, c, layout: PackedLayout, parts=(None, None)) -> torch.Tensor:
+    """A `DiTBlock` on packed tokens (N, D): per-token adaLN conditioning, attention within windows.
+
+    `parts` are (attention_input, block_output) or compiled versions of them.
+    """
+    pre, post = parts if parts[0] is not None else (attention_input, block_output)
+    mod = block.adaLN_modulation(c)
+    attn = block.attn
+    qkv = pre(block, x, mod, layout.sample)
+    a = packed_attention(attn.attention, qkv.view(x.shape[0], 3, attn.num_heads, attn.head_dim), layout)
+    return post(block, x, a, mod, layout.sample)
 
 
 def fine_cells(grain_map: torch.Tensor, grains: int) -> int:
@@ -205,4 +268,12 @@ def fine_cells(grain_map: torch.Tensor, grains: int) -> int:
     return int((grain_map > 0).sum()) * unit_cells(0, grains) ** 2
 
 
-__all__ = ["PackedLayout", "SparseRefineNet", "blockdiag_mask", "fine_cells", "packed_attention", "pad_windows"]
+__all__ = [
+    "PackedLayout",
+    "SparseRefineNet",
+    "blockdiag_mask",
+    "fine_cells",
+    "host_list",
+    "packed_attention",
+    "pad_windows",
+]
