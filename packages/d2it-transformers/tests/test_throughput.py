@@ -1,4 +1,4 @@
-"""GPU-throughput paths checked on the CPU: regional compilation without graph breaks, one host sync per sparse layout."""
+"""GPU-throughput paths checked on the CPU: regional compile without graph breaks, one host sync per sparse layout."""
 
 import warnings
 

@@ -11,6 +11,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch._dynamo.exc import TorchDynamoException
 
 from d2it_transformers.dit import DiTBlock
 
@@ -18,7 +19,8 @@ from d2it_transformers.dit import DiTBlock
 class GuardedCompiled:
     """A compiled callable that falls back to its eager twin (with one warning) if compiling or running it fails.
 
-    Out-of-memory errors pass through unchanged: they say the batch is too large, not that compiling failed.
+    Only compiler errors fall back; others (out of memory, checkpointing's recomputation control flow, the
+    model's own errors) pass through unchanged.
     """
 
     def __init__(self, compiled, eager, what: str):
@@ -30,9 +32,7 @@ class GuardedCompiled:
         if self.failed is None:
             try:
                 return self.compiled(*args, **kwargs)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as error:  # noqa: BLE001 (any backend failure means: run eager)
+            except TorchDynamoException as error:  # only compiler failures; the model's own errors pass through
                 self.failed = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
                 warnings.warn(f"torch.compile failed ({self.failed}); running {self.what} eagerly", RuntimeWarning,
                               stacklevel=2)  # fmt: skip
@@ -73,6 +73,16 @@ def compile_blocks(model: nn.Module, **options) -> int:
         if hasattr(module, "compile_packed"):  # the sparse RefineNet calls its blocks' parts on packed tokens
             module.compile_packed(**options)
     return compiled
+
+
+def compile_failures(model: nn.Module) -> list[str]:
+    """Why compiled regions of `model` fell back to eager (empty when none did)."""
+    found = []
+    for module in model.modules():
+        for fn in (module._compiled_call_impl, *(getattr(module, "packed_parts", None) or ())):
+            if isinstance(fn, GuardedCompiled) and fn.failed:
+                found.append(f"{fn.what}: {fn.failed}")
+    return found
 
 
 def compiled_regions(model: nn.Module) -> int:

@@ -20,13 +20,17 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module):
-        """shadow <- decay * shadow + (1 - decay) * weights; integer buffers are copied."""
+        """shadow <- decay * shadow + (1 - decay) * weights (one foreach lerp); integer buffers are copied."""
+        shadows, values = [], []
         for k, v in module.state_dict().items():
             s = self.shadow[k]
             if s.is_floating_point():
-                s.lerp_(v.detach().float(), 1.0 - self.decay)
+                shadows.append(s)
+                values.append(v.detach().float())
             else:
                 s.copy_(v)
+        if shadows:  # a few fused kernels for all tensors instead of one launch per tensor
+            torch._foreach_lerp_(shadows, values, 1.0 - self.decay)
 
     def state_dict(self) -> dict:
         """The shadow tensors."""

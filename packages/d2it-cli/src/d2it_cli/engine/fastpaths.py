@@ -1,6 +1,6 @@
 """Training and sampling fast paths, each an option that computes the same thing within dtype tolerance.
 
-`maybe_compile` (torch.compile with an eager fallback), `autocast` (bf16 mixed precision),
+`maybe_compile` (regional torch.compile of the transformer blocks, eager fallback), `autocast` (bf16),
 `make_adamw` (fused AdamW on CUDA), `configure_tf32` (TF32 matmuls on CUDA), `to_channels_last`
 (NHWC convolutions) and `set_grad_checkpointing` (recompute block activations in backward).
 """
@@ -11,6 +11,8 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+
+from d2it_transformers.regional import compile_blocks
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -57,9 +59,15 @@ class CompiledModule(nn.Module):
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def maybe_compile(model: nn.Module, enabled: bool, **compile_options) -> nn.Module:
-    """`model` wrapped in torch.compile when `enabled` (eager fallback with one warning on failure), else `model`."""
+def maybe_compile(model: nn.Module, enabled: bool, regional: bool = True, **compile_options) -> nn.Module:
+    """`model` with torch.compile when `enabled` (eager fallback with one warning on failure), else `model`.
+
+    `regional`: compile each transformer block in place (`d2it_transformers.regional`) and return the
+    model itself; models without such blocks, or `regional=False`, get the whole-model `CompiledModule`.
+    """
     if not enabled:
+        return model
+    if regional and compile_blocks(getattr(model, "module", model), **compile_options):  # DDP wraps .module
         return model
     try:
         return CompiledModule(model, **compile_options)
