@@ -157,6 +157,18 @@ def count_syncs(device, fn) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def fit_batch(before: dict, device, cap: int) -> int:
+    """The largest multiple of 16 whose activations fit 90% of the card, from the eager run's memory per sample.
+
+    Compiled blocks keep fewer activations than eager ones, so this errs on the safe side.
+    """
+    if device.type != "cuda" or not before.get("peak_memory_mib"):
+        return 64
+    total = torch.cuda.get_device_properties(device).total_memory / 2**20
+    per_sample = (before["peak_memory_mib"] - before["resident_mib"]) / before["batch"]
+    return max(16, min(cap, int((0.9 * total - before["resident_mib"]) / per_sample) // 16 * 16))
+
+
 def free(device):
     """Release cached memory between configurations."""
     gc.collect()
@@ -221,8 +233,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = interleaved({"step": self.step}, repeats=repeats, warmup=warmup, device=self.device)["step"]
-        peak = torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None
-        return {"step": times, "images_per_s": self.batch / times["median"], "peak_memory_mib": peak}
+        cuda = self.device.type == "cuda"
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        resident = torch.cuda.memory_allocated() / 2**20 if cuda else None  # weights, grads, optimizer, EMA
+        return {"step": times, "images_per_s": self.batch / times["median"], "peak_memory_mib": peak,
+                "resident_mib": resident}  # fmt: skip
 
 
 def train_model(name, sizes, device, precision, plan, clock, out_dir) -> dict:
@@ -240,27 +255,20 @@ def train_model(name, sizes, device, precision, plan, clock, out_dir) -> dict:
     # after: regional compile, foreach EMA, the largest batch memory allows
     trainer.foreach_ema = True
     compile_blocks(model, **plan["compile"])
+    batches = [b if b != "fit" else fit_batch(row["before"], device, plan["max_batch"]) for b in plan["batches"]]
     tried = []
-    per_sample, resident = None, 0.0
-    for batch in plan["batches"]:
+    while batches:
+        batch = batches.pop(0)
         if clock.left() < plan["stage_seconds"]:
             tried.append({"batch": batch, "skipped": "time budget"})
             continue
-        if batch == "fit":  # the largest batch memory allows, from the measured activation memory per sample
-            if per_sample is None or per_sample <= 0:
-                continue
-            total = torch.cuda.get_device_properties(device).total_memory / 2**20
-            batch = min(int((0.9 * total - resident) / per_sample) // 16 * 16, plan["max_batch"])
-            if batch <= max(r["batch"] for r in tried if "images_per_s" in r):
-                continue
         try:
             trainer.prepare(batch)
             result = {"batch": batch, "grad_checkpointing": False, **trainer.measure(plan["repeats"], 3)}
-            if device.type == "cuda":
-                resident = torch.cuda.memory_allocated() / 2**20  # weights, gradients, optimizer and EMA state
-                per_sample = (result["peak_memory_mib"] - resident) / batch
         except torch.OutOfMemoryError:
             result = {"batch": batch, "error": "out of memory"}
+            if batch > 16:
+                batches.append(max(16, batch // 32 * 16))  # half of it, once more
         free(device)
         tried.append(result)
     ok = [r for r in tried if "images_per_s" in r]
@@ -407,6 +415,9 @@ def print_table(result: dict, rows, targets):
         value = t.get("value")
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"{'MET ' if t['met'] else 'MISS'} {key}: {shown}")
+    for name, row in result["train"].items():
+        for failure in row.get("compile_failures") or ([row["error"]] if "error" in row else []):
+            print(f"{name}: {failure}")
     print(f"sparse forward host syncs (new grain map): {result.get('sparse_forward_syncs')}; "
           f"{result['seconds']:.0f} s")  # fmt: skip
 
@@ -415,7 +426,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (a test of this script)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu-results", help="result folder")
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds; later stages are skipped past it")
+    parser.add_argument("--budget", type=float, default=400.0, help="seconds; later stages are skipped past it")
     parser.add_argument("--models", default=",".join(NAMES), help="comma-separated subset of " + ", ".join(NAMES))
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.dry_run
@@ -425,14 +436,15 @@ def main(argv=None):
     if args.dry_run:
         sizes = {"latent": 8, "batch": 2, "sample_batch": 2, "count_batch": 2, "routed_depth": 1, "refine_depth": 1,
                  "options": {"depth": 2, "hidden_size": 64, "num_heads": 2}}  # fmt: skip
-        plan = {"repeats": 1, "steps": 2, "batches": [4, "fit"], "max_batch": 8, "stage_seconds": 0,
-                "compile": {"backend": "eager"}}  # fmt: skip
+        plan = {"repeats": 1, "steps": 2, "batches": [4], "max_batch": 8, "stage_seconds": 0,
+                "compile": {"backend": "eager", "dynamic": True}}  # fmt: skip
         mm_n = 256
     else:
         sizes = {"latent": 32, "batch": 32, "sample_batch": 32, "count_batch": 8, "routed_depth": 22,
                  "refine_depth": 6, "options": {}}  # fmt: skip
-        plan = {"repeats": 4, "steps": 10, "batches": [64, "fit"], "max_batch": 256, "stage_seconds": 25,
-                "compile": {}}  # fmt: skip
+        # dynamic shapes: one compiled graph per block type for every batch size (and packed token count)
+        plan = {"repeats": 4, "steps": 10, "batches": ["fit"], "max_batch": 256, "stage_seconds": 25,
+                "compile": {"dynamic": True}}  # fmt: skip
         mm_n = 8192
     # every block type, batch size and grad mode adds a cache entry to the one shared block code object
     for key in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
