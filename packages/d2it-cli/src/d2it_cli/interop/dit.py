@@ -65,7 +65,7 @@ def dit_geometry(tensors: dict, path="checkpoint", num_heads: int | None = None)
         "learn_sigma": out == 2 * in_channels,
     }
     return {
-        "backbone": f"dit-{size}" if patch == 2 else f"dit-{size}/1",
+        "backbone": f"dit-{size}/1" if patch == 1 else f"dit-{size}",  # patch 4: patch_size option
         "backbone_options": options,
         "input_size": grid * patch,
         "in_channels": in_channels,
