@@ -32,10 +32,13 @@ THIRD_PARTY = [
     "pillow>=9",
     "lpips>=0.1.4",
     "torch-fidelity>=0.3",
+    "huggingface_hub>=0.25",
     "pytest>=7",
     "setuptools>=64",
     "wheel",
 ]
+# only the tests need these (the oracle of the interop parity tests), so no package depends on them
+TEST_ONLY = ["diffusers>=0.30"]
 SHARED = ROOT / ".nox" / "_shared"
 PLUGINS = ROOT / ".nox" / "_example_plugins"
 BIN = SHARED / ("Scripts" if os.name == "nt" else "bin")
@@ -56,10 +59,10 @@ _fresh = []  # set once our packages were reinstalled in this nox run
 def shared_env(session) -> dict:
     """Create or refresh the shared venv, reinstall our packages from source once per run, return its env."""
     stamp = SHARED / ".deps"
-    want = hashlib.sha256("\n".join(TORCH + THIRD_PARTY).encode()).hexdigest()
+    want = hashlib.sha256("\n".join(TORCH + THIRD_PARTY + TEST_ONLY).encode()).hexdigest()
     if not stamp.is_file() or stamp.read_text() != want:
         _run(session, sys.executable, "-m", "venv", "--clear", str(SHARED))
-        _run(session, str(BIN / "python"), "-m", "pip", "install", "-q", *TORCH, *THIRD_PARTY)
+        _run(session, str(BIN / "python"), "-m", "pip", "install", "-q", *TORCH, *THIRD_PARTY, *TEST_ONLY)
         stamp.write_text(want)
     if not _fresh:
         _pip_install(session, "--force-reinstall", *(str(ROOT / "packages" / p) for p in PACKAGES))

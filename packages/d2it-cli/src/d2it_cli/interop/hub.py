@@ -216,5 +216,5 @@ def push_system(
             repo_type="model",
         )
     except HfHubHTTPError as exc:
-        raise CheckpointError(f"cannot push to {repo_id} ({exc}); log in with `hf auth login`") from None
+        raise CheckpointError(f"cannot push to {repo_id} ({exc}); log in first (hf auth login, or set HF_TOKEN)") from None
     return {"url": str(url), "files": [*files, CARD], "card": card}
