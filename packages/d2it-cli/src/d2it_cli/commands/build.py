@@ -9,6 +9,7 @@ from d2it import system as systems
 from d2it.config import parse_sets
 from d2it.counting import count
 from d2it.errors import ConfigError
+from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.table import format_table
 
 DEFAULT_GRAIN = "dgt-s"
@@ -90,7 +91,7 @@ def providers(system, registry) -> dict[str, str]:
 @click.option("--image-size", default=256, show_default=True, type=int)
 @click.option("--num-classes", default=1000, show_default=True, type=int, help="1 = unconditional.")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE", help="Override a component option.")
-@click.option("--from", "from_dir", type=click.Path(file_okay=False), help="Load a saved model directory instead.")
+@click.option("--from", "from_dir", type=SYSTEM_DIR, help="Load a saved model directory (or hf://OWNER/NAME).")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the model directory here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--no-count", is_flag=True, help="Skip MAC counting.")

@@ -14,6 +14,7 @@ from d2it import system as systems
 from d2it.errors import DataError
 from d2it.io import atomic_write_text, save_safetensors, state_sha256
 from d2it_cli.cache import FORMAT, MANIFEST, VERSIONS, shard_name
+from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import dataset_classes, open_dataset
 from d2it_cli.engine import dist
 from d2it_cli.engine.parts import load_vae
@@ -57,7 +58,7 @@ class ShardWriter:
     "--system",
     "system_dir",
     required=True,
-    type=click.Path(file_okay=False),
+    type=WRITABLE_SYSTEM_DIR,
     help="Model directory with a trained DVAE.",
 )
 @click.option("--data", required=True, help="Image directory, 'synthetic' or 'synthetic:N'.")

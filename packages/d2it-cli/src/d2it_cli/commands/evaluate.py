@@ -10,6 +10,7 @@ import click
 from d2it import system as systems
 from d2it.errors import D2itError
 from d2it.io import atomic_write_text
+from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.evaluation.extractor import INCEPTION
 from d2it_cli.evaluation.recon import RECON_METRICS
 from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics
@@ -144,7 +145,7 @@ def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor,
 
 
 @eval_group.command("recon")
-@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False), help="Model directory.")
+@click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Model directory or hf://REPO.")
 @click.option("--data", required=True, help="Image folder, 'synthetic' or 'synthetic:N'.")
 @click.option("--num", type=click.IntRange(min=1), help="Use the first N images (rFID-10K: 10000).")
 @click.option("--metrics", "metric_names", default=",".join(RECON_METRICS), show_default=True,
@@ -170,7 +171,7 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 
 
 @eval_group.command("sample-and-score")
-@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False), help="Model directory.")
+@click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Model directory or hf://REPO.")
 @click.option("--ref", required=True, type=click.Path(), help="Reference: stats file, image folder or ADM .npz.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="fid-10k (FFHQ) or fid-50k (ImageNet, +IS, P/R).")
 @click.option("--num", type=click.IntRange(min=1), help="Number of samples (overrides the preset).")

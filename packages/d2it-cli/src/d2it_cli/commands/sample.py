@@ -9,8 +9,10 @@ import click
 import numpy as np
 
 from d2it import system as systems
+from d2it.errors import ConfigError
 from d2it_cli import generation
 from d2it_cli import images as imgs
+from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.engine import dist
 
 GRID_NAME = "grid.png"
@@ -48,7 +50,7 @@ def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
 
 
 @click.command()
-@click.option("--system", "system_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--system", "system_dir", required=True, type=SYSTEM_DIR,
               help="Trained model directory.")
 @click.option("--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of samples.")
 @click.option("--class", "class_list", default=None, metavar="I,J,...", help="Class indices, cycled over the samples.")
@@ -78,6 +80,11 @@ def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cf
     classes = generation.parse_classes(class_list)
     dev = dist.init_distributed(device)
     record, _ = systems.read_record(system_dir)
+    if not record.vae:
+        raise ConfigError(
+            f"the system in {system_dir} has no VAE, so it cannot make images; add one with "
+            f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
+        )
     # reject bad classes before loading weights
     generation.sample_labels(num, record.num_classes, classes=classes, classes_uniform=classes_uniform, seed=seed)
     if sampler is not None and registry is not None:

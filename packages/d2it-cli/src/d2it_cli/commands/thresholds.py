@@ -13,6 +13,7 @@ from d2it import system as systems
 from d2it.errors import ConfigError
 from d2it.io import atomic_write_text
 from d2it.system import torch_device
+from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import open_dataset
 
 
@@ -44,7 +45,7 @@ def _coder(system_dir, registry, image_size, grains):
 @click.option(
     "--system",
     "system_dir",
-    type=click.Path(file_okay=False),
+    type=WRITABLE_SYSTEM_DIR,
     help="Model directory: its VAE's coder is used and the thresholds are stored in its d2it.json.",
 )
 @click.option(

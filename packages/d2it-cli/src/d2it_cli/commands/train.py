@@ -6,6 +6,7 @@ import click
 
 from d2it import system as systems
 from d2it.errors import ConfigError
+from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import open_dataset
 from d2it_cli.engine import Trainer, dist
 from d2it_cli.engine.parts import engine_options, load_vae, train_config
@@ -16,7 +17,7 @@ SYSTEM = click.option(
     "--system",
     "system_dir",
     required=True,
-    type=click.Path(file_okay=False),
+    type=WRITABLE_SYSTEM_DIR,
     help="Model directory (from d2it build); the trained part is written back into it.",
 )
 

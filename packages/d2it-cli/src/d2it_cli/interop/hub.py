@@ -179,7 +179,7 @@ def model_card(folder, repo_id: str, registry=None) -> str:
 
 
 def _upload_list(folder: Path) -> list[str]:
-    record, _ = systems.read_record(folder)
+    systems.read_record(folder)  # a system directory, or a clear error
     files = [systems.RECORD_FILE]
     files += sorted(p.name for p in folder.glob("*.safetensors"))
     files += sorted(_eval_documents(folder))
@@ -216,5 +216,6 @@ def push_system(
             repo_type="model",
         )
     except HfHubHTTPError as exc:
-        raise CheckpointError(f"cannot push to {repo_id} ({exc}); log in first (hf auth login, or set HF_TOKEN)") from None
+        hint = "log in first (hf auth login, or set HF_TOKEN)"
+        raise CheckpointError(f"cannot push to {repo_id} ({exc}); {hint}") from None
     return {"url": str(url), "files": [*files, CARD], "card": card}

@@ -1,0 +1,150 @@
+"""`d2it import` / `d2it push` from the command line and `hf://` systems, against a local stand-in for the Hub.
+
+Nothing touches the network: the Hub's cache is a temporary folder (`HF_HUB_CACHE`, offline mode)
+and the upload API is replaced by one that writes the commit into a folder.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import d2it
+from d2it import system as systems
+from d2it_cli.interop import hub
+
+huggingface_hub = pytest.importorskip("huggingface_hub")
+constants = pytest.importorskip("huggingface_hub.constants")
+
+TINY_DIT = {"depth": 1, "hidden_size": 32, "num_heads": 2}
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty Hub cache, offline: only what a test puts there can be resolved."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_repo(cache, repo_id: str, files_from, commit: str = COMMIT, ref: str = "main"):
+    """Lay a folder out as the Hub's cache does: models--OWNER--NAME/{refs/REF, snapshots/COMMIT/...}."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    shutil.copytree(files_from, repo / "snapshots" / commit, dirs_exist_ok=True)
+    return repo / "snapshots" / commit
+
+
+def tiny_system(tmp_path, name="sys", image_size=16):
+    record = systems.SystemRecord(
+        backbone="dit-s", vae=None, image_size=image_size, num_classes=4,
+        options={"backbone": TINY_DIT, "sampler": {"steps": 2}},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    system = systems.build(record)
+    systems.save(system, tmp_path / name)
+    return tmp_path / name
+
+
+def test_hf_system_resolves_from_the_cache_and_samples(tmp_path, offline_cache, run_cli):
+    snapshot = cache_repo(offline_cache, "me/tiny-dit", tiny_system(tmp_path))
+    assert hub.resolve_system("hf://me/tiny-dit") == snapshot
+    assert hub.resolve_system(f"hf://me/tiny-dit@{COMMIT}") == snapshot
+    result = run_cli("build", "--from", "hf://me/tiny-dit", "--json", "--no-count", "--out", tmp_path / "copy")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["system"]["backbone"] == "dit-s"
+    assert (tmp_path / "copy" / "content.safetensors").is_file()
+
+
+def test_offline_without_a_cached_copy_exits_2_naming_the_repo(tmp_path, offline_cache, run_cli):
+    result = run_cli("build", "--from", "hf://someone/missing-system", "--no-count")
+    assert result.exit_code == 2
+    assert "someone/missing-system" in result.output and "offline" in result.output
+    out = tmp_path / "o"
+    result = run_cli("import", "dit", "--checkpoint", tmp_path / "x.pt", "--vae", "sd-vae-ft-mse", "--out", out)
+    assert result.exit_code == 2 and "stabilityai/sd-vae-ft-mse" in result.output
+
+
+def test_writing_commands_refuse_hub_systems(run_cli, offline_cache):
+    result = run_cli("thresholds", "--system", "hf://me/tiny-dit", "--data", "synthetic:4")
+    assert result.exit_code == 2 and "d2it build --from hf://me/tiny-dit --out DIR" in result.output
+
+
+def test_bad_hub_ids_are_user_errors(run_cli, offline_cache):
+    result = run_cli("build", "--from", "hf://not-a-repo-id", "--no-count")
+    assert result.exit_code == 2 and "hf://OWNER/NAME" in result.output
+
+
+def test_push_uploads_one_commit_with_a_model_card_and_round_trips(tmp_path, offline_cache, monkeypatch, run_cli):
+    folder = tiny_system(tmp_path)
+    (folder / "eval").mkdir()
+    (folder / "eval" / "metrics.json").write_text(json.dumps({"metrics": {"fid": 12.5, "isc": 3.0}}))
+    (folder / "runs" / "content").mkdir(parents=True)
+    (folder / "runs" / "content" / "train.json").write_text(json.dumps({"batch": 256, "lr": 1e-4}))
+    (folder / "runs" / "content" / "big.ckpt").write_bytes(b"not uploaded")
+    remote = tmp_path / "remote"
+    calls = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None, **kwargs):
+        calls["repo"] = (repo_id, private, exist_ok)
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_commit(self, repo_id, operations, commit_message=None, revision=None, repo_type=None, **kwargs):
+        calls["commit"] = commit_message
+        for op in operations:
+            target = remote / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = op.path_or_fileobj
+            target.write_bytes(data if isinstance(data, bytes) else open(data, "rb").read())
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    result = run_cli("push", folder, "me/pushed", "--private")
+    assert result.exit_code == 0, result.output
+    assert calls["repo"] == ("me/pushed", True, True) and "hf://me/pushed" in result.output
+    uploaded = sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file())
+    assert uploaded == ["README.md", "content.safetensors", "d2it.json", "eval/metrics.json"]
+    card = (remote / "README.md").read_text()
+    assert "library_name: d2it" in card and "| backbone | `dit-s` | d2it-transformers" in card
+    assert "| fid | 12.5 |" in card and '"batch": 256' in card
+    for dist in systems.package_versions():
+        assert dist in card
+    # what was pushed, fetched back through the cache, is the same system
+    cache_repo(offline_cache, "me/pushed", remote)
+    pulled = systems.load(hub.resolve_system("hf://me/pushed"))
+    original = systems.load(folder)
+    for key, value in original.content.state_dict().items():
+        assert torch.equal(pulled.content.state_dict()[key], value)
+
+
+def test_push_dry_run_and_bad_folder(tmp_path, run_cli):
+    folder = tiny_system(tmp_path)
+    result = run_cli("push", folder, "me/x", "--dry-run")
+    assert result.exit_code == 0 and "README.md" in result.output and "d2it.json" in result.output
+    result = run_cli("push", tmp_path / "nothing", "me/x")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+# -- import from the command line --------------------------------------------------------------------
+def test_import_commands(tmp_path, run_cli):
+    state_model = d2it.create(
+        "backbone", "dit-s", TINY_DIT, input_size=4, in_channels=4, num_classes=10, grains=None, attention=None
+    )
+    torch.save(state_model.state_dict(), tmp_path / "dit.pt")
+    result = run_cli("import", "dit", "--checkpoint", tmp_path / "dit.pt", "--num-heads", 2,
+                     "--out", tmp_path / "imported", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert (summary["image_size"], summary["num_classes"], summary["guidance"]) == (32, 10, "dit")
+    result = run_cli("sample", "--system", tmp_path / "imported", "--num", 2, "--steps", 2, "--cfg-scale", 1.5,
+                     "--out", tmp_path / "samples", "--quiet")  # fmt: skip
+    assert result.exit_code == 2 and "has no VAE" in result.output and "import sd-vae" in result.output
+    result = run_cli("import", "dit", "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = run_cli("import", "sd-vae", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "nowhere" in result.output
