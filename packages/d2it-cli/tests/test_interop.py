@@ -5,6 +5,12 @@ Our `dit-*` equals diffusers' `DiTTransformer2DModel` with mapped weights, our `
 `DDPMScheduler` on the same noise and labels.
 """
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,7 +18,7 @@ import d2it
 from d2it import system as systems
 from d2it.errors import CheckpointError, D2itError
 from d2it_cli.interop import import_dit, import_sd_vae, read_sd_vae
-from d2it_cli.interop.dit import dit_geometry
+from d2it_cli.interop.dit import dit_geometry, dit_to_diffusers
 from d2it_sampling import diffusion as diffusion_module
 from d2it_sampling.guidance import conditioned_model
 from d2it_sampling.pipeline import make_diffusion
@@ -50,32 +56,6 @@ def official_dit_state(learn_sigma=True, class_dropout=0.1, num_classes=1000, se
     return {k: v.clone() for k, v in _randomise(model, seed=seed).state_dict().items()}
 
 
-def to_diffusers_dit(state: dict, depth: int) -> dict:
-    """Official DiT names -> diffusers' DiTTransformer2DModel (as diffusers' convert_dit_to_diffusers.py)."""
-    out = {
-        "pos_embed.proj.weight": state["x_embedder.proj.weight"],
-        "pos_embed.proj.bias": state["x_embedder.proj.bias"],
-        "proj_out_1.weight": state["final_layer.adaLN_modulation.1.weight"],
-        "proj_out_1.bias": state["final_layer.adaLN_modulation.1.bias"],
-        "proj_out_2.weight": state["final_layer.linear.weight"],
-        "proj_out_2.bias": state["final_layer.linear.bias"],
-    }
-    for i in range(depth):
-        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
-        # diffusers repeats the shared timestep and label embedders in every block
-        for kind in ("weight", "bias"):
-            out[f"{d}norm1.emb.timestep_embedder.linear_1.{kind}"] = state[f"t_embedder.mlp.0.{kind}"]
-            out[f"{d}norm1.emb.timestep_embedder.linear_2.{kind}"] = state[f"t_embedder.mlp.2.{kind}"]
-            out[f"{d}norm1.linear.{kind}"] = state[f"{b}adaLN_modulation.1.{kind}"]
-            q, k, v = state[f"{b}attn.qkv.{kind}"].chunk(3)
-            out[f"{d}attn1.to_q.{kind}"], out[f"{d}attn1.to_k.{kind}"], out[f"{d}attn1.to_v.{kind}"] = q, k, v
-            out[f"{d}attn1.to_out.0.{kind}"] = state[f"{b}attn.proj.{kind}"]
-            out[f"{d}ff.net.0.proj.{kind}"] = state[f"{b}mlp.fc1.{kind}"]
-            out[f"{d}ff.net.2.{kind}"] = state[f"{b}mlp.fc2.{kind}"]
-        out[f"{d}norm1.emb.class_embedder.embedding_table.weight"] = state["y_embedder.embedding_table.weight"]
-    return out
-
-
 def diffusers_dit(state: dict, learn_sigma=True):
     """diffusers' DiT with `state` mapped in; its timestep frequencies set to DiT's.
 
@@ -88,7 +68,7 @@ def diffusers_dit(state: dict, learn_sigma=True):
         out_channels=8 if learn_sigma else 4, num_layers=DEPTH, sample_size=LATENT, patch_size=2,
         num_embeds_ada_norm=1000, norm_eps=1e-6,
     )  # fmt: skip
-    missing, unexpected = model.load_state_dict(to_diffusers_dit(state, DEPTH), strict=False)
+    missing, unexpected = model.load_state_dict(dit_to_diffusers(state), strict=False)
     assert not unexpected and all(k == "pos_embed.pos_embed" for k in missing), (missing, unexpected)
     for block in model.transformer_blocks:
         block.norm1.emb.time_proj.downscale_freq_shift = 0
@@ -310,3 +290,16 @@ def test_learned_variance_steps_equal_ddpm_scheduler(tmp_path):
         z = sampler.sample(lambda xx, tt: system.content(xx, tt, labels), make_diffusion(system), (2, 4, 8, 8),
                            noise=x_T, progress=False)  # fmt: skip
     torch.testing.assert_close(z, x, rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_parity_script_dry_run(tmp_path):
+    """benchmarks/gpu_parity.py on tiny sizes (CPU): the check a GPU run makes at DiT-XL/2 size."""
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_parity.py"
+    if not script.exists():
+        pytest.skip("benchmarks/ is not next to this package (installed elsewhere)")
+    env = {**os.environ, "OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(script), "--dry-run", "--batch", "2", "--steps", "3"],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "gpu_parity.json").read_text())
+    assert doc["gpu_parity"]["float32"]["images"] < 1e-4 and doc["gpu_parity"]["bfloat16"]["ok"]

@@ -117,3 +117,34 @@ def import_dit(checkpoint, out, *, vae=None, num_heads: int | None = None, regis
         extra["imported"]["vae"] = vae_state["source"]
     systems.save(system.eval(), out, extra=extra)
     return system
+
+
+def dit_to_diffusers(state: dict) -> dict:
+    """DiT's (and `dit-*`'s) names -> diffusers' `DiTTransformer2DModel` (as diffusers' convert_dit_to_diffusers.py).
+
+    diffusers repeats the shared timestep and label embedders in every block and splits the fused
+    qkv projection. Its model computes timestep frequencies with `downscale_freq_shift=1` where DiT
+    uses 0: set `block.norm1.emb.time_proj.downscale_freq_shift = 0` for DiT's numbers.
+    """
+    depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    out = {
+        "pos_embed.proj.weight": state["x_embedder.proj.weight"],
+        "pos_embed.proj.bias": state["x_embedder.proj.bias"],
+        "proj_out_1.weight": state["final_layer.adaLN_modulation.1.weight"],
+        "proj_out_1.bias": state["final_layer.adaLN_modulation.1.bias"],
+        "proj_out_2.weight": state["final_layer.linear.weight"],
+        "proj_out_2.bias": state["final_layer.linear.bias"],
+    }
+    for i in range(depth):
+        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{d}norm1.emb.timestep_embedder.linear_1.{kind}"] = state[f"t_embedder.mlp.0.{kind}"]
+            out[f"{d}norm1.emb.timestep_embedder.linear_2.{kind}"] = state[f"t_embedder.mlp.2.{kind}"]
+            out[f"{d}norm1.linear.{kind}"] = state[f"{b}adaLN_modulation.1.{kind}"]
+            q, k, v = state[f"{b}attn.qkv.{kind}"].chunk(3)
+            out[f"{d}attn1.to_q.{kind}"], out[f"{d}attn1.to_k.{kind}"], out[f"{d}attn1.to_v.{kind}"] = q, k, v
+            out[f"{d}attn1.to_out.0.{kind}"] = state[f"{b}attn.proj.{kind}"]
+            out[f"{d}ff.net.0.proj.{kind}"] = state[f"{b}mlp.fc1.{kind}"]
+            out[f"{d}ff.net.2.{kind}"] = state[f"{b}mlp.fc2.{kind}"]
+        out[f"{d}norm1.emb.class_embedder.embedding_table.weight"] = state["y_embedder.embedding_table.weight"]
+    return out
