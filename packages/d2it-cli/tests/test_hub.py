@@ -144,7 +144,39 @@ def test_import_commands(tmp_path, run_cli):
     result = run_cli("sample", "--system", tmp_path / "imported", "--num", 2, "--steps", 2, "--cfg-scale", 1.5,
                      "--out", tmp_path / "samples", "--quiet")  # fmt: skip
     assert result.exit_code == 2 and "has no VAE" in result.output and "import sd-vae" in result.output
+    # the VAE goes into the same directory (a diffusers folder); then the system makes images
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(
+        block_out_channels=(32,) * 4, layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, scaling_factor=0.13025,
+    ).save_pretrained(tmp_path / "vae")  # fmt: skip
+    result = run_cli("import", "sd-vae", tmp_path / "vae", "--out", tmp_path / "imported", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["latent_scale"] == pytest.approx(0.13025)
+    record, doc = systems.read_record(tmp_path / "imported")
+    assert record.vae == "vae-f8" and record.options["guidance"] == {"channels": "dit"}
+    assert doc["extra"]["imported"]["from"] == "dit" and doc["extra"]["imported_vae"]["source"] == "vae"
+    result = run_cli("sample", "--system", tmp_path / "imported", "--num", 2, "--steps", 2, "--cfg-scale", 1.5,
+                     "--out", tmp_path / "samples", "--quiet", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["num"] == 2
     result = run_cli("import", "dit", "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "does not exist" in result.output
     result = run_cli("import", "sd-vae", tmp_path / "nowhere", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "nowhere" in result.output
+
+
+def test_build_sets_latent_scale_and_guidance_channels(tmp_path, run_cli):
+    result = run_cli(
+        "build", "--vae", "vae-f8", "--backbone", "dit-s", "--image-size", 16, "--no-count", "--out", tmp_path / "s",
+        "--set", "vae.base_width=32", "--set", "vae.channel_mult=1,2", "--set", "vae.decoder_mult=1,2",
+        "--set", "backbone.depth=1", "--set", "backbone.hidden_size=32", "--set", "backbone.num_heads=2",
+        "--set", "system.latent_scale=0.18215", "--set", "guidance.channels=dit",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record, _ = systems.read_record(tmp_path / "s")
+    assert record.latent_scale == pytest.approx(0.18215) and record.options["guidance"] == {"channels": "dit"}
+    assert record.options["vae"]["quant_conv"] is True
+    bad = run_cli("build", "--backbone", "dit-s", "--no-count", "--set", "guidance.channels=four")
+    assert bad.exit_code == 2 and "all, dit" in bad.output

@@ -77,6 +77,11 @@ def test_train_dvae_logs_previews_checkpoints_and_writes_weights_back(tiny_syste
     saved, _ = load_safetensors(ckpt / "vae.safetensors")
     assert all(torch.equal(weights[k], saved[k]) for k in weights)
     systems.load(tiny_system)  # the directory still loads as a whole
+    # the loss convention is recorded next to the weights: LDM's normalisation with its learned log-variance
+    convention = systems.read_record(tiny_system)[1]["extra"]["vae_loss"]
+    assert convention["normalization"] == "ldm" and convention["learn_logvar"] and convention["reg_weight"] == 1e-6
+    assert convention["logvar"] != 0.0  # it trained
+    assert "loss_logvar.safetensors" in {p.name for p in ckpt.iterdir()}
     # --resume latest continues at step 3 with the same run directory
     result = run_cli(
         "train",

@@ -32,7 +32,7 @@ def test_gan_terms_start_at_disc_start(setup):
     d_loss, d_logs = loss_fn.discriminator_loss(x, out, step=9)
     assert d_loss.item() == 0.0 and d_loss.requires_grad
     loss2, logs2 = loss_fn.generator_loss(x, out, step=10)
-    assert logs2["g_loss"] != 0.0 and 0.0 < logs2["d_weight"] <= 0.75
+    assert logs2["g_loss"] != 0.0 and 0.0 < logs2["d_weight"] <= 0.75 * pixels  # the cap on the pixel-mean scale
     assert loss2.item() == pytest.approx(loss.item() + logs2["d_weight"] * logs2["g_loss"], rel=1e-4)
 
 
@@ -48,6 +48,7 @@ def test_adaptive_weight_matches_gradient_ratio_and_cap(setup):
     assert loss_fn.adaptive_weight(nll, g).item() == pytest.approx((a / (b + 1e-4)).item(), rel=1e-4)
     capped = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, adaptive_cap=1e-6)
     assert capped.adaptive_weight(nll, g).item() == pytest.approx(1e-6)
+    assert capped.adaptive_weight(nll, g, cap_scale=3.0).item() == pytest.approx(3e-6)
     with torch.no_grad():
         assert loss_fn.adaptive_weight(nll.detach(), g.detach()).item() == 0.0
 
@@ -129,7 +130,7 @@ def test_kl_loss_is_normalised_as_ldm(logvar):
     # the KL weighs like LDM's whatever the image size: ratio of KL to NLL gradients is size-free
     assert loss_fn.convention() == {
         "normalization": "ldm", "reg_weight": 1e-6, "perceptual_weight": 1.0, "adaptive_cap": 0.75,
-        "learn_logvar": True, "logvar_init": logvar, "logvar": pytest.approx(logvar),
+        "adaptive_cap_times_pixels": True, "learn_logvar": True, "logvar_init": logvar, "logvar": pytest.approx(logvar),
     }  # fmt: skip
 
 

@@ -175,6 +175,7 @@ class VAELoss(nn.Module):
             "reg_weight": float(self.reg_weight),
             "perceptual_weight": float(perceptual_weight),
             "adaptive_cap": float(adaptive_cap),
+            "adaptive_cap_times_pixels": self.normalization == "ldm",  # see adaptive_weight
             "learn_logvar": learn,
             "logvar_init": float(logvar_init),
         }
@@ -194,15 +195,20 @@ class VAELoss(nn.Module):
         """True once `step` reaches `disc_start` (and the GAN has weight)."""
         return step >= self.disc_start and self.disc_weight > 0
 
-    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
-        """min(||grad nll|| / ||grad g_loss||, cap) on the decoder's last layer, times disc_weight (VQGAN eq. 7)."""
+    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, cap_scale: float = 1.0) -> torch.Tensor:
+        """min(||grad nll|| / ||grad g_loss||, cap · cap_scale) on the decoder's last layer, times disc_weight.
+
+        VQGAN eq. 7 with DQ-VAE's cap. The ratio grows with the reconstruction's normalisation (a
+        per-sample sum is 3·H·W times a pixel mean), so `generator_loss` scales the cap by the same
+        factor under `ldm`: the GAN then weighs against the reconstruction as in DQ-VAE at any size.
+        """
         last = self._last_layer()
         if not (torch.is_grad_enabled() and last.requires_grad and nll.requires_grad and g_loss.requires_grad):
             return torch.zeros((), device=nll.device)
         nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
         weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
-        return weight.clamp(0.0, self.adaptive_cap).detach() * self.disc_weight
+        return weight.clamp(0.0, self.adaptive_cap * cap_scale).detach() * self.disc_weight
 
     def reconstruction_nll(self, images: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The reconstruction term, normalised as `self.normalization`, and its parts (means) as floats."""
@@ -228,7 +234,8 @@ class VAELoss(nn.Module):
         logs.update(nll=nll.item(), reg=out.reg_loss.item())
         if self.gan_active(step):
             g_loss = -self.discriminator(recon).mean()
-            d_weight = self.adaptive_weight(nll, g_loss)
+            cap_scale = images[0].numel() if self.normalization == "ldm" else 1.0
+            d_weight = self.adaptive_weight(nll, g_loss, cap_scale)
             loss = loss + d_weight * g_loss
             logs.update(g_loss=g_loss.item(), d_weight=float(d_weight))
         else:
