@@ -88,3 +88,48 @@ def test_main_reports_errors_without_traceback(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown backbone") and "Traceback" not in err
+
+
+VAE_TINY = ["--vae", "dvae-kl", "--set", "vae.base_width=8", "--set", "vae.norm_groups=4",
+            "--set", "vae.num_res_blocks=1", "--set", "vae.attn_levels=0"]  # fmt: skip
+
+
+def test_regularizer_options_have_their_own_slot(cli, tmp_path):
+    out = tmp_path / "fsq"
+    args = ["build", *TINY, *VAE_TINY, "--set", "vae.regularizer=fsq", "--set", "regularizer.levels=8,8,8,8"]
+    doc = json.loads(invoke(cli, *args, "--no-count", "--json", "--out", out).output)
+    assert doc["system"]["options"]["regularizer"] == {"levels": [8, 8, 8, 8], "eps": 1e-3, "loss_weight": 1.0}
+    assert doc["providers"]["regularizer"].startswith("d2it-vae ")
+    saved = json.loads((out / "d2it.json").read_text())
+    assert saved["providers"]["regularizer"] == {
+        "kind": "regularizer", "name": "fsq", "dist": "d2it-vae", "version": saved["versions"]["d2it-vae"]
+    }  # fmt: skip
+    assert saved["providers"]["backbone"]["dist"] == "d2it-transformers"
+    table = invoke(cli, "build", "--from", out, "--no-count").output
+    assert "regularizer" in table and "fsq" in table and "d2it-vae" in table
+    # the options reach the regularizer, and the loss weight is one of them
+    vq = json.loads(invoke(cli, "build", *TINY, *VAE_TINY, "--set", "vae.regularizer=vq",
+                           "--set", "regularizer.codebook_size=16", "--set", "regularizer.loss_weight=0.5",
+                           "--no-count", "--json").output)  # fmt: skip
+    assert vq["system"]["options"]["regularizer"]["codebook_size"] == 16
+    bad = CliRunner().invoke(cli, ["build", *TINY, *VAE_TINY, "--set", "regularizer.levels=8,8,8,8"])
+    assert bad.exit_code == 2 and "regularizer has no option 'levels'" in bad.output
+    bad = CliRunner().invoke(cli, ["build", *TINY, "--set", "regularizer.levels=8,8,8,8"])
+    assert bad.exit_code == 2 and "does not use" in bad.output
+
+
+def test_a_missing_provider_names_the_distribution_to_install(cli, tmp_path):
+    out = tmp_path / "system"
+    invoke(cli, "build", *TINY, "--no-count", "--out", out)
+    doc = json.loads((out / "d2it.json").read_text())
+    doc["system"]["sampler"] = "ghost-sampler"
+    doc["system"]["options"]["sampler"] = {}
+    doc["providers"]["sampler"] = {"kind": "sampler", "name": "ghost-sampler", "dist": "d2it-ghost", "version": "1.2"}
+    (out / "d2it.json").write_text(json.dumps(doc))
+    bad = CliRunner().invoke(cli, ["build", "--from", out, "--no-count"])
+    assert bad.exit_code == 2
+    assert "sampler 'ghost-sampler' from d2it-ghost 1.2" in bad.output and "pip install 'd2it-ghost==1.2'" in bad.output
+    del doc["providers"]
+    (out / "d2it.json").write_text(json.dumps(doc))
+    bad = CliRunner().invoke(cli, ["build", "--from", out, "--no-count"])
+    assert bad.exit_code == 2 and "unknown sampler 'ghost-sampler'; valid samplers: ddim" in bad.output

@@ -12,7 +12,14 @@ class TestDVAEKL(VAEConformance):
 
 class TestDVAEVQ(VAEConformance):
     name = "dvae-vq"
-    overrides = {**TINY, "codebook_size": 64}
+    overrides = TINY
+    regularizer_options = {"codebook_size": 64}
+
+
+class TestDVAEFSQ(VAEConformance):
+    name = "dvae-kl"
+    overrides = {**TINY, "regularizer": "fsq"}
+    regularizer_options = {"levels": (5, 5, 5, 5)}
 
 
 class TestVAEF8(VAEConformance):

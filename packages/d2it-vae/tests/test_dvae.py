@@ -13,9 +13,11 @@ from d2it.layout import neighbour_copy
 TINY = {"base_width": 8, "norm_groups": 4, "num_res_blocks": 1}
 
 
-def tiny(name="dvae-kl", image_size=32, **overrides):
+def tiny(name="dvae-kl", image_size=32, regularizer_options=None, **overrides):
     torch.manual_seed(0)
-    return d2it.create("vae", name, {**TINY, **overrides}, image_size=image_size)
+    return d2it.create(
+        "vae", name, {**TINY, **overrides}, image_size=image_size, regularizer_options=regularizer_options
+    )
 
 
 def half_flat(batch=2, size=32):
@@ -30,7 +32,9 @@ def test_defaults_follow_design():
     assert (c.base_width, c.channel_mult, c.num_res_blocks, c.attn_levels) == (128, (1, 1, 2, 2, 4), 2, 2)
     assert (c.latent_channels, c.grains, c.entropy_bins, c.entropy_sigma, c.fine_ratio) == (4, 2, 32, 0.01, 0.5)
     vq = d2it.get("vae", "dvae-vq").make_config()
-    assert (vq.regularizer, vq.codebook_size, vq.commitment) == ("vq", 1024, 0.25)
+    assert vq.regularizer == "vq"
+    reg = d2it.get("regularizer", "vq").make_config()
+    assert (reg.codebook_size, reg.commitment, reg.loss_weight) == (1024, 0.25, 1.0)
 
 
 def test_full_size_geometry_and_ldm_f8_parameter_count():
@@ -128,7 +132,7 @@ def test_vae_f8_quant_convs_start_as_identity_and_old_weights_load(tmp_path):
 
 
 def test_vq_latents_are_codebook_entries():
-    vae = tiny("dvae-vq", codebook_size=16).eval()
+    vae = tiny("dvae-vq", regularizer_options={"codebook_size": 16}).eval()
     params = vae.encode(half_flat())
     reg = vae.regularizer
     for p in params:

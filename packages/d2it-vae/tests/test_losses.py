@@ -20,7 +20,7 @@ def setup():
 
 def test_gan_terms_start_at_disc_start(setup):
     vae, x = setup
-    loss_fn = vae.make_loss(disc_start=10, kl_weight=1e-3, pnet_rand=True)
+    loss_fn = vae.make_loss(disc_start=10, reg_weight=1e-3, pnet_rand=True)
     out = vae(x)
     loss, logs = loss_fn.generator_loss(x, out, step=9)
     assert logs["g_loss"] == 0.0 and logs["d_weight"] == 0.0
@@ -62,9 +62,20 @@ def test_discriminator_is_three_layer_patchgan_with_hinge_loss():
     assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.5))
 
 
-def test_vq_uses_codebook_weight():
-    vae = d2it.create("vae", "dvae-vq", {**TINY, "codebook_size": 16}, image_size=32)
-    assert vae.make_loss(pnet_rand=True, codebook_weight=0.5, kl_weight=9.0).reg_weight == 0.5
+@pytest.mark.parametrize(
+    "vae_name, options, weight",
+    [
+        ("dvae-kl", {}, 1e-6),
+        ("dvae-vq", {}, 1.0),
+        ("dvae-vq", {"loss_weight": 0.5}, 0.5),
+        ("dvae-kl", {"loss_weight": 1e-4}, 1e-4),
+    ],
+)
+def test_the_regularizer_carries_its_loss_weight(vae_name, options, weight):
+    reg = {"codebook_size": 16, **options} if vae_name == "dvae-vq" else options
+    vae = d2it.create("vae", vae_name, TINY, image_size=32, regularizer_options=reg)
+    assert vae.make_loss(pnet_rand=True).reg_weight == weight
+    assert vae.make_loss(pnet_rand=True, reg_weight=0.25).reg_weight == 0.25
 
 
 def test_lpips_loads_local_vgg_weights(tmp_path):

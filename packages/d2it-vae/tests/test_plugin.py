@@ -8,7 +8,7 @@ from d2it.config import build_config, config_to_dict
 
 @pytest.mark.parametrize(
     ("kind", "names"),
-    [("vae", ["dvae-kl", "dvae-vq", "vae-f8"]), ("regularizer", ["kl", "vq"]), ("grain_coder", ["entropy"])],
+    [("vae", ["dvae-kl", "dvae-vq", "vae-f8"]), ("regularizer", ["fsq", "kl", "vq"]), ("grain_coder", ["entropy"])],
 )
 def test_components_registered_by_d2it_vae(fresh_registry, kind, names):
     assert set(names) <= set(fresh_registry.names(kind))
@@ -21,4 +21,4 @@ def test_components_registered_by_d2it_vae(fresh_registry, kind, names):
 
 def test_bad_option_names_the_option():
     with pytest.raises(d2it.ConfigError, match="codebook_size"):
-        d2it.create("vae", "dvae-vq", {"codebook_size": "many"}, image_size=32)
+        d2it.create("vae", "dvae-vq", {}, image_size=32, regularizer_options={"codebook_size": "many"})

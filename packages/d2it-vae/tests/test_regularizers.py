@@ -1,4 +1,4 @@
-"""The `kl` and `vq` regularizers."""
+"""The `kl`, `vq` and `fsq` regularizers."""
 
 import pytest
 import torch
@@ -74,3 +74,66 @@ def test_vq_masked_codes_do_not_update_codebook():
     assert loss.item() == 0.0
     # with nothing counted, the EMA only decays usage; codes keep their place up to the smoothing
     assert torch.allclose(reg.embed, before, atol=1e-3)
+
+
+def test_fsq_rounds_each_channel_to_its_levels():
+    reg = d2it.create("regularizer", "fsq", {"levels": "8,5,5,5"}, channels=4)
+    assert reg.levels == (8, 5, 5, 5) and reg.codebook_size == 1000 and reg.in_channels == 4
+    h = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    codes = reg.posterior(h)
+    for c, levels in enumerate(reg.levels):
+        values = torch.unique(codes[:, c])
+        assert len(values) <= levels and values.abs().max() <= 1.0
+        # the codes sit on the grid k / floor(L/2) (with the half-step offset for even L)
+        scaled = values * (levels // 2)
+        assert torch.allclose(scaled, scaled.round(), atol=1e-5)
+    # monotone in h, so nearby inputs never swap order
+    line = torch.linspace(-4, 4, 200).view(1, 1, 200, 1).expand(1, 4, 200, 1)
+    assert (reg.posterior(line).diff(dim=2) >= 0).all()
+    idx = reg.indices(codes)
+    assert idx.min() >= 0 and idx.max() < 1000
+    # an index identifies a code: equal indices have equal codes
+    flat_codes, flat_idx = codes.permute(0, 2, 3, 1).reshape(-1, 4), idx.flatten()
+    for i in flat_idx.unique()[:20]:
+        assert torch.unique(flat_codes[flat_idx == i], dim=0).shape[0] == 1
+
+
+def test_fsq_straight_through_gradient_is_the_bound_derivative():
+    reg = d2it.create("regularizer", "fsq", {"levels": (5, 5, 5, 5)}, channels=4)
+    h = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    reg.posterior(h).sum().backward()
+    expected = torch.autograd.functional.jacobian(lambda v: reg.bound(v).sum(), h.detach()) / 2
+    torch.testing.assert_close(h.grad, expected)
+
+
+def test_fsq_needs_one_level_per_channel():
+    with pytest.raises(d2it.ConfigError, match="one level per channel"):
+        d2it.create("regularizer", "fsq", {"levels": (8, 8, 8)}, channels=4)
+    with pytest.raises(d2it.ConfigError, match="level"):
+        d2it.create("regularizer", "fsq", {"levels": (8, 1, 8, 8)}, channels=4)
+
+
+def test_a_dvae_with_fsq_trains_end_to_end():
+    """A tiny FSQ DVAE learns to reconstruct: the straight-through path carries the gradient to the encoder."""
+    torch.manual_seed(0)
+    tiny = {"base_width": 8, "norm_groups": 4, "num_res_blocks": 1, "attn_levels": 0, "mid_attn": False,
+            "channel_mult": (1, 1, 2), "decoder_mult": (1, 2), "regularizer": "fsq"}  # fmt: skip
+    vae = d2it.create("vae", "dvae-kl", tiny, image_size=16, regularizer_options={"levels": (8, 8, 8, 8)})
+    assert vae.regularizer.name == "fsq"
+    loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, disc_weight=0.0)
+    g = torch.Generator().manual_seed(0)
+    # smooth images: low-frequency patterns the small model can learn
+    images = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4, generator=g) * 2 - 1, size=16, mode="bilinear")
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    encoder_before = [p.detach().clone() for p in vae.encoder.parameters()]
+    losses = []
+    for step in range(30):
+        loss, logs = loss_fn.generator_loss(images, vae(images), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["l1"])
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, vae.encoder.parameters()))
+    for codes in vae.encode(images[:2]):
+        assert all(len(torch.unique(codes[:, c])) <= 8 for c in range(4))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from d2it.config import build_config, config_to_dict
-from d2it.errors import CheckpointError, ConfigError
+from d2it.errors import CheckpointError, ConfigError, UnknownComponentError
 from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors
 from d2it.layout import unit_cells
 from d2it.registry import BUILTIN_DISTS, Registry, default_registry
@@ -28,6 +28,10 @@ SLOTS = {
     "schedule": "schedule",
     "attention": "attention",
 }
+# parts a component builds from the registry itself: slot -> (parent slot, parent option naming it, kind);
+# their options live under their own slot (`--set regularizer.levels=8,8,8,8`) and reach the parent's
+# factory as the context argument `<slot>_options`
+SUB_SLOTS = {"regularizer": ("vae", "regularizer", "regularizer")}
 # slots whose component holds weights -> the module attribute of System that owns them
 WEIGHT_SLOTS = {"vae": "vae", "grain": "grain", "content": "content"}
 DEFAULT_LATENT = (4, 8)  # channels, downsampling factor when no VAE is configured
@@ -82,6 +86,24 @@ class SystemRecord:
         """Slot -> component name for every slot that is set."""
         return {slot: getattr(self, slot) for slot in SLOTS if getattr(self, slot)}
 
+    def sub_slot_names(self, options: dict | None = None) -> dict[str, str]:
+        """Sub-slot -> component name (e.g. the VAE's regularizer) for those its parent's options name."""
+        options = self.options if options is None else options
+        out = {}
+        for sub, (parent, option, _) in SUB_SLOTS.items():
+            name = options.get(parent, {}).get(option) if getattr(self, parent, None) else None
+            if isinstance(name, str) and name:
+                out[sub] = name
+        return out
+
+    def sub_slot_context(self, parent: str) -> dict:
+        """The `<sub-slot>_options` context arguments of the parent slot's factory."""
+        return {
+            f"{sub}_options": dict(self.options[sub])
+            for sub, (p, _, _) in SUB_SLOTS.items()
+            if p == parent and sub in self.options
+        }
+
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return attr.asdict(self, retain_collection_types=False)
@@ -107,6 +129,9 @@ class SystemRecord:
                 self = attrs.evolve(self, **{slot: spec.name})
         for key, config_class in RECORD_OPTIONS.items():
             options[key] = config_to_dict(build_config(config_class, self.options.get(key, {}), where=key))
+        for sub, name in self.sub_slot_names(options).items():
+            spec = registry.get(SUB_SLOTS[sub][2], name)
+            options[sub] = config_to_dict(build_config(spec.config, self.options.get(sub, {}), where=sub))
         stray = sorted(set(self.options) - set(options))
         if stray:
             raise ConfigError(f"options given for slot {stray[0]!r}, which this system does not use")
@@ -216,15 +241,25 @@ class System(nn.Module):
         return self
 
 
+def build_vae(record: SystemRecord, registry: Registry | None = None):
+    """The record's VAE (randomly initialised), or None; its regularizer's options come from their own slot."""
+    if not record.vae:
+        return None
+    registry = registry or default_registry()
+    record = record.canonical(registry)
+    return registry.create(
+        "vae", record.vae, record.options.get("vae"), where="vae", image_size=record.image_size,
+        **record.sub_slot_context("vae"),
+    )  # fmt: skip
+
+
 def build(record: SystemRecord, registry: Registry | None = None) -> System:
     """Instantiate every slot of `record` (randomly initialised) into a System."""
     registry = registry or default_registry()
     record = record.canonical(registry)
     opts = record.options
     attention = registry.create("attention", record.attention, opts.get("attention"), where="attention")
-    vae = None
-    if record.vae:
-        vae = registry.create("vae", record.vae, opts.get("vae"), where="vae", image_size=record.image_size)
+    vae = build_vae(record, registry)
     geometry = latent_geometry(record, vae)
     backbone = registry.create(
         "backbone",
@@ -269,7 +304,41 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def save(system: System, directory, extra: dict | None = None):
+def components(record: SystemRecord) -> dict[str, tuple[str, str]]:
+    """Slot -> (kind, name) of every component of the record, sub-slots (the VAE's regularizer) included."""
+    out = {slot: (SLOTS[slot], name) for slot, name in record.slot_names().items()}
+    out.update({sub: (SUB_SLOTS[sub][2], name) for sub, name in record.sub_slot_names().items()})
+    return out
+
+
+def providers(record: SystemRecord, registry: Registry | None = None) -> dict[str, dict]:
+    """Slot -> {kind, name, dist, version}: which installed distribution provides each component."""
+    registry = registry or default_registry()
+    out = {}
+    for slot, (kind, name) in components(record).items():
+        spec = registry.get(kind, name)
+        out[slot] = {"kind": kind, "name": spec.name, "dist": spec.dist, "version": spec.version}
+    return out
+
+
+def check_providers(record: SystemRecord, doc: dict, registry: Registry | None = None, where: str = "this system"):
+    """Fail with the distribution to install when a component of a saved system is not registered."""
+    registry = registry or default_registry()
+    saved = doc.get("providers") or {}
+    for slot, (kind, name) in components(record).items():
+        if any(name == s.name or name in s.aliases for s in registry.specs(kind)):
+            continue
+        label = kind.replace("_", " ")
+        known = saved.get(slot) or {}
+        if known.get("dist") and known.get("dist") != "?":
+            raise UnknownComponentError(
+                f"{where} uses the {label} {name!r} from {known['dist']} {known.get('version', '?')}, which is not "
+                f"installed; install it with: pip install '{known['dist']}=={known.get('version', '?')}'"
+            )
+        registry.get(kind, name)  # the usual error listing the valid names
+
+
+def save(system: System, directory, extra: dict | None = None, registry: Registry | None = None):
     """Write `d2it.json` and one `<part>.safetensors` per part that has weights."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -280,6 +349,7 @@ def save(system: System, directory, extra: dict | None = None):
         "format": FORMAT,
         "system": system.record.to_dict(),
         "versions": package_versions(),
+        "providers": providers(system.record, registry),
         "extra": extra or {},
     }
     # the record is written last, so a directory with d2it.json is complete
@@ -305,7 +375,8 @@ def read_record(directory) -> tuple[SystemRecord, dict]:
 
 def load(directory, registry: Registry | None = None, parts=None, device="cpu") -> System:
     """Build the system recorded in `directory` and load its weights (all parts, or those named)."""
-    record, _ = read_record(directory)
+    record, doc = read_record(directory)
+    check_providers(record, doc, registry, where=f"the system in {directory}")
     system = build(record, registry)
     for stem, module in system.weight_modules().items():
         if parts is not None and stem not in parts:

@@ -80,13 +80,9 @@ class DVAEConfig:
 
 @attrs.frozen
 class DVAEVQConfig(DVAEConfig):
-    """Options of the Dynamic VAE with an EMA vector quantizer (`dvae-vq`)."""
+    """Options of the Dynamic VAE with an EMA vector quantizer (`dvae-vq`; its options: `--set regularizer.*`)."""
 
     regularizer: str = "vq"
-    codebook_size: int = 1024
-    commitment: float = 0.25
-    ema_decay: float = 0.99
-    dead_threshold: float = 1.0
 
 
 #################################################################################
@@ -274,9 +270,6 @@ _MODEL_KEYS = (
     "base_width", "channel_mult", "num_res_blocks", "attn_levels", "mid_attn", "decoder_mult",
     "decoder_attn_levels", "latent_channels", "norm_groups", "dropout",
 )  # fmt: skip
-_REG_KEYS = ("codebook_size", "commitment", "ema_decay", "dead_threshold")
-
-
 def _create_part(kind: str, name: str, candidates: dict, **context):
     """Create a registered part with those candidate options that its config accepts."""
     registry = default_registry()
@@ -285,13 +278,15 @@ def _create_part(kind: str, name: str, candidates: dict, **context):
     return registry.create(kind, name, overrides, where=f"vae.{kind}", **context)
 
 
-def _regularizer(config):
-    candidates = {key: getattr(config, key) for key in _REG_KEYS if hasattr(config, key)}
-    return _create_part("regularizer", config.regularizer, candidates, channels=config.latent_channels)
+def _regularizer(config, options: dict | None):
+    """The registered regularizer `config.regularizer` with its own options (the record's `regularizer` slot)."""
+    return default_registry().create(
+        "regularizer", config.regularizer, dict(options or {}), where="regularizer", channels=config.latent_channels
+    )
 
 
-def make_dvae(config: DVAEConfig, *, image_size: int) -> DynamicVAE:
-    """Factory of `dvae-kl` / `dvae-vq`: regularizer and grain coder come from the registry."""
+def make_dvae(config: DVAEConfig, *, image_size: int, regularizer_options: dict | None = None) -> DynamicVAE:
+    """Factory of `dvae-kl` / `dvae-vq`: regularizer (with `regularizer_options`) and grain coder from the registry."""
     downsample = 2 ** max(len(config.channel_mult) - config.grains, 0)
     coder_options = {
         "region": downsample * 2 ** (config.grains - 1),
@@ -302,16 +297,16 @@ def make_dvae(config: DVAEConfig, *, image_size: int) -> DynamicVAE:
     }
     coder = _create_part("grain_coder", config.grain_coder, coder_options)
     kwargs = {key: getattr(config, key) for key in _MODEL_KEYS}
-    return DynamicVAE(
-        image_size, _regularizer(config), coder, grains=config.grains, pos_embed=config.pos_embed, **kwargs
-    )
+    regularizer = _regularizer(config, regularizer_options)
+    return DynamicVAE(image_size, regularizer, coder, grains=config.grains, pos_embed=config.pos_embed, **kwargs)
 
 
-def make_vae_f8(config: VAEF8Config, *, image_size: int) -> DynamicVAE:
+def make_vae_f8(config: VAEF8Config, *, image_size: int, regularizer_options: dict | None = None) -> DynamicVAE:
     """Factory of `vae-f8`: the standard LDM KL-f8 autoencoder (one grain, no position embedding)."""
     kwargs = {key: getattr(config, key) for key in _MODEL_KEYS}
+    regularizer = _regularizer(config, regularizer_options)
     return DynamicVAE(
-        image_size, _regularizer(config), None, grains=1, pos_embed=False, quant_conv=config.quant_conv, **kwargs
+        image_size, regularizer, None, grains=1, pos_embed=False, quant_conv=config.quant_conv, **kwargs
     )
 
 

@@ -5,7 +5,7 @@ Normalised as each regularizer's reference loss, with DQ-VAE's cap of 0.75 on th
 - `ldm` (KL, the default there): LDM's `LPIPSWithDiscriminator` (contperceptual.py). The
   reconstruction (|x - x̂| + w·LPIPS per pixel) is divided by exp(logvar) for a learnable scalar
   log-variance, logvar added, summed per sample and averaged over the batch; the KL is summed per
-  sample too, so `kl_weight` 1e-6 is LDM's "slight KL penalty" at any image size.
+  sample too, so the `kl` regularizer's `loss_weight` 1e-6 is LDM's "slight KL penalty" at any image size.
 - `taming` (VQ, the default there): taming's `VQLPIPSWithDiscriminator`: means over pixels, no
   log-variance; the codebook loss is a mean as well.
 The LPIPS trunk (torchvision VGG16) is loaded from `lpips_weights` when given, downloaded by
@@ -142,8 +142,7 @@ class VAELoss(nn.Module):
         vae: nn.Module,
         *,
         disc_start: int = 0,
-        kl_weight: float = 1e-6,
-        codebook_weight: float = 1.0,
+        reg_weight: float | None = None,
         perceptual_weight: float = 1.0,
         disc_weight: float = 1.0,
         adaptive_cap: float = 0.75,
@@ -158,7 +157,8 @@ class VAELoss(nn.Module):
         super().__init__()
         self._last_layer = vae.last_layer  # a bound method: the VAE's parameters stay out of this module
         kl = getattr(vae.regularizer, "name", "") == "kl"
-        self.reg_weight = kl_weight if kl else codebook_weight
+        # the regularizer carries its weight (its `loss_weight` option); `reg_weight` overrides it
+        self.reg_weight = float(getattr(vae.regularizer, "loss_weight", 1.0) if reg_weight is None else reg_weight)
         self.normalization = normalization or ("ldm" if kl else "taming")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigError(

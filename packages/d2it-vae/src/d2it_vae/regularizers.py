@@ -1,15 +1,18 @@
-"""Latent regularizers `kl` (diagonal Gaussian posterior) and `vq` (EMA vector quantizer).
+"""Latent regularizers: `kl` (diagonal Gaussian), `vq` (EMA vector quantizer), `fsq` (finite scalar quantization).
 
 A regularizer turns each tap's encoder output `h` into posterior parameters and a regularization
-loss. Interface (factory context `channels` = latent channels C):
+loss. Interface (factory context `channels` = latent channels C; docs/components.md has the full contract):
 
-- `in_channels`: channels the encoder head must produce (KL: 2C, VQ: C); `channels`: C.
+- `in_channels`: channels the encoder head must produce (KL: 2C, VQ and FSQ: C); `channels`: C.
+- `loss_weight`: the weight of its loss in the stage-1 objective (its `loss_weight` option).
 - `posterior(h)`: one grain's parameters, no loss and no state update (what `VAE.encode` returns).
 - `forward(hs, masks) -> (params, loss)`: every grain at once (coarsest first); `masks[g]` (B, 1, h, w)
   of 0/1 says which codes of grain g the image really uses, so each code is counted once. In
   training mode the VQ codebook is updated here, from the used codes only.
 - `sample(params, generator=None, mode=False)`: latent codes of one grain.
 """
+
+import math
 
 import attrs
 import torch
@@ -37,6 +40,7 @@ class KLConfig:
 
     logvar_min: float = -30.0
     logvar_max: float = 20.0
+    loss_weight: float = 1e-6  # LDM's kl_weight
 
 
 class DiagonalGaussian(nn.Module):
@@ -44,9 +48,10 @@ class DiagonalGaussian(nn.Module):
 
     name = "kl"
 
-    def __init__(self, channels: int, logvar_min: float = -30.0, logvar_max: float = 20.0):
+    def __init__(self, channels: int, logvar_min: float = -30.0, logvar_max: float = 20.0, loss_weight: float = 1e-6):
         super().__init__()
         self.channels, self.in_channels = channels, 2 * channels
+        self.loss_weight = float(loss_weight)
         self.logvar_min, self.logvar_max = logvar_min, logvar_max
 
     def posterior(self, h: torch.Tensor) -> torch.Tensor:
@@ -76,7 +81,7 @@ class DiagonalGaussian(nn.Module):
 
 def make_kl(config: KLConfig, *, channels: int) -> DiagonalGaussian:
     """Factory of the `kl` regularizer."""
-    return DiagonalGaussian(channels, config.logvar_min, config.logvar_max)
+    return DiagonalGaussian(channels, config.logvar_min, config.logvar_max, config.loss_weight)
 
 
 #################################################################################
@@ -93,10 +98,12 @@ class VQConfig:
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
     dead_threshold: float = 1.0  # restart codes whose EMA usage falls below this (0 = never)
+    loss_weight: float = 1.0  # weight of the commitment loss in the stage-1 objective (VQGAN's codebook_weight)
 
     def __attrs_post_init__(self):
         if self.codebook_size < 1 or not 0.0 <= self.ema_decay < 1.0 or self.commitment < 0:
             raise ConfigError("vq needs codebook_size >= 1, 0 <= ema_decay < 1 and commitment >= 0")
+        _check_weight(self.loss_weight)
 
 
 class EMAVectorQuantizer(nn.Module):
@@ -112,9 +119,11 @@ class EMAVectorQuantizer(nn.Module):
         ema_decay: float = 0.99,
         ema_eps: float = 1e-5,
         dead_threshold: float = 1.0,
+        loss_weight: float = 1.0,
     ):
         super().__init__()
         self.channels = self.in_channels = channels
+        self.loss_weight = float(loss_weight)
         self.codebook_size, self.commitment = codebook_size, commitment
         self.decay, self.eps, self.dead_threshold = ema_decay, ema_eps, dead_threshold
         embed = torch.empty(codebook_size, channels).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
@@ -184,11 +193,107 @@ class EMAVectorQuantizer(nn.Module):
 def make_vq(config: VQConfig, *, channels: int) -> EMAVectorQuantizer:
     """Factory of the `vq` regularizer."""
     return EMAVectorQuantizer(
-        channels, config.codebook_size, config.commitment, config.ema_decay, config.ema_eps, config.dead_threshold
+        channels,
+        config.codebook_size,
+        config.commitment,
+        config.ema_decay,
+        config.ema_eps,
+        config.dead_threshold,
+        config.loss_weight,
     )
+
+
+#################################################################################
+#                                      FSQ                                      #
+#################################################################################
+
+
+@attrs.frozen
+class FSQConfig:
+    """Options of the `fsq` regularizer: one quantization level count per latent channel."""
+
+    levels: tuple[int, ...] = (8, 5, 5, 5)  # 1000 codes (Mentzer et al. 2023, Table 1)
+    eps: float = 1e-3
+    loss_weight: float = 1.0  # FSQ has no auxiliary loss; kept for a uniform interface
+
+    def __attrs_post_init__(self):
+        if not self.levels or any(level < 2 for level in self.levels):
+            raise ConfigError(f"fsq needs at least one channel and every level >= 2, got levels {self.levels}")
+        if not 0.0 <= self.eps < 1.0:
+            raise ConfigError(f"fsq needs 0 <= eps < 1, got {self.eps}")
+        _check_weight(self.loss_weight)
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """Finite scalar quantization (Mentzer et al. 2023): bound each channel, round it to L levels, straight-through.
+
+    Channel c is squashed by tanh into L_c levels (offset by ½ for even L_c), rounded with a
+    straight-through gradient and divided by ⌊L_c/2⌋, so codes lie on a grid in [-1, 1]. There is no
+    codebook to learn and no auxiliary loss; the implicit codebook has prod(L_c) entries.
+    """
+
+    name = "fsq"
+
+    def __init__(self, channels: int, levels=(8, 5, 5, 5), eps: float = 1e-3, loss_weight: float = 1.0):
+        super().__init__()
+        if len(levels) != channels:
+            raise ConfigError(
+                f"fsq has {len(levels)} levels {tuple(levels)} for {channels} latent channels; "
+                "give one level per channel"
+            )
+        self.channels = self.in_channels = channels
+        self.levels, self.eps, self.loss_weight = tuple(int(v) for v in levels), float(eps), float(loss_weight)
+        self.codebook_size = math.prod(self.levels)
+        self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.float32), persistent=False)
+
+    def _shape(self, like: torch.Tensor) -> torch.Tensor:
+        return self._levels.to(like.device, like.dtype).reshape(1, -1, 1, 1)
+
+    def bound(self, h: torch.Tensor) -> torch.Tensor:
+        """tanh-squash each channel into (-(L-1)/2, (L-1)/2), shifted by ½ for even L (the paper's `bound`)."""
+        levels = self._shape(h)
+        half = (levels - 1) * (1 + self.eps) / 2
+        offset = torch.where(levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half)
+        return torch.tanh(h + shift) * half - offset
+
+    def posterior(self, h: torch.Tensor) -> torch.Tensor:
+        """Codes on the grid {k / ⌊L/2⌋}, the rounding passed straight through to `h`."""
+        bounded = self.bound(h)
+        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        return rounded / torch.div(self._shape(h), 2, rounding_mode="floor")
+
+    def indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Index of each code in the implicit codebook: (B, C, h, w) -> (B, h, w) int64."""
+        levels = self._shape(codes)
+        digits = torch.round(
+            codes * torch.div(levels, 2, rounding_mode="floor") + torch.div(levels, 2, rounding_mode="floor")
+        )
+        basis = torch.cumprod(torch.cat([levels.new_ones(1, 1, 1, 1), levels[:, :-1]], dim=1), dim=1)
+        return (digits * basis).sum(dim=1).long()
+
+    def forward(self, hs, masks):
+        """Codes per grain and a zero loss (FSQ needs no commitment or codebook loss)."""
+        params = [self.posterior(h) for h in hs]
+        return params, sum(p.sum() for p in params) * 0.0
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False):
+        """The codes themselves: quantization is deterministic."""
+        return params
+
+
+def make_fsq(config: FSQConfig, *, channels: int) -> FiniteScalarQuantizer:
+    """Factory of the `fsq` regularizer."""
+    return FiniteScalarQuantizer(channels, config.levels, config.eps, config.loss_weight)
+
+
+def _check_weight(weight: float):
+    if weight < 0:
+        raise ConfigError(f"a regularizer's loss_weight must be >= 0, got {weight}")
 
 
 REGULARIZERS = [
     ComponentSpec("kl", "regularizer", make_kl, KLConfig, summary="diagonal Gaussian posterior, KL to N(0, I)"),
     ComponentSpec("vq", "regularizer", make_vq, VQConfig, summary="vector quantizer, EMA codebook, straight-through"),
+    ComponentSpec("fsq", "regularizer", make_fsq, FSQConfig, summary="finite scalar quantization, straight-through"),
 ]

@@ -73,11 +73,8 @@ def count_system(system) -> list[dict]:
 
 
 def providers(system, registry) -> dict[str, str]:
-    """Slot -> 'dist version' of the component in that slot."""
-    return {
-        slot: f"{registry.get(systems.SLOTS[slot], name).dist} {registry.get(systems.SLOTS[slot], name).version}"
-        for slot, name in system.record.slot_names().items()
-    }
+    """Slot -> 'dist version' of the component in that slot (the VAE's regularizer included)."""
+    return {slot: f"{p['dist']} {p['version']}" for slot, p in systems.providers(system.record, registry).items()}
 
 
 @click.command()
@@ -126,7 +123,7 @@ def build(
     system.eval()
     rows = [] if no_count else count_system(system)
     if out:
-        systems.save(system, out)
+        systems.save(system, out, registry=registry)
     provider = providers(system, registry)
     total = {
         "params": sum(r["params"] for r in rows),
@@ -142,7 +139,8 @@ def build(
         return
     click.echo(
         format_table(
-            ["slot", "component", "provider"], [[s, n, provider[s]] for s, n in system.record.slot_names().items()]
+            ["slot", "component", "provider"],
+            [[s, n, provider[s]] for s, (_, n) in systems.components(system.record).items()],
         )
     )
     if rows:

@@ -31,7 +31,7 @@ def _coder(system_dir, registry, image_size, grains):
         if image_size is not None and image_size != record.image_size:
             raise ConfigError(f"--image-size {image_size} differs from the system's image size {record.image_size}")
         record = record.canonical(registry)
-        vae = registry.create("vae", record.vae, record.options.get("vae"), where="vae", image_size=record.image_size)
+        vae = systems.build_vae(record, registry)
         coder = getattr(vae, "coder", None)
         if coder is None or vae.grains < 2:
             raise ConfigError(f"the VAE {record.vae!r} has one grain and needs no thresholds")

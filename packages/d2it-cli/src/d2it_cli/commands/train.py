@@ -51,7 +51,8 @@ def train():
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--lr", type=float, help="Learning rate (default 4.5e-6 x global batch).")
 @click.option("--disc-start", default=50001, show_default=True, type=int, help="Step at which the GAN loss starts.")
-@click.option("--kl-weight", default=1e-6, show_default=True, type=float)
+@click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=float,
+              help="Weight of the regularizer's loss (default: its loss_weight option, e.g. kl 1e-6).")
 @click.option("--perceptual-weight", default=1.0, show_default=True, type=float, help="LPIPS weight (0 = no LPIPS).")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), help="Local torchvision VGG16 weights for LPIPS.")
 @click.option("--lpips-random", is_flag=True, hidden=True, help="Random LPIPS trunk (tests; no download).")
@@ -64,7 +65,7 @@ def dvae(
     strict_data,
     lr,
     disc_start,
-    kl_weight,
+    reg_weight,
     perceptual_weight,
     lpips_weights,
     lpips_random,
@@ -85,7 +86,7 @@ def dvae(
     preview = preview_batch(open_dataset(data, record.image_size, train=False, options=options, registry=registry))
     loss_options = {
         "disc_start": disc_start,
-        "kl_weight": kl_weight,
+        "reg_weight": reg_weight,
         "perceptual_weight": perceptual_weight,
         "lpips_weights": lpips_weights,
         "pnet_rand": lpips_random,

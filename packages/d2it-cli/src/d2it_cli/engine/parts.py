@@ -18,7 +18,7 @@ def load_vae(directory, registry: Registry | None = None, device="cpu"):
     if not record.vae:
         raise ConfigError(f"the system in {directory} has no VAE")
     record = record.canonical(registry)
-    vae = registry.create("vae", record.vae, record.options.get("vae"), where="vae", image_size=record.image_size)
+    vae = systems.build_vae(record, registry)
     tensors, _ = load_safetensors(Path(directory) / "vae.safetensors")
     load_into(vae, tensors, where=f"{Path(directory) / 'vae'}.safetensors")
     if record.thresholds and hasattr(vae, "set_thresholds"):

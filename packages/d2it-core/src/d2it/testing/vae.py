@@ -22,13 +22,15 @@ class VAEConformance:
 
     name: str = ""
     overrides: dict = {}
+    regularizer_options: dict = {}  # options of its regularizer (a VAE with a `regularizer` option gets them)
     image_size: int = 32
     batch: int = 2
     unused_parameters: tuple = ()
 
     def make(self, seed: int = 0):
         torch.manual_seed(seed)
-        return default_registry().create("vae", self.name, dict(self.overrides), image_size=self.image_size)
+        context = {"regularizer_options": dict(self.regularizer_options)} if self.regularizer_options else {}
+        return default_registry().create("vae", self.name, dict(self.overrides), image_size=self.image_size, **context)
 
     def images(self, seed: int = 0) -> torch.Tensor:
         """Images with flat and noisy halves, so detailed and smooth regions both occur."""
