@@ -158,7 +158,7 @@ def test_logvar_is_learnable_and_gets_a_gradient(setup):
 
 
 def test_vq_keeps_taming_means_and_unknown_normalization_is_an_error():
-    vae = d2it.create("vae", "dvae-vq", {**TINY, "codebook_size": 16}, image_size=32)
+    vae = d2it.create("vae", "dvae-vq", TINY, image_size=32, regularizer_options={"codebook_size": 16})
     loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0)
     assert loss_fn.normalization == "taming" and not loss_fn.logvar.logvar.requires_grad
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
