@@ -5,7 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+import d2it
+import d2it_cli.plugin
 from d2it.errors import DataError
+from d2it.registry import Registry
+from d2it.spec import ComponentSpec
 from d2it_cli.data import FolderConfig, FolderDataset, open_dataset, parse_data
 from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset
 
@@ -59,29 +63,33 @@ def test_train_mode_flips_randomly_and_eval_never(tmp_path):
     assert torch.equal(a, train[0][0])
 
 
-def test_corrupt_and_truncated_images_are_skipped_and_counted(tmp_path, caplog):
+def test_corrupt_and_truncated_images_are_skipped_and_counted_when_read(tmp_path, caplog, monkeypatch):
     write_image(tmp_path / "good0.png", seed=0)
     write_image(tmp_path / "good1.png", seed=1)
     (tmp_path / "garbage.png").write_bytes(b"\x00not a png at all" * 10)
     full = write_image(tmp_path / "tmp.png", size=(64, 64), seed=2).read_bytes()
     (tmp_path / "tmp.png").unlink()
     (tmp_path / "truncated.png").write_bytes(full[: len(full) // 2])
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    ds = FolderDataset(tmp_path, 8, train=False)
+    assert opened == [] and ds.skipped == []  # start-up lists the folder, it opens no image
+    assert [p.name for p, _ in ds.samples] == ["garbage.png", "good0.png", "good1.png", "truncated.png"]
     with caplog.at_level("WARNING", logger="d2it.data"):
-        ds = FolderDataset(tmp_path, 8, train=False)
-    assert [p for p, _ in ds.skipped] == [str(tmp_path / "garbage.png")]
-    assert "skipped 1 unreadable image" in caplog.text
-    names = [p.name for p, _ in ds.samples]
-    assert names == ["good0.png", "good1.png", "truncated.png"]
-    x, _ = ds[2]  # the truncated file fails to decode: the next readable image stands in
-    assert torch.equal(x, ds[0][0])
+        x, _ = ds[0]  # garbage: the next readable image stands in
+    assert torch.equal(x, ds[1][0])
+    assert [p for p, _ in ds.skipped] == [str(tmp_path / "garbage.png")] and "skipped corrupt image" in caplog.text
+    assert torch.equal(ds[3][0], ds[0][0])  # truncated: wraps around to the first readable one
     assert len(ds.skipped) == 2 and ds.skipped[1][0].endswith("truncated.png")
 
 
 def test_strict_fails_on_the_first_bad_image_with_its_path(tmp_path):
     write_image(tmp_path / "good.png")
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="bad.jpg"):
-        FolderDataset(tmp_path, 8, config=FolderConfig(strict=True))
+    ds = FolderDataset(tmp_path, 8, config=FolderConfig(strict=True))
+    with pytest.raises(DataError, match="bad.jpg cannot be decoded"):
+        ds[0]
     (tmp_path / "bad.jpg").unlink()
     full = write_image(tmp_path / "t.png", size=(64, 64), seed=5).read_bytes()
     (tmp_path / "t.png").write_bytes(full[: len(full) // 3])
@@ -94,27 +102,62 @@ def test_missing_or_empty_directories_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         open_dataset(str(tmp_path / "nowhere"), 8, train=True)
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(DataError, match="no PNG or JPEG images"):
+    with pytest.raises(DataError, match="no PNG, JPEG or WebP images"):
         open_dataset(str(tmp_path / "empty"), 8, train=True)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"nope")
     with pytest.raises(DataError, match="none of the 1 images"):
-        open_dataset(str(tmp_path / "bad"), 8, train=True)
+        open_dataset(str(tmp_path / "bad"), 8, train=True)[0]
 
 
 def test_cli_reports_an_empty_directory_in_one_line_with_exit_2(tmp_path, run_cli):
     (tmp_path / "empty").mkdir()
     result = run_cli("thresholds", "--data", tmp_path / "empty", "--out", tmp_path / "t.json", "--image-size", "32")
     assert result.exit_code == 2
-    assert result.output.strip() == f"error: no PNG or JPEG images found in {tmp_path / 'empty'}"
+    assert result.output.strip() == f"error: no PNG, JPEG or WebP images found in {tmp_path / 'empty'}"
 
 
-def test_parse_data_values():
+def test_parse_data_values(d2it_registry, tmp_path):
     assert parse_data("synthetic") == ("synthetic", {}, None)
     assert parse_data("synthetic:12") == ("synthetic", {"num_images": 12}, None)
     assert parse_data("/data/ffhq") == ("folder", {}, "/data/ffhq")
+    assert parse_data("folder:/data/ffhq", d2it_registry) == ("folder", {}, "/data/ffhq")
+    assert parse_data("wds:/d/train-{000000..000127}.tar", d2it_registry) == (
+        "wds",
+        {},
+        "/d/train-{000000..000127}.tar",
+    )
+    assert parse_data("wds:https://host/a-{0..3}.tar", d2it_registry)[2] == "https://host/a-{0..3}.tar"
+    assert parse_data("hf:/data/imagenet:validation", d2it_registry) == ("hf", {}, "/data/imagenet:validation")
+    odd = tmp_path / "x:y"  # an existing path with a colon stays a folder
+    odd.mkdir()
+    assert parse_data(str(odd), d2it_registry) == ("folder", {}, str(odd))
     with pytest.raises(DataError, match="integer image count"):
         parse_data("synthetic:many")
+    with pytest.raises(DataError, match=r"unknown dataset 'myplugin'; valid datasets: folder, hf, synthetic, wds"):
+        parse_data("myplugin:/x", d2it_registry)
+
+
+def test_a_registered_plugin_dataset_is_chosen_by_name(tmp_path):
+    class Plugin:
+        @d2it.hookimpl
+        def d2it_datasets(self):
+            return [ComponentSpec(name="ones", kind="dataset", factory=make_ones, config=SyntheticConfig)]
+
+    registry = Registry()
+    registry.register(d2it_cli.plugin, "d2it-cli")
+    registry.register(Plugin(), "ones-plugin")
+    ds = open_dataset("ones:/anything", 8, train=False, registry=registry)
+    assert ds == ("/anything", 8)
+
+
+def make_ones(config, *, root, image_size, train=True):
+    return (root, image_size)
+
+
+def test_unknown_dataset_name_exits_2_listing_valid_ones(run_cli, tmp_path):
+    result = run_cli("thresholds", "--data", "nope:/x", "--out", tmp_path / "t.json", "--image-size", "32")
+    assert result.exit_code == 2 and "valid datasets: folder, hf, synthetic, wds" in result.output
 
 
 def test_synthetic_is_deterministic_sized_and_labelled():

@@ -12,7 +12,8 @@ from torch import nn
 from d2it.errors import CheckpointError, ConfigError, DataError
 from d2it_cli.engine import Task, TrainConfig, Trainer, latest_checkpoint, load_checkpoint, read_log
 from d2it_cli.engine import checkpoint as ckpt
-from d2it_cli.engine.loop import EpochBatches
+from d2it_cli.engine.feed import GlobalOrder
+from d2it_cli.engine.loop import derive_batch
 
 
 class Noisy(torch.utils.data.Dataset):
@@ -147,8 +148,23 @@ def test_stale_latest_pointer_falls_back_to_newest_complete(tmp_path):
     assert latest_checkpoint(run).name == "step-0000004"
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         ckpt.resolve_resume(str(tmp_path / "nowhere"), run)
-    with pytest.raises(CheckpointError, match="--batch"):
-        Trainer(ToyTask(), config(run, steps=6, batch=2, resume="latest")).fit()
+    with pytest.raises(CheckpointError, match="--seed"):
+        Trainer(ToyTask(), config(run, steps=6, seed=4, resume="latest")).fit()
+
+
+def test_resume_with_another_micro_batch_keeps_the_global_batch_and_the_samples(tmp_path, capsys):
+    full_task = ToyTask()
+    Trainer(full_task, config(tmp_path / "full", steps=4, ckpt_every=2)).fit()
+    Trainer(ToyTask(), config(tmp_path / "cut", steps=2, ckpt_every=2)).fit()
+    task = ToyTask()
+    trainer = Trainer(task, config(tmp_path / "cut", steps=4, batch=3, resume="latest", quiet=False))
+    trainer.fit()
+    assert (trainer.config.batch, trainer.config.grad_accum, trainer.global_batch) == (2, 4, 8)
+    assert "--batch 2 --grad-accum 4" in capsys.readouterr().out
+    assert task.seen == full_task.seen[16:]  # the same samples in the same order
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    for step in (3, 4):  # the regression loss; the critic's batch norm sees other micro-batches
+        assert a[step][0] == pytest.approx(b[step][0], rel=1e-5), step
 
 
 def test_bad_settings_are_user_errors(tmp_path):
@@ -156,18 +172,29 @@ def test_bad_settings_are_user_errors(tmp_path):
         Trainer(ToyTask(), config(tmp_path, steps=None))
     with pytest.raises(ConfigError, match="--warmup"):
         Trainer(ToyTask(), config(tmp_path, warmup="soon"))
-    with pytest.raises(DataError, match="fewer than one batch"):
+    with pytest.raises(DataError, match="fewer than one global batch"):
         Trainer(ToyTask(n=3), config(tmp_path)).fit()
 
 
-def test_epoch_batches_shard_the_permutation():
-    a = EpochBatches(10, 2, seed=1, rank=0, world=2)
-    b = EpochBatches(10, 2, seed=1, rank=1, world=2)
-    ia = [i for batch in a.epoch(0) for i, _ in batch]
-    ib = [i for batch in b.epoch(0) for i, _ in batch]
-    assert not set(ia) & set(ib) and len(ia) == len(ib) == 4
-    assert a.epoch(0) != a.epoch(1)
-    assert a.epoch(0, start=1) == a.epoch(0)[1:]
+def test_global_order_is_split_by_rank_and_independent_of_the_world_size():
+    # global batch 8: one rank with micro-batch 4 (x2 accumulation), or two ranks with micro-batch 4
+    one = GlobalOrder(20, 4, 8, seed=1, rank=0, world=1)
+    a, b = GlobalOrder(20, 4, 8, seed=1, rank=0, world=2), GlobalOrder(20, 4, 8, seed=1, rank=1, world=2)
+    assert one.epoch_size == 16  # whole global batches only
+    single = [i for _, batch in zip(range(4), one.plan(0)) for i, _ in batch]
+    split = [i for _, pa, pb in zip(range(2), a.plan(0), b.plan(0)) for i, _ in pa + pb]
+    assert single == split and len(set(single)) == 16
+    assert one.micro_batch(16) != one.micro_batch(0)  # a new epoch, a new order
+    assert one.micro_batch(0) == next(one.plan(0)) and one.micro_batch(4) == next(one.plan(4))
+    assert a.micro_batch(8) == one.micro_batch(8)
+
+
+def test_derive_batch_keeps_the_global_batch():
+    assert derive_batch(32, 2, 8) == (8, 2)
+    assert derive_batch(32, 4, 8) == (8, 1)
+    assert derive_batch(24, 1, 16) == (12, 2)
+    with pytest.raises(CheckpointError, match="3 processes cannot share"):
+        derive_batch(32, 3, 8)
 
 
 # -- 2-process DDP on CPU ---------------------------------------------------------------------------
@@ -207,7 +234,7 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["world"] == r1["world"] == 2 and r0["wrapped"] == "DistributedDataParallel"
-    assert not set(r0["seen"][:12]) & set(r1["seen"][:12])  # different data on each rank in the first epoch
+    assert not set(r0["seen"][:8]) & set(r1["seen"][:8])  # different data on each rank in the first epoch
     init = ToyTask().model.state_dict()
     for part in ("model", "critic"):
         for k, v in r0[part].items():
@@ -232,7 +259,9 @@ def test_epochs_and_bf16_autocast_on_cpu(tmp_path):
     # 24 items, batch 4 -> 6 micro-batches per epoch, 2 per step -> 3 steps per epoch
     assert trainer.total_steps == 6 and trainer.warmup == 3 and trainer.precision == "bf16"
     log = read_log(tmp_path)
-    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in log] == [0, 0, 0, 1, 1, 1]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in log] == pytest.approx(
+        [1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2]
+    )  # epochs consumed
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     assert Trainer(ToyTask(), config(tmp_path / "x")).precision == "fp32"  # auto on CPU
 

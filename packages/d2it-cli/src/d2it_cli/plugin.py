@@ -29,3 +29,11 @@ def d2it_metrics():
     from d2it_cli.evaluation import METRICS
 
     return list(METRICS)
+
+
+@hookimpl
+def d2it_trackers():
+    """The built-in experiment trackers."""
+    from d2it_cli.trackers import TRACKERS
+
+    return list(TRACKERS)

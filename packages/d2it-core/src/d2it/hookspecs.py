@@ -20,6 +20,7 @@ KIND_HOOKS = {
     "attention": "d2it_attention",
     "metric": "d2it_metrics",
     "dataset": "d2it_datasets",
+    "tracker": "d2it_trackers",
 }
 KINDS = tuple(KIND_HOOKS)
 
@@ -74,6 +75,10 @@ class D2itSpec:
     @hookspec
     def d2it_datasets(self):
         """Return dataset specs (factory(config, *, root, image_size, train) -> torch Dataset)."""
+
+    @hookspec
+    def d2it_trackers(self):
+        """Return experiment tracker specs (factory(config, *, run_dir, name, settings) -> Tracker)."""
 
     @hookspec
     def d2it_commands(self, cli):

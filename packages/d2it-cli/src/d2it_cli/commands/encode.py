@@ -15,7 +15,7 @@ from d2it.errors import DataError
 from d2it.io import atomic_write_text, save_safetensors, state_sha256
 from d2it_cli.cache import FORMAT, MANIFEST, VERSIONS, shard_name
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
-from d2it_cli.data import dataset_classes, open_dataset
+from d2it_cli.data import data_options, dataset_classes, is_streaming, one_pass, open_dataset
 from d2it_cli.engine import dist
 from d2it_cli.engine.parts import load_vae
 
@@ -61,7 +61,8 @@ class ShardWriter:
     type=WRITABLE_SYSTEM_DIR,
     help="Model directory with a trained DVAE.",
 )
-@click.option("--data", required=True, help="Image directory, 'synthetic' or 'synthetic:N'.")
+@click.option("--data", required=True, help="Images: a folder, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT.")
+@click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache directory to write.")
 @click.option("--batch", default=32, show_default=True, type=int)
 @click.option("--shard-size", default=4096, show_default=True, type=int, help="Images (each with its flip) per shard.")
@@ -79,7 +80,22 @@ class ShardWriter:
 @click.option("--device", help="cpu, cuda ... (default: CUDA when available; torchrun: the local GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
-def encode(obj, system_dir, data, out, batch, shard_size, dtype, workers, seed, strict_data, overwrite, device, quiet):
+def encode(
+    obj,
+    system_dir,
+    data,
+    data_option,
+    out,
+    batch,
+    shard_size,
+    dtype,
+    workers,
+    seed,
+    strict_data,
+    overwrite,
+    device,
+    quiet,
+):
     """Encode a dataset into a latent cache and store the latent scale (1/std) in the system record."""
     registry = obj["registry"]
     if batch < 1 or shard_size < 1:
@@ -88,7 +104,7 @@ def encode(obj, system_dir, data, out, batch, shard_size, dtype, workers, seed, 
     record, vae = load_vae(system_dir, registry, device=dev)
     vae.eval()
     vae_hash = state_sha256(vae.state_dict())
-    options = {"strict": True} if strict_data and not data.startswith("synthetic") else {}
+    options = data_options(data, strict_data, data_option, registry)
     dataset = open_dataset(data, record.image_size, train=False, options=options, registry=registry)
     num_classes = dataset_classes(dataset)
     out = Path(out)
@@ -101,12 +117,20 @@ def encode(obj, system_dir, data, out, batch, shard_size, dtype, workers, seed, 
                 old.unlink()
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    mine = list(range(dist.rank(), len(dataset), dist.world_size()))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch, num_workers=workers)
+    if is_streaming(dataset):  # every sample once, this rank's shards; no dataset index to record
+        mine = None
+        loader = torch.utils.data.DataLoader(
+            one_pass(dataset, dist.rank(), dist.world_size()), batch_size=batch, num_workers=workers
+        )
+    else:
+        mine = list(range(dist.rank(), len(dataset), dist.world_size()))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, mine), batch_size=batch, num_workers=workers
+        )
     writer = ShardWriter(out, dist.rank(), shard_size, DTYPES[dtype])
     g = torch.Generator(device=dev).manual_seed(seed * 1000 + dist.rank())
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # count, sum, sum of squares of sampled latents
-    shapes, start, done = None, time.perf_counter(), 0
+    shapes, start, done, top_label = None, time.perf_counter(), 0, -1
     bar = tqdm(loader, desc="encode", disable=quiet or not sys.stdout.isatty() or not dist.is_main())
     with torch.no_grad():
         for images, labels in bar:
@@ -122,7 +146,9 @@ def encode(obj, system_dir, data, out, batch, shard_size, dtype, workers, seed, 
             item = {f"params.{i}": torch.stack([p[:b], p[b:]], 1).to(writer.dtype).cpu() for i, p in enumerate(params)}
             item["grain_map"] = torch.stack([grain_map[:b], grain_map[b:]], 1).to(torch.uint8).cpu()
             item["label"] = torch.as_tensor(labels, dtype=torch.int64)
-            item["index"] = torch.tensor(mine[done : done + b], dtype=torch.int64)
+            top_label = max(top_label, int(item["label"].max()))
+            index = mine[done : done + b] if mine is not None else [-1] * b
+            item["index"] = torch.tensor(index, dtype=torch.int64)
             writer.add(item)
             shapes = shapes or {
                 "params": [list(p.shape[1:]) for p in params],
@@ -135,8 +161,9 @@ def encode(obj, system_dir, data, out, batch, shard_size, dtype, workers, seed, 
     shards = writer.shards
     if dist.is_distributed():
         gathered = [None] * dist.world_size()
-        torch.distributed.all_gather_object(gathered, writer.shards)
-        shards = [s for part in gathered for s in part]
+        torch.distributed.all_gather_object(gathered, (writer.shards, top_label))
+        shards = [s for part, _ in gathered for s in part]
+        top_label = max(top for _, top in gathered)
         shapes = dist.broadcast_object(shapes)
     count, total, squares = stats.tolist()
     if count == 0 or shapes is None:
@@ -146,6 +173,7 @@ def encode(obj, system_dir, data, out, batch, shard_size, dtype, workers, seed, 
     if not std > 0:
         raise DataError("the sampled latents have zero spread; the latent scale is undefined")
     scale = 1.0 / std
+    num_classes = max(num_classes, top_label + 1)  # a stream may not know its classes up front
     if dist.is_main():
         manifest = {
             "format": FORMAT,

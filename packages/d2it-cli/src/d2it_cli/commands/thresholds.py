@@ -14,7 +14,7 @@ from d2it.errors import ConfigError
 from d2it.io import atomic_write_text
 from d2it.system import torch_device
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
-from d2it_cli.data import open_dataset
+from d2it_cli.data import data_options, is_streaming, one_pass, open_dataset
 
 
 def thresholds_for(values: np.ndarray, ratio: float, grains: int) -> list[float]:
@@ -41,7 +41,10 @@ def _coder(system_dir, registry, image_size, grains):
 
 
 @click.command()
-@click.option("--data", required=True, help="Image directory, 'synthetic' or 'synthetic:N' (evaluated without flips).")
+@click.option(
+    "--data", required=True, help="Images: a folder, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT (no flips)."
+)
+@click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option(
     "--system",
     "system_dir",
@@ -62,7 +65,20 @@ def _coder(system_dir, registry, image_size, grains):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def thresholds(
-    obj, data, system_dir, ratio, image_size, grains, out, batch, limit, workers, strict_data, device, quiet
+    obj,
+    data,
+    data_option,
+    system_dir,
+    ratio,
+    image_size,
+    grains,
+    out,
+    batch,
+    limit,
+    workers,
+    strict_data,
+    device,
+    quiet,
 ):
     """Region entropies over a dataset: percentiles 1-99 to --out, thresholds for --ratio into the system record."""
     registry = obj["registry"]
@@ -71,23 +87,29 @@ def thresholds(
     if grains < 2:
         raise ConfigError(f"--grains must be at least 2, got {grains}")
     coder, image_size, grains = _coder(system_dir, registry, image_size, grains)
-    options = {"strict": True} if strict_data and not data.startswith("synthetic") else {}
+    options = data_options(data, strict_data, data_option, registry)
     dataset = open_dataset(data, image_size, train=False, options=options, registry=registry)
-    if limit is not None:
+    if is_streaming(dataset):
+        one_pass(dataset, 0, 1)
+    elif limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     dev = torch_device(device)
     coder.to(dev)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers)
-    chunks = []
+    chunks, count = [], 0
     with torch.no_grad():
         for images, _ in tqdm(loader, desc="entropy", disable=quiet or not sys.stdout.isatty()):
-            chunks.append(coder.scores(images.to(dev)).float().cpu().numpy().ravel())
+            if limit is not None:  # a stream has no Subset
+                images = images[: max(0, limit - count)]
+            count += images.shape[0]
+            if images.shape[0]:
+                chunks.append(coder.scores(images.to(dev)).float().cpu().numpy().ravel())
     values = np.concatenate(chunks).astype(np.float64)
     found = thresholds_for(values, ratio, grains)
     shares = [float((values > t).mean()) for t in found]
     doc = {
         "data": data,
-        "images": len(dataset),
+        "images": count,
         "regions": int(values.size),
         "image_size": image_size,
         "region": int(getattr(coder, "region", 0)),
@@ -104,7 +126,7 @@ def thresholds(
     }
     atomic_write_text(Path(out), json.dumps(doc, indent=2) + "\n")
     click.echo(
-        f"{values.size} regions of {len(dataset)} images: thresholds {[round(t, 4) for t in found]} "
+        f"{values.size} regions of {count} images: thresholds {[round(t, 4) for t in found]} "
         f"(share above: {[round(s, 3) for s in shares]}); wrote {out}"
     )
     if system_dir:

@@ -7,7 +7,7 @@ import click
 from d2it import system as systems
 from d2it.errors import ConfigError
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
-from d2it_cli.data import open_dataset
+from d2it_cli.data import data_options, open_dataset
 from d2it_cli.engine import Trainer, dist
 from d2it_cli.engine.parts import engine_options, load_vae, train_config
 from d2it_cli.engine.stage1 import DVAETask, preview_batch
@@ -36,10 +36,6 @@ def _report(history, trainer, part: str, system_dir):
     click.echo(f"wrote {system_dir}/{part}.safetensors; run directory {trainer.run_dir}")
 
 
-def _data_options(data: str, strict: bool) -> dict:
-    return {"strict": True} if strict and not data.startswith("synthetic") else {}
-
-
 @click.group()
 def train():
     """Train a part of a system: the DVAE (stage 1), then the grain and content transformers (stage 2)."""
@@ -47,7 +43,10 @@ def train():
 
 @train.command()
 @SYSTEM
-@click.option("--data", required=True, help="Image directory (ImageFolder or flat), 'synthetic' or 'synthetic:N'.")
+@click.option(
+    "--data", required=True, help="Images: a folder, folder:DIR, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT."
+)
+@click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE (e.g. shuffle_buffer=5000), repeatable.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--lr", type=float, help="Learning rate (default 4.5e-6 x global batch).")
 @click.option("--disc-start", default=50001, show_default=True, type=int, help="Step at which the GAN loss starts.")
@@ -62,6 +61,7 @@ def dvae(
     obj,
     system_dir,
     data,
+    data_option,
     strict_data,
     lr,
     disc_start,
@@ -81,7 +81,7 @@ def dvae(
             "(run d2it thresholds first)",
             err=True,
         )
-    options = _data_options(data, strict_data)
+    options = data_options(data, strict_data, data_option, registry)
     dataset = open_dataset(data, record.image_size, train=True, options=options, registry=registry)
     preview = preview_batch(open_dataset(data, record.image_size, train=False, options=options, registry=registry))
     loss_options = {

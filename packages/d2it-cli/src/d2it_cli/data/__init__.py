@@ -1,19 +1,33 @@
-"""Datasets: the registered `folder` and `synthetic` datasets and `open_dataset` for `--data`."""
+"""Datasets: the registered `folder`, `synthetic`, `wds` and `hf` datasets, and `open_dataset` for `--data`."""
 
+import itertools
+import json
+import re
 from pathlib import Path
 
 from d2it.errors import DataError
 from d2it.registry import Registry, default_registry
 from d2it.spec import ComponentSpec
 from d2it_cli.data.folder import FolderConfig, FolderDataset, make_folder
+from d2it_cli.data.hf import HfConfig, HfDataset, make_hf
+from d2it_cli.data.stream import StreamDataset, StreamSetup, is_streaming
 from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset, make_synthetic
+from d2it_cli.data.wds import WdsConfig, WdsDataset, make_wds
+
+NAME_RE = re.compile(r"^([a-z][a-z0-9_.-]*):(.*)$")
 
 
-def parse_data(spec: str) -> tuple[str, dict, str | None]:
-    """`--data` value -> (dataset name, options, root): a directory, `synthetic`, `synthetic:N` or `NAME:ROOT`."""
+def parse_data(spec: str, registry: Registry | None = None) -> tuple[str, dict, str | None]:
+    """`--data` value -> (dataset name, options, root).
+
+    Accepted: `synthetic`, `synthetic:N`, `NAME:ROOT` for any registered dataset (`folder:ROOT`,
+    `wds:SHARDS`, `hf:PATH[:split]`, a plugin's), or a bare path (the folder dataset). A `NAME:`
+    prefix that names no dataset is an error listing the valid names, unless the whole value is an
+    existing path.
+    """
     text = str(spec).strip()
     if not text:
-        raise DataError("--data needs a directory or 'synthetic'")
+        raise DataError("--data needs a directory, 'synthetic' or NAME:ROOT")
     if text == "synthetic" or text.startswith("synthetic:"):
         _, _, count = text.partition(":")
         if not count:
@@ -23,6 +37,13 @@ def parse_data(spec: str) -> tuple[str, dict, str | None]:
         except ValueError:
             raise DataError(f"--data synthetic:N expects an integer image count, got {count!r}") from None
         return "synthetic", {"num_images": n}, None
+    match = NAME_RE.match(text)
+    if match and not Path(text).exists():
+        name, root = match.groups()
+        names = (registry or default_registry()).names("dataset")
+        if name not in names:
+            raise DataError(f"--data {text}: unknown dataset {name!r}; valid datasets: {', '.join(names)}")
+        return name, {}, root
     return "folder", {}, text
 
 
@@ -31,18 +52,48 @@ def open_dataset(
 ):
     """Build the dataset named by a `--data` value (train: with random flips) through the registry."""
     registry = registry or default_registry()
-    name, opts, root = parse_data(spec)
+    name, opts, root = parse_data(spec, registry)
     opts.update(options or {})
-    if root is not None and not Path(root).exists():
+    if name == "folder" and root is not None and not Path(root).exists():
         raise DataError(f"data directory {root} does not exist")
     return registry.create(
         "dataset", name, opts, where=f"dataset {name}", root=root, image_size=image_size, train=train
     )
 
 
+def data_options(spec: str, strict: bool, pairs=(), registry: Registry | None = None) -> dict:
+    """Dataset options from `--strict-data` and `--data-option KEY=VALUE` pairs (JSON values where they parse)."""
+    options = {}
+    name = parse_data(spec, registry)[0]
+    if strict and name != "synthetic":
+        options["strict"] = True
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--data-option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def first_items(dataset, count: int) -> list:
+    """The first `count` items of a dataset: by index, or the start of a stream in stored order."""
+    if not is_streaming(dataset):
+        return [dataset[i] for i in range(min(count, len(dataset)))]
+    dataset.configure(StreamSetup(endless=False, shuffle=False))
+    return list(itertools.islice(iter(dataset), count))
+
+
+def one_pass(dataset, rank: int, world: int):
+    """A stream's every sample once, in stored order, this rank's share (for encode and thresholds)."""
+    return dataset.configure(StreamSetup(rank=rank, world=world, endless=False, shuffle=False))
+
+
 def dataset_classes(dataset) -> int:
     """Number of labels a dataset declares (`num_classes` or `classes`), else 1."""
-    n = getattr(dataset, "num_classes", None)
+    n = getattr(dataset, "num_classes", None)  # None: a stream whose labels are unknown up front
     if n is None:
         n = len(getattr(dataset, "classes", []) or [0])
     return max(1, int(n))
@@ -54,7 +105,7 @@ DATASETS = [
         "dataset",
         make_folder,
         FolderConfig,
-        summary="PNG/JPEG images in class subfolders (ImageFolder layout) or a flat folder",
+        summary="PNG/JPEG/WebP images in class subfolders (ImageFolder layout) or a flat folder",
     ),
     ComponentSpec(
         "synthetic",
@@ -63,14 +114,37 @@ DATASETS = [
         SyntheticConfig,
         summary="procedural images with smooth and detailed regions (no download)",
     ),
+    ComponentSpec(
+        "wds",
+        "dataset",
+        make_wds,
+        WdsConfig,
+        summary="webdataset tar shards <key>.jpg|png|webp + <key>.cls, streamed (wds:/d/train-{000000..000127}.tar)",
+    ),
+    ComponentSpec(
+        "hf",
+        "dataset",
+        make_hf,
+        HfConfig,
+        summary="a Hugging Face datasets table: save_to_disk folder, local files or Hub name (hf:PATH[:split])",
+    ),
 ]
 
 __all__ = [
     "DATASETS",
     "FolderConfig",
     "FolderDataset",
+    "HfConfig",
+    "HfDataset",
+    "StreamDataset",
     "SyntheticConfig",
     "SyntheticDataset",
+    "WdsConfig",
+    "WdsDataset",
+    "data_options",
+    "first_items",
+    "one_pass",
+    "is_streaming",
     "dataset_classes",
     "open_dataset",
     "parse_data",

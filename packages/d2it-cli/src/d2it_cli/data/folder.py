@@ -1,22 +1,25 @@
-"""The `folder` dataset: an ImageFolder tree (one subfolder per class) or a flat folder of PNG/JPEG files."""
+"""The `folder` dataset: an ImageFolder tree (one subfolder per class) or a flat folder of PNG/JPEG/WebP files.
+
+Start-up is directory listing only: no image is opened until it is read (an unreadable one is then
+skipped, counted and replaced by the next readable one), and under torchrun rank 0 lists the tree
+once and sends the index to the other ranks.
+"""
 
 import logging
 import os
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from PIL import Image
-from tqdm import tqdm
 
 from d2it.errors import DataError
 
 log = logging.getLogger("d2it.data")
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @attrs.frozen
@@ -25,7 +28,6 @@ class FolderConfig:
 
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     extensions: tuple[str, ...] = EXTENSIONS
-    check_workers: int = 8  # threads that open every file's header when the folder is scanned
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -50,25 +52,51 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1) if torch.rand(()) < 0.5 else x
 
 
-def _images_under(directory: Path, extensions) -> list[Path]:
-    """Image files under `directory`, recursively, in sorted order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(extensions) and not name.startswith("."):
-                out.append(Path(dirpath) / name)
+def _images_under(directory: str, extensions, prefix: str = "") -> list[str]:
+    """Image files under `directory`, recursively, sorted, as paths relative to the listed root (os.scandir only)."""
+    files, dirs = [], []
+    with os.scandir(directory) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=True):
+                dirs.append(e.name)
+            elif e.name.lower().endswith(extensions):
+                files.append(e.name)
+    out = [prefix + name for name in sorted(files)]
+    for name in sorted(dirs):
+        out.extend(_images_under(os.path.join(directory, name), extensions, prefix + name + "/"))
     return out
 
 
-def _header_ok(path: Path) -> str | None:
-    """None when Pillow recognises the file's header, else the reason."""
-    try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - forces the header to be parsed
-        return None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+def scan_folder(root: Path, extensions) -> tuple[list[str], list[str], list[int]]:
+    """(class names, image paths relative to root, labels): class subfolders, else the flat folder's own images."""
+    classes, files, labels = [], [], []
+    subdirs = sorted(p.name for p in os.scandir(root) if p.is_dir() and not p.name.startswith("."))
+    for name in subdirs:
+        found = _images_under(os.path.join(root, name), extensions, name + "/")
+        if found:
+            labels.extend([len(classes)] * len(found))
+            classes.append(name)
+            files.extend(found)
+    if not classes:
+        with os.scandir(root) as entries:
+            files = sorted(
+                e.name
+                for e in entries
+                if e.is_file() and e.name.lower().endswith(extensions) and not e.name.startswith(".")
+            )
+        labels = [0] * len(files)
+    return classes, files, labels
+
+
+def _shared_scan(root: Path, extensions):
+    """`scan_folder` on rank 0 only, broadcast to every rank under torchrun (one listing per launch, not per rank)."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        return scan_folder(root, extensions)
+    box = [scan_folder(root, extensions) if torch_dist.get_rank() == 0 else None]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -85,47 +113,20 @@ class FolderDataset(torch.utils.data.Dataset):
             raise DataError(f"data directory {self.root} does not exist")
         if not self.root.is_dir():
             raise DataError(f"data path {self.root} is not a directory")
-        subdirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        per_class = [(d.name, _images_under(d, extensions)) for d in subdirs]
-        per_class = [(name, files) for name, files in per_class if files]
-        if per_class:
-            self.classes = [name for name, _ in per_class]
-            candidates = [(f, label) for label, (_, files) in enumerate(per_class) for f in files]
-        else:
-            self.classes = []
-            candidates = [
-                (f, 0)
-                for f in sorted(
-                    p
-                    for p in self.root.iterdir()
-                    if p.is_file() and p.name.lower().endswith(extensions) and not p.name.startswith(".")
-                )
-            ]
-        if not candidates:
-            raise DataError(f"no PNG or JPEG images found in {self.root}")
+        self.classes, self.files, labels = _shared_scan(self.root, extensions)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if not self.files:
+            raise DataError(f"no PNG, JPEG or WebP images found in {self.root}")
         self.skipped: list[tuple[str, str]] = []
-        with ThreadPoolExecutor(max_workers=max(1, config.check_workers)) as pool:
-            checks = pool.map(lambda c: _header_ok(c[0]), candidates)
-            hide = not sys.stdout.isatty() or len(candidates) < 10_000  # a bar only for big folders
-            problems = list(tqdm(checks, total=len(candidates), desc=f"scan {self.root.name}", disable=hide))
-        self.samples = []
-        for (path, label), problem in zip(candidates, problems):
-            if problem is None:
-                self.samples.append((path, label))
-                continue
-            if self.strict:
-                raise DataError(f"image {path} cannot be read ({problem})")
-            self.skipped.append((str(path), problem))
-        if self.skipped:
-            log.warning(
-                "skipped %d unreadable image(s) of %d in %s (first: %s)",
-                len(self.skipped),
-                len(candidates),
-                self.root,
-                self.skipped[0][0],
-            )
-        if not self.samples:
-            raise DataError(f"none of the {len(candidates)} images in {self.root} can be read")
+
+    @property
+    def samples(self) -> list[tuple[Path, int]]:
+        """(path, label) of every listed image (built on demand: the index itself is compact)."""
+        return [(self.root / f, int(label)) for f, label in zip(self.files, self.labels)]
+
+    def path(self, index: int) -> Path:
+        """The file of image `index`."""
+        return self.root / self.files[index]
 
     @property
     def num_classes(self) -> int:
@@ -133,24 +134,24 @@ class FolderDataset(torch.utils.data.Dataset):
         return max(1, len(self.classes))
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.files)
 
     def load(self, index: int) -> torch.Tensor:
         """The image at `index`, resized and centre-cropped, in [-1, 1] (no flip)."""
-        path, _ = self.samples[index]
+        path = self.path(index)
         with Image.open(path) as im:
             im.load()
             image = im.convert("RGB")
         return to_tensor(center_crop(image, self.image_size))
 
     def __getitem__(self, index: int):
-        n = len(self.samples)
+        n = len(self.files)
         for offset in range(n):
             i = (index + offset) % n
             try:
                 x = self.load(i)
-            except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt image data
-                path = self.samples[i][0]
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # corrupt image data
+                path = self.path(i)
                 if self.strict:
                     raise DataError(f"image {path} cannot be decoded ({exc})") from None
                 if str(path) not in {p for p, _ in self.skipped}:
@@ -161,8 +162,8 @@ class FolderDataset(torch.utils.data.Dataset):
                 continue
             if self.train:
                 x = random_flip(x)
-            return x, self.samples[i][1]
-        raise DataError(f"none of the images in {self.root} can be decoded")
+            return x, int(self.labels[i])
+        raise DataError(f"none of the {n} images in {self.root} can be read")
 
 
 def make_folder(config: FolderConfig, *, root, image_size: int, train: bool = True) -> FolderDataset:

@@ -1,7 +1,7 @@
 """Training checkpoints: RUN_DIR/checkpoints/step-XXXXXXX/ written atomically, with a `latest` pointer written last.
 
 A checkpoint directory holds one `<part>.safetensors` per trained module (string metadata only),
-`state.pt` (optimizers, EMA, step, data position; rank 0) and `rng-RRRRR.pt` per rank, all read
+`state.pt` (optimizers, EMA, step, data position in samples, global batch; rank 0) and `rng-RRRRR.pt` per rank, all read
 with `torch.load(weights_only=True)`. It is assembled under a hidden temporary name and renamed
 into place only when every file is complete, so an interrupted write leaves the previous
 checkpoint (and the pointer to it) intact.
@@ -157,8 +157,11 @@ def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | 
     return final
 
 
-def load_checkpoint(path) -> tuple[dict, dict, dict]:
-    """(weights {part: tensors}, state, this rank's RNG state) of a checkpoint directory."""
+def load_checkpoint(path, need_rng: bool = True) -> tuple[dict, dict, dict | None]:
+    """(weights {part: tensors}, state, this rank's RNG state) of a checkpoint directory.
+
+    Without `need_rng`, a rank the checkpoint has no RNG state for (another world size) gets None.
+    """
     path = Path(path)
     state = io.load_state(path / STATE)
     weights = {}
@@ -166,6 +169,8 @@ def load_checkpoint(path) -> tuple[dict, dict, dict]:
         weights[f.stem], _ = io.load_safetensors(f)
     rng_path = path / rng_file(dist.rank())
     if not rng_path.is_file():
+        if not need_rng:
+            return weights, state, None
         raise CheckpointError(
             f"checkpoint {path} has no RNG state for rank {dist.rank()}: it was written by "
             f"{state.get('world_size', '?')} processes and this run has {dist.world_size()}"

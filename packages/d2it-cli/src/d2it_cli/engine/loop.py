@@ -10,8 +10,6 @@ of the checkpoint, so a resumed run repeats the losses of an uninterrupted one e
 import abc
 import json
 import math
-import random
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -23,11 +21,13 @@ from torch import nn
 from tqdm import tqdm
 
 from d2it import io
-from d2it.errors import CheckpointError, ConfigError, DataError
+from d2it.errors import CheckpointError, ConfigError
 from d2it_cli.engine import checkpoint as ckpt
-from d2it_cli.engine import dist
+from d2it_cli.engine import dist, progress
 from d2it_cli.engine.ema import EMA
 from d2it_cli.engine.fastpaths import autocast, configure_tf32, maybe_compile, set_grad_checkpointing, to_channels_last
+from d2it_cli.engine.feed import Feed, GlobalOrder, SeededItems, item_seed  # noqa: F401 - re-exported
+from d2it_cli.trackers import check_trackers, open_trackers
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "train.json"
@@ -62,6 +62,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     tf32: bool = True
     channels_last: bool = False
+    report_to: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def validate(self):
         """Raise ConfigError for impossible settings."""
@@ -78,6 +79,18 @@ class TrainConfig:
         if self.log_every < 1:
             raise ConfigError("--log-every must be at least 1")
         parse_warmup(self.warmup, 1)
+        check_trackers(self.report_to)
+
+
+def derive_batch(global_batch: int, world: int, batch: int, where="the checkpoint") -> tuple[int, int]:
+    """(micro-batch, accumulation) giving `global_batch` on `world` ranks, the micro-batch at most `batch`."""
+    if global_batch % world:
+        raise CheckpointError(
+            f"{where} has global batch {global_batch}, which {world} processes cannot share"
+        )
+    per_rank = global_batch // world
+    micro = max(d for d in range(1, min(batch, per_rank) + 1) if per_rank % d == 0)
+    return micro, per_rank // micro
 
 
 def parse_warmup(text, steps_per_epoch: int) -> int:
@@ -94,57 +107,6 @@ def parse_warmup(text, steps_per_epoch: int) -> int:
     return int(value)
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one item's augmentation in one epoch."""
-    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63 - 1)
-
-
-class SeededItems(torch.utils.data.Dataset):
-    """Wraps a dataset so that item (index, seed) is drawn with torch/numpy/python seeded by `seed`."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, seed = key
-        np_state, py_state = np.random.get_state(), random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
-            try:
-                return self.dataset[index]
-            finally:
-                np.random.set_state(np_state)
-                random.setstate(py_state)
-
-
-class EpochBatches:
-    """Each rank's micro-batches of (index, item seed): a seeded permutation per epoch, sharded by rank."""
-
-    def __init__(self, size: int, batch: int, seed: int, rank: int = 0, world: int = 1):
-        self.size, self.batch, self.seed, self.rank, self.world = size, batch, seed, rank, world
-        self.per_epoch = (size // world) // batch
-        if self.per_epoch < 1:
-            raise DataError(
-                f"the dataset has {size} items, fewer than one batch of {batch} per process on {world} process(es)"
-            )
-
-    def epoch(self, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
-        """Micro-batches `start`.. of `epoch` for this rank."""
-        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        perm = torch.randperm(self.size, generator=g)[: (self.size // self.world) * self.world]
-        mine = perm[self.rank :: self.world].tolist()
-        out = []
-        for b in range(start, self.per_epoch):
-            idx = mine[b * self.batch : (b + 1) * self.batch]
-            out.append([(i, item_seed(self.seed, epoch, i)) for i in idx])
-        return out
-
-
 def to_device(batch, device):
     """Move every tensor of a (nested) batch to `device`."""
     if isinstance(batch, torch.Tensor):
@@ -156,9 +118,7 @@ def to_device(batch, device):
     return batch
 
 
-def progress_enabled(quiet: bool) -> bool:
-    """Bars only on rank 0, with a terminal on stdout and without --quiet."""
-    return not quiet and sys.stdout.isatty() and dist.is_main()
+progress_enabled = progress.bar_enabled
 
 
 class Task(abc.ABC):
@@ -213,8 +173,7 @@ class Trainer:
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
         self.step = 0
-        self.epoch = 0
-        self.position = 0
+        self.data_state: dict | None = None  # the data position a resumed run starts from
         self.wrapped: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: dict[str, EMA] = {}
@@ -283,23 +242,50 @@ class Trainer:
                 group.setdefault("base_lr", group["lr"])
         if cfg.ema:
             self.ema = {name: EMA(modules[name], cfg.ema_decay) for name in self.task.ema_names()}
-        self.batches = EpochBatches(len(self.task.dataset), cfg.batch, cfg.seed, dist.rank(), dist.world_size())
-        per_epoch_steps = max(1, self.batches.per_epoch // cfg.grad_accum)
-        self.total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * per_epoch_steps))
-        self.warmup = parse_warmup(cfg.warmup, per_epoch_steps)
+        self.feed = Feed(
+            self.task.dataset,
+            batch=cfg.batch,
+            grad_accum=cfg.grad_accum,
+            seed=cfg.seed,
+            rank=dist.rank(),
+            world=dist.world_size(),
+            workers=cfg.workers,
+            collate_fn=self.task.collate_fn,
+            pin=self.device.type == "cuda",
+        )
+        if cfg.steps is not None:
+            self.total_steps = cfg.steps
+        else:
+            self.total_steps = max(1, math.ceil(cfg.epochs * self.feed.require_epochs("--epochs")))
+        warmup_epochs = str(cfg.warmup).strip().lower().endswith("ep")
+        per_epoch = self.feed.require_epochs("--warmup in epochs") if warmup_epochs else 1
+        self.warmup = parse_warmup(cfg.warmup, per_epoch)
+
+    def _plan_resume(self):
+        """Read the checkpoint early: keep its global batch, deriving this run's micro-batch and accumulation."""
+        cfg = self.config
+        self.resume_path = ckpt.resolve_resume(cfg.resume, self.run_dir)
+        state = io.load_state(self.resume_path / ckpt.STATE)
+        if state.get("seed") != cfg.seed:
+            raise CheckpointError(
+                f"checkpoint {self.resume_path} used --seed {state.get('seed')}; resume with the same value"
+            )
+        world = dist.world_size()
+        wanted = int(state.get("global_batch", state["batch"] * state["grad_accum"] * state["world_size"]))
+        if cfg.batch * cfg.grad_accum * world != wanted:
+            batch, accum = derive_batch(wanted, world, cfg.batch, f"checkpoint {self.resume_path}")
+            if dist.is_main() and not cfg.quiet:
+                print(
+                    f"resuming a run of global batch {wanted} on {world} process(es): "
+                    f"--batch {batch} --grad-accum {accum}",
+                    flush=True,
+                )
+            cfg.batch, cfg.grad_accum = batch, accum
+        return state
 
     def _resume(self):
-        path = ckpt.resolve_resume(self.config.resume, self.run_dir)
-        weights, state, rng = ckpt.load_checkpoint(path)
-        if state.get("world_size", 1) != dist.world_size():
-            raise CheckpointError(
-                f"checkpoint {path} was written by {state.get('world_size')} processes; resume it with as many"
-            )
-        for key in ("batch", "grad_accum", "seed"):
-            if state.get(key) != getattr(self.config, key):
-                raise CheckpointError(
-                    f"checkpoint {path} used --{key.replace('_', '-')} {state.get(key)}; resume with the same value"
-                )
+        path = self.resume_path
+        weights, state, rng = ckpt.load_checkpoint(path, need_rng=False)
         modules = self.task.modules()
         for name, m in modules.items():
             if name not in weights:
@@ -321,30 +307,16 @@ class Trainer:
                 ema.load_state_dict(state["ema"][name])
             else:  # EMA switched on at resume: start from the current weights
                 ema.shadow = EMA(modules[name], ema.decay).shadow
-        self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        ckpt.restore_rng(rng)
+        self.step = int(state["step"])
+        self.data_state = dict(state["data"])
+        if rng is not None and state.get("world_size") == dist.world_size():
+            ckpt.restore_rng(rng)
+        else:  # another number of ranks: fresh per-rank streams, seeded by the step
+            torch.manual_seed((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step)
+            np.random.seed(((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step) % 2**32)
         return path
 
     # -- the loop --------------------------------------------------------------------------------
-    def _micro_batches(self):
-        cfg = self.config
-        pin = self.device.type == "cuda"
-        while True:
-            plan = self.batches.epoch(self.epoch, self.position)
-            loader = torch.utils.data.DataLoader(
-                SeededItems(self.task.dataset),
-                batch_sampler=plan,
-                num_workers=cfg.workers,
-                collate_fn=self.task.collate_fn,
-                pin_memory=pin,
-                generator=torch.Generator(),
-            )
-            for batch in loader:
-                self.position += 1
-                yield batch
-            self.epoch += 1
-            self.position = 0
-
     def _set_lr(self):
         factor = min(1.0, (self.step + 1) / self.warmup) if self.warmup > 0 else 1.0
         for opt in self.optimizers.values():
@@ -355,8 +327,8 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "step": self.step,
-            "epoch": self.epoch,
-            "position": self.position,
+            "data": self.feed.state(),
+            "global_batch": self.global_batch,
             "world_size": dist.world_size(),
             "batch": self.config.batch,
             "grad_accum": self.config.grad_accum,
@@ -403,6 +375,8 @@ class Trainer:
     def fit(self) -> list[dict]:
         """Train to the configured length; returns the logged records (rank 0)."""
         cfg = self.config
+        if cfg.resume:
+            self._plan_resume()
         self._setup()
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -414,7 +388,8 @@ class Trainer:
             if resumed is not None:
                 self._trim_log()
         log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
-        writer = _tensorboard(self.run_dir) if dist.is_main() else None
+        trackers = self._open_trackers() if dist.is_main() else []
+        lines = progress.lines_enabled(cfg.quiet)
         main = self.wrapped[next(iter(self.wrapped))]
         bar = tqdm(
             total=self.total_steps,
@@ -425,7 +400,7 @@ class Trainer:
         )
         sums: dict[str, torch.Tensor] = {}
         count, images, t0 = 0, 0, time.perf_counter()
-        batches = self._micro_batches()
+        batches = self.feed.batches(self.data_state)
         try:
             while self.step < self.total_steps:
                 lr_factor = self._set_lr()
@@ -470,7 +445,7 @@ class Trainer:
                     elapsed = time.perf_counter() - t0
                     record = {
                         "step": self.step,
-                        "epoch": self.epoch,
+                        "epoch": self.feed.epoch,
                         **{k: values[k] for k in sorted(values)},
                         "lr": max(g["lr"] for o in self.optimizers.values() for g in o.param_groups),
                         "lr_factor": lr_factor,
@@ -481,36 +456,51 @@ class Trainer:
                     if log_file is not None:
                         log_file.write(json.dumps(record) + "\n")
                         log_file.flush()
-                        if writer is not None:
-                            for k, v in record.items():
-                                if k not in ("step", "time") and isinstance(v, float):
-                                    writer.add_scalar(f"{self.task.name}/{k}", v, self.step)
+                        scalars = {
+                            k: v for k, v in record.items() if k not in ("step", "time") and isinstance(v, float)
+                        }
+                        for tracker in trackers:
+                            tracker.log_scalars(scalars, self.step)
+                    if lines:
+                        progress.print_line(
+                            progress.format_line(self.task.name, record, self.total_steps, elapsed / max(count, 1))
+                        )
                     main_loss = values.get("loss", next(iter(values.values()), float("nan")))
                     bar.set_postfix(loss=f"{main_loss:.4f}", refresh=False)
                     sums, count, images, t0 = {}, 0, 0, time.perf_counter()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.write_sample()
+                    preview = self.write_sample()
+                    if preview is not None and preview.is_file():
+                        for tracker in trackers:
+                            tracker.log_image("preview", preview, self.step)
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
                     self.save_checkpoint()
         finally:
             bar.close()
             if log_file is not None:
                 log_file.close()
-            if writer is not None:
-                writer.close()
+            for tracker in trackers:
+                tracker.close()
         if dist.is_main():
             self.task.finish(self)
         dist.barrier()
         return self.history
 
-    def write_sample(self):
-        """Write the task's preview for the current step (rank 0 only)."""
+    def write_sample(self) -> Path | None:
+        """Write the task's preview for the current step (rank 0 only); its path on rank 0."""
+        path = None
         if dist.is_main():
             path = self.run_dir / SAMPLES_DIR / f"{ckpt.step_name(self.step)}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             with self.evaluating():
                 self.task.sample(self, self.step, path)
         dist.barrier()
+        return path
+
+    def _open_trackers(self) -> list:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in attrs.asdict(self.config).items()}
+        settings.update(task=self.task.name, world_size=dist.world_size(), global_batch=self.global_batch)
+        return open_trackers(self.config.report_to, run_dir=self.run_dir, name=self.task.name, settings=settings)
 
     def final_weights(self, name: str) -> dict:
         """Weights of module `name` to export: the EMA copy when there is one."""
@@ -518,15 +508,6 @@ class Trainer:
         if name in self.ema:
             return self.ema[name].weights(module)
         return module.state_dict()
-
-
-def _tensorboard(run_dir):
-    """A TensorBoard writer when tensorboard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
 
 def read_log(run_dir) -> list[dict]:

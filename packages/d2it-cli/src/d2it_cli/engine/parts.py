@@ -8,6 +8,7 @@ from d2it import system as systems
 from d2it.errors import ConfigError
 from d2it.io import load_into, load_safetensors, save_safetensors
 from d2it.registry import Registry, default_registry
+from d2it_cli.engine.feed import default_workers
 from d2it_cli.engine.loop import PRECISIONS, TrainConfig
 
 
@@ -56,7 +57,16 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 show_default=True,
                 help="auto = bf16 autocast on CUDA, fp32 on CPU.",
             ),
-            click.option("--workers", default=0, show_default=True, type=int, help="Data-loading processes per rank."),
+            click.option(
+                "--workers",
+                type=click.IntRange(min=0),
+                help="Data-loading processes per rank (default: the CPUs per local rank less one, at most 8).",
+            ),
+            click.option(
+                "--report-to",
+                multiple=True,
+                help="Tracker for scalars and previews: none, tensorboard, wandb (repeatable; extras d2it-cli[NAME]).",
+            ),
             click.option("--log-every", default=50, show_default=True, type=int, help="Steps between log lines."),
             click.option(
                 "--sample-every",
@@ -115,6 +125,7 @@ ENGINE_KEYS = (
     "grad_checkpointing",
     "tf32",
     "channels_last",
+    "report_to",
 )
 
 
@@ -124,4 +135,6 @@ def train_config(system_dir, trainer: str, kwargs: dict) -> TrainConfig:
     values = {k: kwargs.pop(k) for k in ENGINE_KEYS}
     if values["steps"] is not None:
         values["epochs"] = None
+    if values["workers"] is None:
+        values["workers"] = default_workers()
     return TrainConfig(run_dir=run_dir, **values)

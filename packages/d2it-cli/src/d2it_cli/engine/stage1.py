@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from d2it.system import update_extra
+from d2it_cli.data import first_items
 from d2it_cli.engine import dist
 from d2it_cli.engine.loop import Task
 from d2it_cli.engine.parts import save_part
@@ -17,8 +18,7 @@ BETAS = (0.5, 0.9)
 
 def preview_batch(dataset, count: int = 8) -> torch.Tensor:
     """The first `count` images of a dataset (its own transform) as one batch."""
-    n = min(count, len(dataset))
-    return torch.stack([dataset[i][0] for i in range(n)])
+    return torch.stack([x for x, _ in first_items(dataset, count)])
 
 
 def dvae_panel(images, recon, grain_maps, entropy, grains: int, max_entropy: float | None = None) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Streaming datasets: an endless, seeded stream of samples split over (rank, data-loader worker) slots.
+
+A stream is a list of *units* (tar shards, dataset files ...) read in order. Each epoch the units
+are permuted with (seed, epoch); with at least as many units as slots, slot s reads units
+s, s + slots, ... of that order, otherwise every slot reads every unit and keeps every slots-th
+sample. A shuffle buffer (seeded per slot) mixes samples; the random flip of the n-th raw sample of
+a slot is seeded by (seed, slot, n), so it does not depend on where a run was resumed.
+
+Resume: the trainer counts micro-batches per rank. A DataLoader over an IterableDataset hands out
+batches from its workers in strict rotation, so each worker's consumed sample count follows from
+that count, and so does whose turn is next (the resumed loader's first worker stands in for it).
+On resume each slot skips that many *raw* samples (without decoding them) and refills its shuffle
+buffer. Nothing is repeated or skipped beyond the samples that sat in the shuffle buffer at the
+checkpoint (none without shuffling).
+"""
+
+import itertools
+import logging
+import random
+from collections.abc import Iterator
+
+import attrs
+import torch
+
+from d2it.errors import DataError
+from d2it_cli.data.folder import random_flip
+
+log = logging.getLogger("d2it.data")
+
+
+@attrs.define
+class StreamSetup:
+    """Where a stream starts: the run's seed, this rank among `world`, and how much was already consumed."""
+
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    endless: bool = True
+    shuffle: bool = True
+    batch: int = 1  # the per-rank micro-batch of the run being resumed
+    consumed_batches: int = 0  # micro-batches this rank already consumed (same world, batch and workers)
+    skip_samples: int | None = None  # per-slot raw samples to skip (a changed layout: approximate)
+
+
+def worker_consumed(consumed_batches: int, batch: int, worker: int, workers: int) -> int:
+    """Samples worker `worker` of `workers` produced for the first `consumed_batches` batches (strict rotation)."""
+    whole, rest = divmod(consumed_batches, workers)
+    return (whole + (1 if worker < rest else 0)) * batch
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """Base of streaming datasets; subclasses give `units()`, `read(unit)` and `decode(raw)`."""
+
+    streaming = True
+
+    def __init__(self, image_size: int, train: bool = True, shuffle_buffer: int = 0, strict: bool = False):
+        self.image_size = int(image_size)
+        self.train = train
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.strict = strict
+        self.setup = StreamSetup()
+        self.skipped = 0  # corrupt samples met by this process
+
+    # -- what a subclass provides -------------------------------------------------------------------
+    def units(self) -> list:
+        """The stream's units (shards, files) in their stored order."""
+        raise NotImplementedError
+
+    def read(self, unit) -> Iterator:
+        """Raw, undecoded samples of one unit."""
+        raise NotImplementedError
+
+    def decode(self, raw) -> tuple[torch.Tensor, int]:
+        """(image CHW in [-1, 1], label) of a raw sample; raise ValueError/OSError for a corrupt one."""
+        raise NotImplementedError
+
+    def describe(self, raw) -> str:
+        """A name for a raw sample in warnings."""
+        return "sample"
+
+    # -- the stream ---------------------------------------------------------------------------------
+    def configure(self, setup: StreamSetup) -> "StreamDataset":
+        """Set where the stream of every slot starts (call before building a DataLoader)."""
+        self.setup = setup
+        return self
+
+    def _slot(self) -> tuple[int, int, int, int]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        s = self.setup
+        # a resumed DataLoader starts its rotation at worker 0 again: that worker plays the one whose turn it was
+        worker = (worker + s.consumed_batches) % workers
+        return s.rank * workers + worker, s.world * workers, worker, workers
+
+    def raw_stream(self, slot: int, slots: int) -> Iterator:
+        """This slot's raw samples, epoch after epoch (one epoch unless endless)."""
+        units = list(self.units())
+        for epoch in itertools.count() if self.setup.endless else [0]:
+            order = list(units)
+            if self.setup.shuffle:
+                random.Random(self.setup.seed * 7919 + epoch).shuffle(order)
+            if len(order) >= slots:
+                for unit in order[slot::slots]:
+                    yield from self.read(unit)
+            else:
+                shared = itertools.chain.from_iterable(self.read(u) for u in order)
+                yield from itertools.islice(shared, slot, None, slots)
+
+    def __iter__(self):
+        slot, slots, worker, workers = self._slot()
+        s = self.setup
+        skip = (
+            s.skip_samples
+            if s.skip_samples is not None
+            else worker_consumed(s.consumed_batches, s.batch, worker, workers)
+        )
+        numbered = itertools.islice(enumerate(self.raw_stream(slot, slots)), skip, None)
+        if s.shuffle and self.shuffle_buffer > 1:
+            numbered = _shuffled(numbered, self.shuffle_buffer, random.Random(s.seed * 1_000_003 + slot * 7 + skip))
+        for serial, raw in numbered:
+            try:
+                x, label = self.decode(raw)
+            except (OSError, ValueError, SyntaxError, KeyError) as exc:
+                if self.strict:
+                    raise DataError(f"{self.describe(raw)} cannot be decoded ({exc})") from None
+                self.skipped += 1
+                log.warning(
+                    "skipped corrupt %s (%s); %d skipped so far in this process", self.describe(raw), exc, self.skipped
+                )
+                continue
+            if self.train:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed((s.seed * 1_000_003 + slot) * 1_000_033 + serial)
+                    x = random_flip(x)
+            yield x, label
+
+
+def _shuffled(items, size: int, rng: random.Random):
+    """A shuffle buffer of `size` items (webdataset's scheme: emit a random buffered item per new one)."""
+    buffer = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            k = rng.randrange(len(buffer))
+            buffer[k], buffer[-1] = buffer[-1], buffer[k]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def is_streaming(dataset) -> bool:
+    """True for a dataset read as a stream (no random access, maybe no length)."""
+    return isinstance(dataset, torch.utils.data.IterableDataset)

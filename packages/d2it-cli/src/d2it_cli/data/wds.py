@@ -1,0 +1,107 @@
+"""The `wds` dataset: webdataset tar shards (`<key>.jpg|png|webp` + optional `<key>.cls`), read as a stream.
+
+`--data wds:/data/train-{000000..000127}.tar` (brace expansion; local paths or any URL the
+webdataset library opens, e.g. `pipe:`, `https://`, `s3://` through its handlers). Shards are split
+over ranks and data-loader workers and samples mixed in a shuffle buffer (see `stream.py`); a
+sample whose image cannot be decoded is skipped and counted. `classes.json` beside the shards
+(written by `d2it pack`) gives the class names and count.
+"""
+
+import io
+import json
+from pathlib import Path
+
+import attrs
+import braceexpand
+from PIL import Image
+
+from d2it.errors import DataError
+from d2it_cli.data.folder import center_crop, to_tensor
+from d2it_cli.data.stream import StreamDataset
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+CLASSES_FILE = "classes.json"
+
+
+@attrs.frozen
+class WdsConfig:
+    """Options of the `wds` dataset."""
+
+    shuffle_buffer: int = 1000  # samples mixed per slot (0 = shard order only)
+    num_classes: int | None = None  # default: classes.json beside the shards, else 1 + the largest label seen
+    strict: bool = False  # fail on the first undecodable sample instead of skipping it
+    length: int | None = None  # samples per epoch when known (default: classes.json's `count`); only for --epochs
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Shard URLs from a brace pattern (several patterns may be joined with `::`)."""
+    urls = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part.strip()) if u]
+    if not urls:
+        raise DataError(f"--data wds:{pattern} names no shards")
+    return urls
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+class WdsDataset(StreamDataset):
+    """Samples of webdataset tar shards as (image in [-1, 1], label)."""
+
+    def __init__(self, pattern: str, image_size: int, train: bool = True, config: WdsConfig | None = None):
+        config = config or WdsConfig()
+        super().__init__(image_size, train=train, shuffle_buffer=config.shuffle_buffer, strict=config.strict)
+        self.pattern = pattern
+        self.urls = expand_shards(pattern)
+        local = [u for u in self.urls if _is_local(u)]
+        missing = [u for u in local if not Path(u).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} of {len(self.urls)} shard(s) do not exist, the first is {missing[0]}")
+        meta = {}
+        if _is_local(self.urls[0]):
+            file = Path(self.urls[0]).parent / CLASSES_FILE
+            if file.is_file():
+                try:
+                    meta = json.loads(file.read_text())
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{file} is not valid JSON ({exc})") from None
+        self.classes = list(meta.get("classes", []))
+        known = config.num_classes or len(self.classes)
+        self.num_classes = int(known) if known else None  # None: labels are not range-checked
+        self.length = config.length or meta.get("count")
+
+    def units(self):
+        return self.urls
+
+    def read(self, url):
+        def report(exc):  # a truncated or unreadable shard ends that shard, the stream goes on
+            self.skipped += 1
+            if self.strict:
+                raise DataError(f"shard {url} cannot be read ({exc})")
+            return False
+
+        import webdataset  # seconds to import: only when shards are read, not for every d2it command
+
+        yield from webdataset.tariterators.tarfile_samples([{"url": url}], handler=report)
+
+    def describe(self, raw):
+        return f"sample {raw.get('__key__')} of {raw.get('__url__')}"
+
+    def decode(self, raw):
+        key = next((k for k in IMAGE_KEYS if k in raw), None)
+        if key is None:
+            raise KeyError(f"no image ({', '.join(IMAGE_KEYS)}) in the sample")
+        with Image.open(io.BytesIO(raw[key])) as im:
+            im.load()
+            image = im.convert("RGB")
+        label = int(raw["cls"].decode().strip()) if "cls" in raw else 0
+        if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+            raise ValueError(f"class index {label} outside the dataset's {self.num_classes} classes")
+        return to_tensor(center_crop(image, self.image_size)), label
+
+
+def make_wds(config: WdsConfig, *, root, image_size: int, train: bool = True) -> WdsDataset:
+    """Registry factory of the `wds` dataset (`root` is the shard pattern)."""
+    if not root:
+        raise DataError("the wds dataset needs shards, e.g. --data wds:/data/train-{000000..000127}.tar")
+    return WdsDataset(root, image_size, train=train, config=config)

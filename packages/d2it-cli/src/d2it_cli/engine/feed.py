@@ -1,0 +1,156 @@
+"""What the trainer eats: micro-batches from a map-style or a streaming dataset, and the data position in samples.
+
+Map-style datasets follow one global order per epoch, a seeded permutation independent of the
+number of ranks: optimizer step s of an epoch uses samples [s*G, (s+1)*G) of it (G = the global
+batch), and within a micro-batch rank r takes its own slice. So a run resumed on another number
+of ranks (same G) trains on exactly the same samples at every step. An epoch holds the largest
+multiple of G that fits. Streaming datasets (`IterableDataset`) need no length: each rank reads
+its share of the stream (see `d2it_cli.data.stream`). One DataLoader serves the whole run, so
+worker processes start once.
+"""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from d2it.errors import ConfigError, DataError
+from d2it_cli.data.stream import StreamSetup, is_streaming
+
+
+def default_workers() -> int:
+    """Data-loading processes per rank: usable CPUs shared by the local ranks, less one; at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(8, cpus // max(1, local) - 1))
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63 - 1)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a dataset so that item (index, seed) is drawn with torch/numpy/python seeded by `seed`."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                np.random.set_state(np_state)
+                random.setstate(py_state)
+
+
+class GlobalOrder:
+    """Each rank's micro-batches of (index, item seed) along the run's global, rank-independent sample order."""
+
+    def __init__(self, size: int, batch: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch, self.seed, self.rank, self.world = size, batch, seed, rank, world
+        self.epoch_size = (size // global_batch) * global_batch
+        if self.epoch_size < 1:
+            raise DataError(f"the dataset has {size} items, fewer than one global batch of {global_batch}")
+        self._perm: tuple[int, list[int]] | None = None
+
+    def permutation(self, epoch: int) -> list[int]:
+        """The order of epoch `epoch`."""
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._perm = (epoch, torch.randperm(self.size, generator=g).tolist())
+        return self._perm[1]
+
+    def micro_batch(self, position: int) -> list[tuple[int, int]]:
+        """This rank's share of the global micro-batch starting at sample `position` of the run."""
+        epoch, offset = divmod(position, self.epoch_size)
+        start = offset + self.rank * self.batch
+        return [(i, item_seed(self.seed, epoch, i)) for i in self.permutation(epoch)[start : start + self.batch]]
+
+    def plan(self, position: int):
+        """Micro-batches from sample `position` on, endlessly."""
+        while True:
+            yield self.micro_batch(position)
+            position += self.batch * self.world
+
+
+class Feed:
+    """Micro-batches for the trainer and the data position (`samples`: consumed by all ranks since the start)."""
+
+    def __init__(self, dataset, *, batch, grad_accum, seed, rank, world, workers, collate_fn=None, pin=False):
+        self.dataset, self.batch, self.seed, self.rank, self.world = dataset, batch, seed, rank, world
+        self.global_batch = batch * grad_accum * world
+        self.workers, self.collate_fn, self.pin = workers, collate_fn, pin
+        self.streaming = is_streaming(dataset)
+        self.samples = 0
+        if self.streaming:
+            self.order = None
+            length = getattr(dataset, "length", None)
+            self.epoch_size = (int(length) // self.global_batch) * self.global_batch if length else None
+        else:
+            self.order = GlobalOrder(len(dataset), batch, self.global_batch, seed, rank, world)
+            self.epoch_size = self.order.epoch_size
+
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch, None for a stream of unknown length."""
+        return self.epoch_size // self.global_batch if self.epoch_size else None
+
+    def require_epochs(self, what: str) -> int:
+        """Steps per epoch, or a ConfigError naming the option that needs it."""
+        steps = self.steps_per_epoch()
+        if steps is None:
+            raise ConfigError(f"{what} needs a dataset of known size; this stream has none, so give --steps")
+        return max(1, steps)
+
+    @property
+    def epoch(self) -> float | None:
+        """Epochs consumed (fractional), None for a stream of unknown length."""
+        return self.samples / self.epoch_size if self.epoch_size else None
+
+    def state(self) -> dict:
+        """The data position as it goes into a checkpoint."""
+        return {"samples": self.samples, "world": self.world, "batch": self.batch, "workers": self.workers}
+
+    def batches(self, state: dict | None = None):
+        """Endless micro-batches from `state` (a checkpoint's data position) or the start."""
+        self.samples = int(state["samples"]) if state else 0
+        step = self.batch * self.world
+        # a private generator: worker seeds must not consume the global RNG that resume restores
+        common = dict(
+            num_workers=self.workers, collate_fn=self.collate_fn, pin_memory=self.pin, generator=torch.Generator()
+        )
+        if self.streaming:
+            setup = StreamSetup(seed=self.seed, rank=self.rank, world=self.world, batch=self.batch)
+            same = state and (state.get("world"), state.get("batch"), state.get("workers")) == (
+                self.world,
+                self.batch,
+                self.workers,
+            )
+            if same:
+                setup.consumed_batches = self.samples // step
+            elif state:  # another layout: each slot skips its even share (not bounded by the shuffle buffer)
+                setup.skip_samples = self.samples // (self.world * max(1, self.workers))
+            self.dataset.configure(setup)
+            loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, **common)
+        else:
+            if self.samples % step:
+                raise DataError(f"data position {self.samples} is not a whole number of micro-batches of {step}")
+            loader = torch.utils.data.DataLoader(
+                SeededItems(self.dataset), batch_sampler=self.order.plan(self.samples), **common
+            )
+        for batch in loader:
+            self.samples += step
+            yield batch

@@ -1,0 +1,157 @@
+"""Experiment trackers for `--report-to`: registered components (`d2it_trackers` hook) logging scalars and previews.
+
+Each tracker's library is an optional extra (`pip install 'd2it-cli[tensorboard]'`, `'d2it-cli[wandb]'`);
+naming one that is not installed is a user error naming the extra. wandb follows its own
+environment variables (`WANDB_MODE=offline` for runs without network, `WANDB_PROJECT`, `WANDB_DIR`).
+"""
+
+import importlib
+from pathlib import Path
+
+import attrs
+import numpy as np
+from PIL import Image
+
+from d2it.errors import ConfigError
+from d2it.registry import Registry, default_registry
+from d2it.spec import ComponentSpec
+
+NONE = "none"
+
+
+class Tracker:
+    """What the trainer calls on rank 0; subclasses send values somewhere."""
+
+    def log_scalars(self, values: dict[str, float], step: int):
+        """Record scalar values at `step`."""
+
+    def log_image(self, tag: str, path: Path, step: int):
+        """Record the preview PNG at `path` under `tag`."""
+
+    def close(self):
+        """Flush and release files."""
+
+
+def _require(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"--report-to {extra} needs the {extra} package; install it with pip install 'd2it-cli[{extra}]'"
+        ) from None
+
+
+@attrs.frozen
+class TensorBoardConfig:
+    """Options of the `tensorboard` tracker."""
+
+    subdir: str = "tensorboard"  # event files go to RUN_DIR/<subdir>
+    flush_secs: int = 30
+
+
+class TensorBoardTracker(Tracker):
+    """TensorBoard event files through `torch.utils.tensorboard.SummaryWriter`."""
+
+    def __init__(self, config: TensorBoardConfig, run_dir, name: str):
+        _require("tensorboard", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package checked above
+
+        self.prefix = name
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / config.subdir), flush_secs=config.flush_secs)
+
+    def log_scalars(self, values, step):
+        for k, v in values.items():
+            self.writer.add_scalar(f"{self.prefix}/{k}", v, step)
+
+    def log_image(self, tag, path, step):
+        arr = np.asarray(Image.open(path).convert("RGB"))
+        self.writer.add_image(f"{self.prefix}/{tag}", arr, step, dataformats="HWC")
+
+    def close(self):
+        self.writer.close()
+
+
+@attrs.frozen
+class WandbConfig:
+    """Options of the `wandb` tracker (WANDB_* environment variables still apply)."""
+
+    project: str = "d2it"
+    mode: str | None = None  # online / offline / disabled; default: wandb's (WANDB_MODE)
+
+
+class WandbTracker(Tracker):
+    """A wandb run whose files live under RUN_DIR/wandb (synced later with `wandb sync` when offline)."""
+
+    def __init__(self, config: WandbConfig, run_dir, name: str, settings: dict):
+        self.wandb = _require("wandb", "wandb")
+        self.prefix = name
+        kwargs = {"mode": config.mode} if config.mode else {}
+        self.run = self.wandb.init(
+            project=config.project,
+            dir=str(run_dir),
+            name=f"{Path(run_dir).name}-{name}",
+            config=settings,
+            reinit="create_new",
+            **kwargs,
+        )
+
+    def log_scalars(self, values, step):
+        self.run.log({f"{self.prefix}/{k}": v for k, v in values.items()}, step=step)
+
+    def log_image(self, tag, path, step):
+        self.run.log({f"{self.prefix}/{tag}": self.wandb.Image(str(path))}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+def make_tensorboard(config: TensorBoardConfig, *, run_dir, name: str, settings: dict) -> TensorBoardTracker:
+    """Registry factory of the `tensorboard` tracker."""
+    return TensorBoardTracker(config, run_dir, name)
+
+
+def make_wandb(config: WandbConfig, *, run_dir, name: str, settings: dict) -> WandbTracker:
+    """Registry factory of the `wandb` tracker."""
+    return WandbTracker(config, run_dir, name, settings)
+
+
+TRACKERS = [
+    ComponentSpec(
+        name="tensorboard",
+        kind="tracker",
+        factory=make_tensorboard,
+        config=TensorBoardConfig,
+        summary="TensorBoard event files under RUN_DIR/tensorboard (extra: d2it-cli[tensorboard])",
+    ),
+    ComponentSpec(
+        name="wandb",
+        kind="tracker",
+        factory=make_wandb,
+        config=WandbConfig,
+        summary="Weights & Biases run, online or offline via WANDB_MODE (extra: d2it-cli[wandb])",
+    ),
+]
+
+
+def check_trackers(names, registry: Registry | None = None) -> tuple[str, ...]:
+    """Validated `--report-to` names (`none` alone means no tracker); unknown names list the valid ones."""
+    registry = registry or default_registry()
+    names = tuple(dict.fromkeys(n.strip().lower() for n in names if n and n.strip()))
+    if NONE in names:
+        if len(names) > 1:
+            raise ConfigError("--report-to none cannot be combined with a tracker")
+        return ()
+    for n in names:
+        if n not in registry.names("tracker"):
+            valid = ", ".join([NONE, *registry.names("tracker")])
+            raise ConfigError(f"unknown --report-to {n!r}; valid values: {valid}")
+    return names
+
+
+def open_trackers(names, *, run_dir, name: str, settings: dict, registry: Registry | None = None) -> list[Tracker]:
+    """Create the trackers named by `--report-to` (rank 0)."""
+    registry = registry or default_registry()
+    return [
+        registry.create("tracker", n, where=f"tracker {n}", run_dir=run_dir, name=name, settings=settings)
+        for n in check_trackers(names, registry)
+    ]

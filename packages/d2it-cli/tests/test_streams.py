@@ -1,0 +1,199 @@
+"""Datasets at scale: `d2it pack`, the `wds` stream (splitting, shuffling, resume, corrupt samples) and `hf` tables."""
+
+import io
+import json
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from d2it.errors import DataError
+from d2it_cli.data import first_items, open_dataset
+from d2it_cli.data.hf import HfConfig, HfDataset
+from d2it_cli.data.stream import StreamSetup, worker_consumed
+from d2it_cli.data.wds import WdsConfig, WdsDataset
+from d2it_cli.engine.feed import Feed
+
+
+def image_bytes(value: int, fmt="PNG", size=8) -> bytes:
+    """A flat image whose grey level encodes `value` (0..255)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_shards(folder, n: int, per_shard: int, corrupt=()):
+    """Tar shards of `n` samples `<i>.png` + `<i>.cls` (= i, so labels identify samples); some images corrupt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = (n + per_shard - 1) // per_shard
+    for s in range(shards):
+        with tarfile.open(folder / f"part-{s:03d}.tar", "w") as tar:
+            for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
+                for ext, data in (("png", b"broken" if i in corrupt else image_bytes(i)), ("cls", str(i).encode())):
+                    info = tarfile.TarInfo(f"{i:05d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(folder / f"part-{{000..{shards - 1:03d}}}.tar")
+
+
+def labels_of(items):
+    return [int(y) for _, y in items]
+
+
+def test_pack_writes_shards_and_the_class_mapping_and_wds_reads_them_back(tmp_path, run_cli):
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        for i in range(4):
+            (tmp_path / "imgs" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "imgs" / name / f"{i}.jpg").write_bytes(image_bytes(40 * c + i, "JPEG", 16))
+    result = run_cli("pack", "--data", tmp_path / "imgs", "--out", tmp_path / "shards", "--shard-size", "5")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "shards" / "classes.json").read_text())
+    assert meta["classes"] == ["cat", "dog", "eel"] and meta["count"] == 12
+    assert meta["pattern"] == "train-{000000..000002}.tar"
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == [f"train-00000{i}.tar" for i in range(3)]
+    assert "--data 'wds:" in result.output
+    ds = open_dataset(f"wds:{tmp_path / 'shards' / meta['pattern']}", 16, train=False)
+    assert ds.num_classes == 3 and ds.classes == ["cat", "dog", "eel"] and ds.length == 12
+    items = first_items(ds, 100)
+    assert len(items) == 12 and Counter(labels_of(items)) == {0: 4, 1: 4, 2: 4}
+    assert items[0][0].shape == (3, 16, 16)
+    # the first shard mixes classes (packed in shuffled order)
+    with tarfile.open(tmp_path / "shards" / "train-000000.tar") as tar:
+        classes = {tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls")}
+    assert len(classes) > 1
+
+
+def test_shards_are_split_over_ranks_and_workers_without_overlap(tmp_path):
+    pattern = write_shards(tmp_path, 24, 3)  # 8 shards, 4 slots
+    seen = []
+    for rank in range(2):
+        ds = WdsDataset(pattern, 8, train=False, config=WdsConfig(shuffle_buffer=0, num_classes=24))
+        ds.configure(StreamSetup(rank=rank, world=2, endless=False, shuffle=True, seed=3))
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+        seen.append([int(y) for _, ys in loader for y in ys])
+    assert sorted(seen[0] + seen[1]) == list(range(24)) and not set(seen[0]) & set(seen[1])
+    # fewer shards than slots: every slot reads all and keeps its share of the samples
+    small = write_shards(tmp_path / "small", 10, 10)
+    parts = []
+    for rank in range(3):
+        ds = WdsDataset(small, 8, train=False, config=WdsConfig(shuffle_buffer=0, num_classes=10))
+        parts.append(labels_of(ds.configure(StreamSetup(rank=rank, world=3, endless=False))))
+    assert sorted(sum(parts, [])) == list(range(10))
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
+    pattern = write_shards(tmp_path, 6, 6, corrupt={2, 4})
+    ds = WdsDataset(pattern, 8, train=False, config=WdsConfig(num_classes=6))
+    with caplog.at_level("WARNING", logger="d2it.data"):
+        got = labels_of(first_items(ds, 10))
+    assert got == [0, 1, 3, 5] and ds.skipped == 2 and "skipped corrupt sample 00002" in caplog.text
+    strict = WdsDataset(pattern, 8, train=False, config=WdsConfig(num_classes=6, strict=True))
+    with pytest.raises(DataError, match="00002 of .* cannot be decoded"):
+        first_items(strict, 10)
+
+
+def test_missing_shards_and_empty_patterns_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match="2 of 2 shard"):
+        WdsDataset(str(tmp_path / "x-{0..1}.tar"), 8)
+
+
+def _stream(tmp_path, buffer):
+    pattern = write_shards(tmp_path, 40, 5)  # 8 shards
+    return WdsDataset(pattern, 8, train=True, config=WdsConfig(shuffle_buffer=buffer, num_classes=40))
+
+
+def _take(feed, n, state=None):
+    it = feed.batches(state)
+    out = [int(y) for _, batch in zip(range(n), it) for y in batch[1]]
+    return out, feed.state()
+
+
+@pytest.mark.parametrize("buffer", [0, 6])
+def test_resume_mid_stream_repeats_or_skips_at_most_the_shuffle_buffer(tmp_path, buffer):
+    def feed():
+        return Feed(_stream(tmp_path, buffer), batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=2)
+
+    full, _ = _take(feed(), 12)
+    head, state = _take(feed(), 5)
+    assert state["samples"] == 10 and head == full[:10]
+    tail, _ = _take(feed(), 7, state)
+    if buffer == 0:
+        assert head + tail == full  # without shuffling the stream continues exactly
+    else:
+        repeated = Counter(head) & Counter(tail)
+        skipped = set(full[:10] + full[10:]) - set(head + tail)
+        # each worker restarts its buffer: at most one buffer per worker repeated, one skipped
+        assert sum(repeated.values()) <= 2 * buffer and len(skipped) <= 2 * buffer
+        assert head + tail != full or buffer == 0
+
+
+def test_worker_share_follows_the_rotation():
+    assert [worker_consumed(5, 2, w, 2) for w in range(2)] == [6, 4]
+    assert [worker_consumed(4, 3, w, 3) for w in range(3)] == [6, 3, 3]
+
+
+def test_a_stream_of_unknown_length_needs_steps(tmp_path):
+    ds = _stream(tmp_path, 0)
+    ds.length = None
+    feed = Feed(ds, batch=2, grad_accum=1, seed=0, rank=0, world=1, workers=0)
+    assert feed.steps_per_epoch() is None and feed.epoch is None
+    with pytest.raises(Exception, match="--epochs needs a dataset of known size"):
+        feed.require_epochs("--epochs")
+
+
+# -- Hugging Face datasets ----------------------------------------------------------------------------
+def _hf_table(n=6):
+    import datasets
+
+    features = datasets.Features({"picture": datasets.Image(), "y": datasets.ClassLabel(names=["a", "b", "c"])})
+    images = [Image.fromarray(np.full((10, 12, 3), 20 * i, np.uint8)) for i in range(n)]
+    return datasets.Dataset.from_dict({"picture": images, "y": [i % 3 for i in range(n)]}, features=features)
+
+
+def test_hf_reads_a_save_to_disk_folder_offline_with_column_options(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    table = _hf_table()
+    datasets.DatasetDict({"train": table, "validation": table.select(range(2))}).save_to_disk(tmp_path / "dd")
+    ds = open_dataset(f"hf:{tmp_path / 'dd'}", 8, train=False, options={"label_column": "y"})
+    assert isinstance(ds, HfDataset) and len(ds) == 6 and ds.classes == ["a", "b", "c"] and ds.num_classes == 3
+    assert ds.image_column == "picture"  # the Image feature is found without an option
+    x, y = ds[4]
+    assert x.shape == (3, 8, 8) and y == 1 and float(x.mean()) == pytest.approx(80 / 127.5 - 1, abs=1e-5)
+    val = open_dataset(f"hf:{tmp_path / 'dd'}:validation", 8, train=False, options={"label_column": "y"})
+    assert len(val) == 2
+    with pytest.raises(DataError, match="has no split 'test'; it has train, validation"):
+        open_dataset(f"hf:{tmp_path / 'dd'}:test", 8, train=False)
+    with pytest.raises(DataError, match="no image column 'photo'"):
+        HfDataset(str(tmp_path / "dd"), 8, config=HfConfig(image_column="photo"))
+
+
+def test_hf_reads_local_parquet_files_and_skips_corrupt_rows(tmp_path, caplog):
+    import datasets
+
+    rows = [{"bytes": image_bytes(10 * i), "path": None} for i in range(4)]
+    rows[1] = {"bytes": b"not an image", "path": None}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"image": rows, "label": [0, 1, 2, 1]}, features=features).to_parquet(
+        tmp_path / "d.parquet"
+    )
+    ds = open_dataset(f"hf:{tmp_path / 'd.parquet'}", 8, train=False)
+    assert len(ds) == 4 and ds.num_classes == 3 and ds.label_column == "label"
+    with caplog.at_level("WARNING", logger="d2it.data"):
+        x, y = ds[1]
+    assert y == 2 and ds.skipped == [1] and "skipped corrupt row 1" in caplog.text
+
+
+def test_hf_name_without_network_exits_2_in_one_sentence(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    result = run_cli(
+        "thresholds", "--data", "hf:nobody/no-such-dataset", "--out", tmp_path / "t.json", "--image-size", "32"
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "could not be loaded from the Hugging Face Hub" in lines[0]
