@@ -105,14 +105,14 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
-def make_tensorboard(config: TensorBoardConfig, *, run_dir, name: str, settings: dict) -> TensorBoardTracker:
+def make_tensorboard(config: TensorBoardConfig, *, run_dir, task: str, settings: dict) -> TensorBoardTracker:
     """Registry factory of the `tensorboard` tracker."""
-    return TensorBoardTracker(config, run_dir, name)
+    return TensorBoardTracker(config, run_dir, task)
 
 
-def make_wandb(config: WandbConfig, *, run_dir, name: str, settings: dict) -> WandbTracker:
+def make_wandb(config: WandbConfig, *, run_dir, task: str, settings: dict) -> WandbTracker:
     """Registry factory of the `wandb` tracker."""
-    return WandbTracker(config, run_dir, name, settings)
+    return WandbTracker(config, run_dir, task, settings)
 
 
 TRACKERS = [
@@ -152,6 +152,6 @@ def open_trackers(names, *, run_dir, name: str, settings: dict, registry: Regist
     """Create the trackers named by `--report-to` (rank 0)."""
     registry = registry or default_registry()
     return [
-        registry.create("tracker", n, where=f"tracker {n}", run_dir=run_dir, name=name, settings=settings)
+        registry.create("tracker", n, where=f"tracker {n}", run_dir=run_dir, task=name, settings=settings)
         for n in check_trackers(names, registry)
     ]

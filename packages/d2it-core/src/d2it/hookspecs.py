@@ -78,7 +78,7 @@ class D2itSpec:
 
     @hookspec
     def d2it_trackers(self):
-        """Return experiment tracker specs (factory(config, *, run_dir, name, settings) -> Tracker)."""
+        """Return experiment tracker specs (factory(config, *, run_dir, task, settings) -> Tracker)."""
 
     @hookspec
     def d2it_commands(self, cli):

@@ -25,7 +25,9 @@ def eta(seconds: float) -> str:
 
 def format_line(name: str, record: dict, total_steps: int, seconds_per_step: float) -> str:
     """`train content step 100/1000 | loss 0.1234 | 12.3 img/s | lr 1e-04 | ETA 0:01:02`."""
-    losses = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in SKIP and isinstance(v, float))
+    values = [(k, v) for k, v in record.items() if k not in SKIP and isinstance(v, float)]
+    values.sort(key=lambda kv: kv[0] != "loss")  # the main loss first, the rest in logged order
+    losses = " ".join(f"{k} {v:.4g}" for k, v in values)
     parts = [f"train {name} step {record['step']}/{total_steps}"]
     if losses:
         parts.append(losses)
