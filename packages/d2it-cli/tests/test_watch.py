@@ -24,8 +24,8 @@ def test_off_a_terminal_one_plain_line_per_log_interval(tmp_path, capsys):
     Trainer(ToyTask(), config(tmp_path, steps=4, log_every=2, quiet=False)).fit()
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
-    number = r"[\d.e+-]+"
-    pattern = rf"train toy step (\d)/4 \| loss {number} critic {number} \| [\d.]+ img/s \| lr {number} \| ETA \d:\d\d:\d\d"
+    n = r"[\d.e+-]+"
+    pattern = rf"train toy step (\d)/4 \| loss {n} critic {n} \| [\d.]+ img/s \| lr {n} \| ETA \d:\d\d:\d\d"
     assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["2", "4"]
     assert lines[-1].endswith("ETA 0:00:00")
 
