@@ -33,6 +33,12 @@ THIRD_PARTY = [
     "lpips>=0.1.4",
     "torch-fidelity>=0.3",
     "huggingface_hub>=0.25",
+    # d2it-cli's extras, so the data-at-scale and tracker tests run in CI
+    "braceexpand>=0.1.7",
+    "webdataset>=0.2.86",
+    "datasets>=2.16",
+    "tensorboard>=2.14",
+    "wandb>=0.16",
     "pytest>=7",
     "setuptools>=64",
     "wheel",

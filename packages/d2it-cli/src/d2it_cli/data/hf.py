@@ -7,6 +7,7 @@ are read by index from the memory-mapped Arrow table; images are decoded here, s
 skipped and counted like in the folder dataset.
 """
 
+import importlib.util
 import io
 import logging
 from pathlib import Path
@@ -46,6 +47,8 @@ def split_spec(text: str) -> tuple[str, str | None]:
 
 def _load(source: str, split: str):
     """The `datasets.Dataset` of `source` (save_to_disk folder, local files or Hub name) and `split`."""
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError("--data hf: needs the datasets package; install it with pip install 'd2it-cli[hf]'")
     import datasets  # seconds to import: only when an hf dataset is opened, not for every d2it command
 
     path = Path(source)

@@ -7,6 +7,7 @@ sample whose image cannot be decoded is skipped and counted. `classes.json` besi
 (written by `d2it pack`) gives the class names and count.
 """
 
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -51,6 +52,10 @@ class WdsDataset(StreamDataset):
     def __init__(self, pattern: str, image_size: int, train: bool = True, config: WdsConfig | None = None):
         config = config or WdsConfig()
         super().__init__(image_size, train=train, shuffle_buffer=config.shuffle_buffer, strict=config.strict)
+        if importlib.util.find_spec("webdataset") is None:
+            raise DataError(
+                "--data wds: needs the webdataset package; install it with pip install 'd2it-cli[webdataset]'"
+            )
         self.pattern = pattern
         self.urls = expand_shards(pattern)
         local = [u for u in self.urls if _is_local(u)]
