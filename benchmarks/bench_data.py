@@ -24,9 +24,9 @@ from common import machine, markdown_table, save
 from PIL import Image
 
 from d2it_cli.data import first_items
-from d2it_cli.data.stream import StreamSetup
 from d2it_cli.data.folder import FolderDataset
 from d2it_cli.data.pack import pack_folder
+from d2it_cli.data.stream import StreamSetup
 from d2it_cli.data.wds import WdsDataset
 
 IMAGENET = 1_281_167

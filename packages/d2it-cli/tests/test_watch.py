@@ -2,6 +2,7 @@
 
 import re
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -66,7 +67,9 @@ def test_wandb_offline_writes_a_run_with_scalars_and_previews(tmp_path, monkeypa
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (records,) = runs[0].glob("run-*.wandb")  # the offline run's records: one history row per log line
-    data = records.read_bytes()
+    deadline = time.monotonic() + 60
+    while (data := records.read_bytes()).count(b"toy/loss") < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)  # wandb's service process may still be writing the transaction log after finish()
     assert data.count(b"toy/loss") >= 4 and b"toy/images_per_s" in data and b"global_batch" in data
     previews = sorted(p.name.split("_")[1] for p in (runs[0] / "files" / "media" / "images" / "toy").glob("*.png"))
     assert previews == ["2", "4"]  # preview_<step>_<hash>.png
