@@ -10,7 +10,8 @@ channels, drops the learned variance and uses the fixed-small variance, so our s
 fp32 runs both in float32 with TF32 off; bf16 runs diffusers in bf16 weights and ours under bf16
 autocast (the training engine's mode), so its differences are bf16 rounding, not a mismatch.
 
-Prints a table (max |difference| per dtype: one transformer forward, the decoded images in [0, 1]) and one
+Prints a table (per dtype: max |difference| of one transformer forward, absolute and over the output's
+std; max and mean |difference| of the decoded images in [0, 1]; `ok` against LIMITS) and one
 JSON line; writes $OUT/gpu_parity.json when OUT is set. `--dry-run`: tiny sizes on the CPU.
 Needs torch and diffusers (not lpips or torch-fidelity); our packages from an install or PYTHONPATH:
   PYTHONPATH=$(ls -d packages/*/src | tr '\\n' :) python benchmarks/gpu_parity.py
@@ -35,8 +36,13 @@ from d2it_sampling.guidance import conditioned_model
 
 FULL = {"hidden": 1152, "heads": 16, "depth": 28, "latent": 32, "vae_widths": (128, 256, 512, 512), "blocks": 2}
 TINY = {"hidden": 64, "heads": 2, "depth": 2, "latent": 8, "vae_widths": (32, 32, 32, 32), "blocks": 1}
-# what a run may differ by: fp32 kernels agree to float rounding; bf16 to its 8-bit mantissa over the steps
-LIMITS = {"float32": {"forward": 1e-3, "images": 1e-3}, "bfloat16": {"forward": 0.1, "images": 0.1}}
+# what a run may differ by (forward_rel = max |d| / std of diffusers' output; images in [0, 1]). fp32 is the
+# parity check: both sides agree to float rounding. bf16 compares pure-bf16 weights with fp32 weights under
+# autocast, so it reports bf16's rounding over 28 blocks and the steps; its limits only catch gross mismatches
+LIMITS = {
+    "float32": {"forward_rel": 1e-4, "images_max": 1e-3},
+    "bfloat16": {"forward_rel": 0.3, "images_mean": 0.03},
+}
 
 
 def registry() -> Registry:
@@ -123,6 +129,7 @@ def compare(system, pipe, dtype, device, labels, steps: int, cfg_scale: float) -
     with torch.no_grad():
         theirs = pipe.transformer(x.to(dtype), timestep=t, class_labels=y).sample.float()
     forward = (ours - theirs).abs().max().item()
+    forward_rel = forward / theirs.std().item()
 
     draws = []
     originals = (pipeline_module.randn_tensor, ddpm_module.randn_tensor)
@@ -152,8 +159,9 @@ def compare(system, pipe, dtype, device, labels, steps: int, cfg_scale: float) -
             decoded = system.vae.decode(z / system.latent_scale).float()
     finally:
         diffusion_module.gaussian_noise = replay
-    ours_images = (decoded / 2 + 0.5).clamp(0, 1)
-    return {"forward": forward, "images": (ours_images - images).abs().max().item()}
+    diff = ((decoded / 2 + 0.5).clamp(0, 1) - images).abs()
+    return {"forward": forward, "forward_rel": forward_rel, "images_max": diff.max().item(),
+            "images_mean": diff.mean().item()}  # fmt: skip
 
 
 def system_sampler(steps: int):
@@ -177,13 +185,13 @@ def main(argv=None) -> dict:
     with use_registry(reg), tempfile.TemporaryDirectory() as tmp:
         ckpt, vae_folder = write_inputs(Path(tmp), size, reg)
         import_dit(ckpt, Path(tmp) / "system", vae=vae_folder, num_heads=size["heads"], registry=reg)
-        for dtype in (torch.float32, torch.bfloat16):
-            system = load(Path(tmp) / "system", reg).to(device).eval()
-            pipe = diffusers_pipeline(ckpt, vae_folder, size, dtype, device)
+        system = load(Path(tmp) / "system", reg).to(device).eval()  # float32 weights; bf16 runs under autocast
+        pipe = diffusers_pipeline(ckpt, vae_folder, size, torch.float32, device)
+        for dtype in (torch.float32, torch.bfloat16):  # fp32 first: the bf16 cast of diffusers' weights is lossy
+            pipe = pipe.to(dtype=dtype)
             name = str(dtype).removeprefix("torch.")
             results[name] = compare(system, pipe, dtype, device, labels, args.steps, args.cfg_scale)
-            results[name]["ok"] = all(results[name][k] <= LIMITS[name][k] for k in ("forward", "images"))
-            del system, pipe
+            results[name]["ok"] = all(results[name][k] <= limit for k, limit in LIMITS[name].items())
     doc = {
         "gpu_parity": results,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -195,9 +203,10 @@ def main(argv=None) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
         "torch": torch.__version__,
     }
-    print(f"{'dtype':<10} {'forward max|d|':>16} {'images max|d|':>16}  ok")
+    print(f"{'dtype':<10} {'forward max|d|':>15} {'(/ std)':>10} {'images max|d|':>14} {'mean|d|':>10}  ok")
     for name, r in results.items():
-        print(f"{name:<10} {r['forward']:>16.3e} {r['images']:>16.3e}  {r['ok']}")
+        print(f"{name:<10} {r['forward']:>15.3e} {r['forward_rel']:>10.2e} {r['images_max']:>14.3e} "
+              f"{r['images_mean']:>10.2e}  {r['ok']}")
     print(json.dumps(doc))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)

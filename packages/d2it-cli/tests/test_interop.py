@@ -302,4 +302,5 @@ def test_gpu_parity_script_dry_run(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads((tmp_path / "gpu_parity.json").read_text())
-    assert doc["gpu_parity"]["float32"]["images"] < 1e-4 and doc["gpu_parity"]["bfloat16"]["ok"]
+    assert doc["gpu_parity"]["float32"]["images_max"] < 1e-4 and doc["gpu_parity"]["float32"]["ok"]
+    assert doc["gpu_parity"]["bfloat16"]["ok"] and doc["gpu_parity"]["bfloat16"]["images_max"] > 0
