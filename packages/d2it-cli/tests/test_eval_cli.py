@@ -210,3 +210,30 @@ def test_sample_and_score_is_sharded_and_resumable(tmp_path, cli, weights, tiny_
     assert res.exit_code == 0, res.output
     assert len(calls) == 1  # only the missing shard is sampled again
     assert json.loads((out / "metrics.json").read_text())["metrics"] == first["metrics"]
+
+
+def test_sample_and_score_takes_sampler_options(tmp_path, cli, weights, tiny_system, monkeypatch):
+    from d2it_cli import generation
+
+    calls = []
+    real = generation._generate
+
+    def counting(system, classes, **kw):
+        calls.append(kw)
+        return real(system, classes, **kw)
+
+    monkeypatch.setattr(generation, "_generate", counting)
+    np.savez(tmp_path / "r.npz", make_images(n=4, size=32, seed=8))
+    out = tmp_path / "run"
+    args = ["eval", "sample-and-score", "--system", tiny_system, "--ref", tmp_path / "r.npz", "--num", 4,
+            "--metrics", "fid", "--batch", 4, "--device", "cpu", "--feature-extractor", TINY,
+            "--inception-weights", weights, "--out", out, "--quiet", "--sampler", "euler",
+            "--set", "sampler.steps=2", "--set", "sampler.spacing=trailing"]  # fmt: skip
+    res = run(cli, *args)
+    assert res.exit_code == 0, res.output
+    assert calls[0]["sampler"] == "euler" and calls[0]["steps"] is None
+    assert calls[0]["sampler_options"] == {"steps": 2, "spacing": "trailing"}
+    sampling = json.loads((out / "metrics.json").read_text())["sampling"]
+    assert sampling["sampler"] == "euler" and sampling["sampler_options"]["spacing"] == "trailing"
+    bad = run(cli, *args[:-4], "--sampler", "euler", "--set", "sampler.eta=1")
+    assert bad.exit_code == 2 and "no option 'eta'" in bad.output

@@ -33,13 +33,14 @@ def fake_generate(monkeypatch):
     """Replace the pipeline by a seeded random image generator that records its calls."""
     calls = []
 
-    def generate(system, classes, *, seed, batch_size, **kwargs):
-        calls.append({"seed": seed, "classes": classes.tolist(), **kwargs})
-        g = torch.Generator().manual_seed(seed)
-        n = len(classes)
-        images = torch.rand(n, 3, 16, 16, generator=g) * 2 - 1
-        grain_maps = torch.randint(0, 2, (n, 1, 1), generator=g)
-        return types.SimpleNamespace(images=images, grain_maps=grain_maps, latents=None)
+    def generate(system, classes, *, seed, batch_size, first_index=0, **kwargs):
+        calls.append({"seed": seed, "classes": classes.tolist(), "first_index": first_index, **kwargs})
+        images, grain_maps = [], []
+        for i in range(len(classes)):  # like the pipeline: sample i from (seed, global index) alone
+            g = torch.Generator().manual_seed(seed * 100_003 + first_index + i)
+            images.append(torch.rand(1, 3, 16, 16, generator=g) * 2 - 1)
+            grain_maps.append(torch.randint(0, 2, (1, 1, 1), generator=g))
+        return types.SimpleNamespace(images=torch.cat(images), grain_maps=torch.cat(grain_maps), latents=None)
 
     monkeypatch.setattr(generation, "_generate", generate)
     return calls
@@ -71,12 +72,6 @@ def test_parse_classes():
         generation.parse_classes("1,x")
 
 
-def test_shard_seeds_are_distinct():
-    seeds = {generation.shard_seed(s, i) for s in range(5) for i in range(200)}
-    assert len(seeds) == 1000 and all(0 <= s < 2**63 for s in seeds)
-    assert generation.shard_seed(3, 4) == generation.shard_seed(3, 4)
-
-
 def test_sample_shards_npz_format(tmp_path, fake_generate):
     system = FakeSystem()
     path = generation.sample_shards(system, 7, tmp_path, batch=3, classes=[2, 1], seed=5, steps=4, progress=False)
@@ -86,7 +81,8 @@ def test_sample_shards_npz_format(tmp_path, fake_generate):
     assert data["labels"].tolist() == [2, 1, 2, 1, 2, 1, 2]
     assert data["grain_maps"].shape == (7, 1, 1)
     assert len(fake_generate) == 3 and [len(c["classes"]) for c in fake_generate] == [3, 3, 1]
-    assert len({c["seed"] for c in fake_generate}) == 3
+    # every shard uses the run seed and its global offset: sample i depends on (seed, i) alone
+    assert [(c["seed"], c["first_index"]) for c in fake_generate] == [(5, 0), (5, 3), (5, 6)]
     assert all(c["steps"] == 4 and c["cfg_scale"] == 1.5 for c in fake_generate)
     # np.load with the ADM suite's key
     with np.load(path) as f:
@@ -201,7 +197,7 @@ def test_sample_shards_match_the_pipeline(tiny_system, tmp_path):
 
     system = systems.load(tiny_system)
     path = generation.sample_shards(system, 3, tmp_path, classes=[2], seed=4, steps=2, batch=3, progress=False)
-    direct = generate(system, [2, 2, 2], seed=generation.shard_seed(4, 0), steps=2, cfg_scale=1.5, progress=False)
+    direct = generate(system, [2, 2, 2], seed=4, steps=2, cfg_scale=1.5, progress=False)
     from d2it_cli.images import to_uint8
 
     data = generation.load_samples(path)
@@ -217,6 +213,10 @@ def test_sample_shards_match_the_pipeline(tiny_system, tmp_path):
         (["--class", "a"], "integers"),
         (["--class", "1", "--classes-uniform"], "not both"),
         (["--sampler", "nope"], "unknown sampler"),
+        (["--sampler", "ddim", "--set", "sampler.eta=2"], "0 <= eta <= 1"),
+        (["--sampler", "ddim", "--set", "sampler.spacing=nope"], "unknown spacing"),
+        (["--set", "sampler.nope=1"], "no option 'nope'"),
+        (["--set", "vae.base_width=1"], "sampler.OPTION=VALUE"),
     ],
 )
 def test_sample_user_errors_exit_2(tiny_system, tmp_path, run_cli, args, message):
@@ -229,3 +229,41 @@ def test_sample_user_errors_exit_2(tiny_system, tmp_path, run_cli, args, message
 def test_sample_missing_system_exits_2(tmp_path, run_cli):
     result = _sample(run_cli, tmp_path / "nothing", tmp_path / "out")
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_samples_do_not_depend_on_the_batch_size(tiny_system, tmp_path, run_cli):
+    """Sample i's pixels come from (seed, i) alone: --batch 1, 4 and 6 give identical arrays."""
+    arrays = {}
+    for batch in (1, 4, 6):
+        out = tmp_path / f"batch{batch}"
+        args = ["--num", 6, "--steps", 3, "--batch", batch, "--class", "0,1,2", "--out", out, "--quiet", "--npz"]
+        result = run_cli("sample", "--system", tiny_system, *args, "--sampler", "dpmpp-2m-sde", "--seed", 11)
+        assert result.exit_code == 0, result.output
+        arrays[batch] = generation.load_samples(out / "samples.npz")
+    for batch in (4, 6):
+        assert np.array_equal(arrays[batch]["arr_0"], arrays[1]["arr_0"])
+        assert np.array_equal(arrays[batch]["grain_maps"], arrays[1]["grain_maps"])
+    assert len({a.tobytes() for a in arrays[1]["arr_0"]}) == 6  # six different images
+
+
+def test_sampler_options_and_its_own_default_steps(tiny_system, tmp_path, run_cli, monkeypatch):
+    from d2it_sampling import samplers
+
+    seen = []
+    original = samplers.Sampler.sample
+
+    def spy(self, model_fn, diffusion, shape, **kwargs):
+        seen.append((self.name, self.config, len(self.timesteps(diffusion, kwargs.get("steps")))))
+        return original(self, model_fn, diffusion, shape, **kwargs)
+
+    monkeypatch.setattr(samplers.Sampler, "sample", spy)
+    out = tmp_path / "out"
+    args = ["--num", 2, "--batch", 2, "--out", out, "--quiet", "--sampler", "dpmpp-2m"]
+    result = run_cli("sample", "--system", tiny_system, *args, "--set", "sampler.steps=4",
+                     "--set", "sampler.spacing=karras")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    name, config, steps = seen[-1]
+    assert name == "dpmpp-2m" and steps == 4 and config.spacing == "karras"
+    settings = json.loads((out / "samples.json").read_text())
+    assert settings["steps"] is None and settings["sampler"] == "dpmpp-2m"
+    assert settings["sampler_options"] == {"spacing": "karras", "steps": 4}

@@ -1,7 +1,8 @@
 """Sharded, resumable sampling: every rank generates its share of shards, rank 0 assembles `samples.npz`.
 
-Samples are cut into shards of `batch` images; shard `s` is generated with a seed derived from
-(seed, s), so a sample does not depend on how many ranks ran or in which order. Finished shards
+Samples are cut into shards of `batch` images; sample i's random streams come from (seed, i) alone
+(`d2it_sampling.pipeline.sample_seed` with i the global sample index), so a sample does not depend
+on the batch size, on how many ranks ran or in which order. Finished shards
 live under `out_dir/shards/` and are skipped when a run is resumed. `samples.npz` holds `arr_0`
 (uint8 NHWC, the array the ADM evaluation suite reads), `labels` and, for D²iT systems,
 `grain_maps`.
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -37,10 +39,41 @@ def bar_enabled(progress: bool) -> bool:
     return bool(progress) and sys.stdout.isatty()
 
 
-def shard_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for shard `index` of a run seeded with `seed` (distinct per pair, independent of world size)."""
-    digest = hashlib.sha256(f"d2it-sample:{int(seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+def split_sampler_sets(sets, *, others: str | None = None) -> tuple[dict, list[str]]:
+    """`--set` items: ({option: value} of `sampler.OPTION=VALUE`, the other items).
+
+    With `others=None` any other slot is an error; else those items are returned for `others` (e.g. metrics).
+    """
+    from d2it.config import parse_sets
+
+    sampler_sets, rest = {}, []
+    for item in sets or ():
+        (slot, options), = parse_sets([item]).items()
+        if slot == "sampler":
+            sampler_sets.update(options)
+        elif others is None:
+            raise D2itError(f"--set here takes sampler.OPTION=VALUE, got slot {slot!r}")
+        else:
+            rest.append(item)
+    return sampler_sets, rest
+
+
+def sampler_choice(record, sampler: str | None = None, sets=None, registry=None) -> tuple[str, dict]:
+    """(sampler name, its options): the system's sampler and options, or another one with its defaults, plus `sets`.
+
+    `sets` are `--set sampler.OPTION=VALUE` overrides ({option: value}); the result is checked
+    here, so a bad name or option fails before any weights load.
+    """
+    from d2it.registry import default_registry
+
+    registry = registry or default_registry()
+    spec = registry.get("sampler", sampler or record.sampler)
+    same = spec.name == registry.get("sampler", record.sampler).name if sampler else True
+    options = dict(record.options.get("sampler", {})) if same else {}
+    options.update(sets or {})
+    config = spec.make_config(options)
+    registry.create("sampler", spec.name, config)
+    return spec.name, {k: v for k, v in attrs.asdict(config).items() if k in options}
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -98,7 +131,7 @@ def _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_sc
         "num": int(num),
         "batch": int(batch),
         "seed": int(seed),
-        "steps": int(steps),
+        "steps": None if steps is None else int(steps),
         "sampler": sampler or system.record.sampler,
         "sampler_options": dict(sampler_options or {}),
         "cfg_scale": float(cfg_scale),
@@ -172,7 +205,7 @@ def run_shards(
     classes: Sequence[int] | None = None,
     classes_uniform: bool = False,
     seed: int = 0,
-    steps: int = 250,
+    steps: int | None = None,
     sampler: str | None = None,
     sampler_options: dict | None = None,
     cfg_scale: float = 1.5,
@@ -186,7 +219,7 @@ def run_shards(
     """Generate this rank's shards (skipping finished ones); returns every shard's path once all ranks are done."""
     if batch < 1:
         raise D2itError(f"the batch size must be at least 1, got {batch}")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise D2itError(f"the number of sampling steps must be at least 1, got {steps}")
     dev = dist.init_distributed(None if device is None else str(device))
     labels = sample_labels(num, system.record.num_classes, classes=classes, classes_uniform=classes_uniform, seed=seed)
@@ -214,7 +247,8 @@ def run_shards(
                     result = _generate(
                         system,
                         labels[start:stop].to(dev),
-                        seed=shard_seed(seed, i),
+                        seed=seed,
+                        first_index=start,
                         steps=steps,
                         sampler=sampler,
                         sampler_options=sampler_options,
@@ -259,7 +293,7 @@ def sample_shards(
     classes: Sequence[int] | None = None,
     classes_uniform: bool = False,
     seed: int = 0,
-    steps: int = 250,
+    steps: int | None = None,
     sampler: str | None = None,
     sampler_options: dict | None = None,
     cfg_scale: float = 1.5,

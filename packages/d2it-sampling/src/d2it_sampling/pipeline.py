@@ -113,7 +113,7 @@ def generate(
     classes,
     *,
     seed: int = 0,
-    steps=250,
+    steps=None,
     sampler: str | None = None,
     sampler_options: dict | None = None,
     cfg_scale: float = 1.0,
@@ -121,6 +121,7 @@ def generate(
     grain_cfg_scale: float = 1.0,
     grain_options: dict | None = None,
     batch_size: int | None = None,
+    first_index: int = 0,
     device=None,
     progress: bool = True,
 ) -> Generation:
@@ -129,8 +130,11 @@ def generate(
     system: a `d2it.system.System` with a content model (and usually a VAE and grain predictor).
     classes: ints in [0, num_classes) (one per image; use 0 for unconditional models).
     seed: sample i's grain map and noise come from generators seeded by (seed, i), one per
-        sample, so `batch_size` does not change what sample i is (up to floating-point
-        differences of batched kernels) and a result repeats for a seed on one device.
+        sample, so `batch_size` does not change what sample i is (the VAE decodes one image at a
+        time; exactly equal where the content model's kernels round alike for every batch size, as on
+        the CPU) and a result repeats for a seed on one device.
+    first_index: the global index of the first sample (a shard of a larger run passes its
+        offset, so sample i is the same whichever shard, rank or batch size produced it).
     steps: sampling steps (int, "a,b,c" or "ddimN"); None: the sampler's `steps` option.
     sampler / sampler_options: a registered sampler and its options (default the record's
         sampler with the record's options; with another sampler, its defaults).
@@ -174,8 +178,9 @@ def generate(
     images, grain_maps, latents = [], [], []
     with eval_mode(system), progress_bar(None, total=total, enabled=progress, desc="generate", unit="img") as bar:
         for start in range(0, total, batch_size):
-            indices = range(start, min(start + batch_size, total))
-            y = classes[start : indices.stop].to(device)
+            stop = min(start + batch_size, total)
+            indices = range(first_index + start, first_index + stop)
+            y = classes[start:stop].to(device)
             grain_map = _grain_maps(
                 system,
                 y,
@@ -199,7 +204,10 @@ def generate(
             )
             z = z / scale
             if system.vae is not None:
-                images.append(system.vae.decode(z).float().clamp(-1.0, 1.0).cpu())
+                # one image at a time: batched convolutions round differently per batch size, and sample
+                # i's pixels must not depend on `batch_size` (decoding is one call per image, not per step)
+                decoded = [system.vae.decode(z[i : i + 1]) for i in range(z.shape[0])]
+                images.append(torch.cat(decoded).float().clamp(-1.0, 1.0).cpu())
             latents.append(z.cpu())
             if grain_map is not None:
                 grain_maps.append(grain_map.cpu())

@@ -176,14 +176,16 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="fid-10k (FFHQ) or fid-50k (ImageNet, +IS, P/R).")
 @click.option("--num", type=click.IntRange(min=1), help="Number of samples (overrides the preset).")
 @click.option("--metrics", "metric_names", default=None, help="Comma-separated metrics (overrides the preset).")
-@click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250).")
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
 @click.option("--cfg-scale", default=1.5, show_default=True, type=float, help="Classifier-free guidance (1 = off).")
 @click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float, help="Grain predictor guidance.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per batch and shard.")
 @click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
-@click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE",
+              help="Override a metric option, or a sampler option as sampler.OPTION=VALUE.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (resumable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--eval-batch", default=64, show_default=True, type=click.IntRange(min=1),
@@ -207,12 +209,15 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
         raise D2itError("give --num or --preset (fid-10k, fid-50k)")
     names = parse_metrics(metric_names or chosen.get("metrics") or "fid")
     registry = obj["registry"]
+    sampler_sets, sets = generation.split_sampler_sets(sets, others="metrics")
+    record, _ = systems.read_record(system_dir)
+    sampler, sampler_options = generation.sampler_choice(record, sampler, sampler_sets, registry)
     dev = dist.init_distributed(device)
     system = systems.load(system_dir, registry, device=str(dev))  # safetensors wants a string
     out = Path(out)
     paths = generation.run_shards(
         system, num, out, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
-        cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch, device=dev,
+        sampler_options=sampler_options, cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch, device=dev,
         progress=not quiet, resume=True,
     )
     main = dist.is_main()

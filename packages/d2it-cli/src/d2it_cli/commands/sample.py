@@ -56,8 +56,11 @@ def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
 @click.option("--class", "class_list", default=None, metavar="I,J,...", help="Class indices, cycled over the samples.")
 @click.option("--classes-uniform", is_flag=True,
               help="Spread the samples evenly over all classes (default: random classes).")
-@click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Sampling steps (respaced).")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250, dpmpp-2m 25).")
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
+@click.option("--set", "sets", multiple=True, metavar="sampler.OPTION=VALUE",
+              help="Override a sampler option, e.g. --set sampler.spacing=karras.")
 @click.option("--cfg-scale", default=1.5, show_default=True, type=float,
               help="Classifier-free guidance scale (1 = off).")
 @click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float,
@@ -73,8 +76,8 @@ def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_obj
-def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cfg_scale, grain_cfg_scale, seed, batch,
-           device, out, npz, no_resume, as_json, quiet):
+def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, sets, cfg_scale, grain_cfg_scale, seed,
+           batch, device, out, npz, no_resume, as_json, quiet):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
     registry = (obj or {}).get("registry")
     classes = generation.parse_classes(class_list)
@@ -87,8 +90,8 @@ def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cf
         )
     # reject bad classes before loading weights
     generation.sample_labels(num, record.num_classes, classes=classes, classes_uniform=classes_uniform, seed=seed)
-    if sampler is not None and registry is not None:
-        registry.get("sampler", sampler)
+    sampler_sets, _ = generation.split_sampler_sets(sets)
+    sampler, sampler_options = generation.sampler_choice(record, sampler, sampler_sets, registry)
     system = systems.load(system_dir, registry, device=dev)
     out = Path(out)
     paths = generation.run_shards(
@@ -100,6 +103,7 @@ def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, cf
         seed=seed,
         steps=steps,
         sampler=sampler,
+        sampler_options=sampler_options,
         cfg_scale=cfg_scale,
         grain_cfg_scale=grain_cfg_scale,
         batch=batch,
