@@ -12,6 +12,8 @@ flip, the grain maps of both, the labels and the dataset indices:
 
 Because every grain is stored everywhere, a latent can be laid out for any grain map (the
 `--grain-source random` ablation). Latents are sampled from the stored posterior at every step.
+`d2it encode --grains used` stores only each region's own grain instead (`cache_layout.py`), and
+`--dtype bf16` (the default) the parameters in bfloat16.
 """
 
 import json
@@ -22,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from d2it.errors import CheckpointError, DataError
 from d2it.layout import neighbour_copy
+from d2it_cli.cache_layout import unpack_used
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -75,6 +78,8 @@ class LatentCache(torch.utils.data.Dataset):
         self.random_flip = random_flip
         self.grains = int(self.manifest["grains"])
         self.posterior = self.manifest["posterior"]
+        self.layout = self.manifest.get("layout", "all")
+        self._starts: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
         self.shards = [(self.path / s["file"], int(s["count"])) for s in self.manifest["shards"]]
         for file, _ in self.shards:
             if not file.is_file():
@@ -94,6 +99,7 @@ class LatentCache(torch.utils.data.Dataset):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handles"] = {}  # file handles do not cross process boundaries
+        state["_starts"] = {}
         return state
 
     @property
@@ -142,10 +148,33 @@ class LatentCache(torch.utils.data.Dataset):
         """Item `index` in version 0 (image) or 1 (its flip)."""
         shard, row = self._locate(int(index))
         f = self._handle(shard)
-        params = [f.get_slice(f"params.{g}")[row : row + 1][0, version].float() for g in range(self.grains)]
         grain_map = f.get_slice("grain_map")[row : row + 1][0, version].long()
+        if self.layout == "used":
+            params = unpack_used(
+                [self._used_rows(shard, g, row, version) for g in range(self.grains)],
+                grain_map,
+                self.manifest["shapes"]["params"],
+            )
+            params = [p.float() for p in params]
+        else:
+            params = [f.get_slice(f"params.{g}")[row : row + 1][0, version].float() for g in range(self.grains)]
         label = f.get_slice("label")[row : row + 1][0].long()
         return {"params": params, "grain_map": grain_map, "label": label}
+
+    def _used_rows(self, shard: int, grain: int, row: int, version: int) -> torch.Tensor:
+        """Grain `grain`'s stored rows of one image version in a `used` cache."""
+        if (shard, grain) not in self._starts:
+            counts = self._handle(shard).get_tensor(f"count.{grain}").reshape(-1).tolist()
+            starts = [0]
+            for c in counts[:-1]:
+                starts.append(starts[-1] + int(c))
+            self._starts[(shard, grain)] = (starts, counts)
+        starts, counts = self._starts[(shard, grain)]
+        k = row * VERSIONS + version
+        table = self._handle(shard).get_slice(f"used.{grain}")
+        if counts[k] == 0:
+            return torch.zeros(0, table.get_shape()[1])
+        return table[starts[k] : starts[k] + counts[k]]
 
     def __getitem__(self, index: int) -> dict:
         version = int(torch.randint(VERSIONS, ())) if self.random_flip else 0

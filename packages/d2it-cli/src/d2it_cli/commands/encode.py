@@ -14,12 +14,13 @@ from d2it import system as systems
 from d2it.errors import DataError
 from d2it.io import atomic_write_text, save_safetensors, state_sha256
 from d2it_cli.cache import FORMAT, MANIFEST, VERSIONS, shard_name
+from d2it_cli.cache_layout import MODES, bytes_per_image, human, pack_used
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options, dataset_classes, is_streaming, one_pass, open_dataset
 from d2it_cli.engine import dist
 from d2it_cli.engine.parts import load_vae
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class ShardWriter:
@@ -44,13 +45,31 @@ class ShardWriter:
             return
         merged = {k: torch.cat([b[k] for b in self.buffer]) for k in self.buffer[0]}
         n = merged["label"].shape[0] if n is None else n
-        head = {k: v[:n] for k, v in merged.items()}
-        rest = {k: v[n:] for k, v in merged.items()}
+        cut = {k: n for k in merged}
+        for k in merged:  # `used` rows: as many as the first n images' regions of that grain
+            if k.startswith("used."):
+                cut[k] = int(merged[f"count.{k[5:]}"][:n].sum())
+        head = {k: v[: cut[k]] for k, v in merged.items()}
+        rest = {k: v[cut[k] :] for k, v in merged.items()}
         name = shard_name(self.rank, len(self.shards))
         save_safetensors(head, self.out / name, {"d2it.cache": str(FORMAT)})
         self.shards.append({"file": name, "count": int(n)})
         self.buffer = [rest] if rest["label"].shape[0] else []
         self.count = int(rest["label"].shape[0])
+
+
+def _size_line(vae, record, dev, layout: str, dtype: str, dataset) -> str:
+    """'cache: 41.5 KB per image (with its flip), 53.2 GB for 1,281,167 images' from a probe encode of one image."""
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, record.image_size, record.image_size, device=dev)
+        grain_map = vae.grain_map(probe)
+        shapes = [list(p.shape[1:]) for p in vae.encode(probe, grain_map)]
+    share = 0.5 if vae.grains > 1 else 1.0
+    per_image = bytes_per_image(shapes, list(grain_map.shape[1:]), layout, DTYPES[dtype].itemsize, share)
+    count = len(dataset) if not is_streaming(dataset) else getattr(dataset, "length", None)
+    where = f"{human(per_image * count)} for {count:,} images" if count else "dataset size unknown (a stream)"
+    note = " at a fine ratio of 0.5" if layout == "used" else ""
+    return f"cache: {human(per_image)} per image with its flip ({dtype}, grains {layout}{note}); {where}"
 
 
 @click.command()
@@ -69,9 +88,17 @@ class ShardWriter:
 @click.option(
     "--dtype",
     type=click.Choice(sorted(DTYPES)),
-    default="float32",
+    default="bf16",
     show_default=True,
-    help="Storage type of the posterior parameters.",
+    help="Storage type of the posterior parameters (bf16 halves the cache; sampling the posterior is unaffected).",
+)
+@click.option(
+    "--grains",
+    "layout",
+    type=click.Choice(MODES),
+    default="all",
+    show_default=True,
+    help="all: every grain everywhere (needed by --grain-source random); used: only each region's own grain.",
 )
 @click.option("--workers", default=0, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the latent draws that measure the scale.")
@@ -89,6 +116,7 @@ def encode(
     batch,
     shard_size,
     dtype,
+    layout,
     workers,
     seed,
     strict_data,
@@ -131,6 +159,8 @@ def encode(
     g = torch.Generator(device=dev).manual_seed(seed * 1000 + dist.rank())
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # count, sum, sum of squares of sampled latents
     shapes, start, done, top_label = None, time.perf_counter(), 0, -1
+    if dist.is_main():
+        click.echo(_size_line(vae, record, dev, layout, dtype, dataset))
     bar = tqdm(loader, desc="encode", disable=quiet or not sys.stdout.isatty() or not dist.is_main())
     with torch.no_grad():
         for images, labels in bar:
@@ -143,7 +173,14 @@ def encode(
             stats += torch.stack(
                 [torch.tensor(float(z.numel()), dtype=torch.float64, device=dev), z.sum(), z.square().sum()]
             )
-            item = {f"params.{i}": torch.stack([p[:b], p[b:]], 1).to(writer.dtype).cpu() for i, p in enumerate(params)}
+            if layout == "all":
+                item = {
+                    f"params.{i}": torch.stack([p[:b], p[b:]], 1).to(writer.dtype).cpu() for i, p in enumerate(params)
+                }
+            else:  # rows in (image, version) order: image i's version v is row v * b + i of the batch
+                order = torch.arange(2 * b, device=dev).view(2, b).t().reshape(-1)
+                used = pack_used([p[order].to(writer.dtype) for p in params], grain_map[order])
+                item = {k: (v.view(b, VERSIONS) if k.startswith("count.") else v).cpu() for k, v in used.items()}
             item["grain_map"] = torch.stack([grain_map[:b], grain_map[b:]], 1).to(torch.uint8).cpu()
             item["label"] = torch.as_tensor(labels, dtype=torch.int64)
             top_label = max(top_label, int(item["label"].max()))
@@ -188,6 +225,7 @@ def encode(
             "posterior": "gaussian" if shapes["params"][0][0] == 2 * vae.latent_channels else "codes",
             "shapes": shapes,
             "dtype": dtype,
+            "layout": layout,
             "image_size": record.image_size,
             "thresholds": list(vae.thresholds),
             "num_classes": num_classes,

@@ -29,9 +29,7 @@ def open_cache(path, system) -> LatentCache:
             f"{system.record.num_classes} (d2it build --num-classes)"
         )
     if int(cache.manifest["grains"]) != system.grains:
-        raise DataError(
-            f"latent cache {path} has {cache.manifest['grains']} grains, the system's VAE {system.grains}"
-        )
+        raise DataError(f"latent cache {path} has {cache.manifest['grains']} grains, the system's VAE {system.grains}")
     return cache
 
 
@@ -129,6 +127,11 @@ class ContentTask(Task):
 
         if grain_source not in GRAIN_SOURCES:
             raise ConfigError(f"--grain-source must be one of {', '.join(GRAIN_SOURCES)}, got {grain_source!r}")
+        if grain_source == "random" and getattr(cache, "layout", "all") == "used":
+            raise ConfigError(
+                f"--grain-source random needs every grain of every region, but {cache.path} stores only the used "
+                "ones; encode again with --grains all"
+            )
         self.system, self.dataset, self.system_dir = system, cache, system_dir
         self.lr, self.weight_decay, self.grain_source, self.fine_ratio = lr, weight_decay, grain_source, fine_ratio
         self.diffusion = make_diffusion(system)
