@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from d2it_transformers import sparse
 from d2it_transformers.dit import DiT, DiTBlock
@@ -164,3 +165,40 @@ def test_token_modulation_adds_one_to_the_scale_chunks():
     want[:, [1, 3]] += 1
     for i, chunk in enumerate(chunks):
         torch.testing.assert_close(chunk, want[:, i][sample])
+
+
+class _OpLog(TorchDispatchMode):
+    """Records every aten op with its keyword arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+# ops that read device data on the host (a sync on CUDA) or copy host data to the device
+HOST_OPS = {
+    "aten.lift_fresh.default",
+    "aten.nonzero.default",
+    "aten._local_scalar_dense.default",
+    "aten.bincount.default",
+    "aten.masked_select.default",
+    "aten.item.default",
+    "aten.is_nonzero.default",
+}
+
+
+@pytest.mark.parametrize("refine", ["window4-sparse", "window8-sparse", "global-sparse"])
+def test_sparse_forward_and_backward_make_no_other_host_transfers(content, inputs, refine):
+    model = _randomise(content(refine, input_size=12 if refine == "window8-sparse" else 8)).train()
+    x, t, y, gm = inputs(model)
+    with _OpLog() as log:
+        model(x, t, y, gm.clone()).square().mean().backward()
+    ops = {name for name, _ in log.calls}
+    assert not ops & HOST_OPS, ops & HOST_OPS
+    for name, kwargs in log.calls:
+        if name.startswith("aten.repeat_interleave.Tensor"):
+            assert kwargs.get("output_size") is not None  # else the output size is read from the device

@@ -229,9 +229,9 @@ class SparseRefineNet(RefineNet):
 def token_modulation(mod: torch.Tensor, chunks: int, scales: tuple[int, ...], sample: torch.Tensor):
     """(B, chunks * D) adaLN output -> `chunks` per-token (N, D) views; 1 is added to the `scales` chunks on B rows."""
     b, width = mod.shape
-    one = torch.zeros(chunks, 1, dtype=mod.dtype, device=mod.device)
-    for i in scales:
-        one[i] = 1  # an integer index: a fill on the device, no index tensor copied from the host
+    # built by comparisons with Python ints: no index or value tensor is copied from the host
+    index = torch.arange(chunks, device=mod.device)[:, None]
+    one = sum((index == i).to(mod.dtype) for i in scales)
     return (mod.reshape(b, chunks, width // chunks) + one).view(b, width).index_select(0, sample).chunk(chunks, dim=1)
 
 
