@@ -161,6 +161,8 @@ def test_import_commands(tmp_path, run_cli):
                      "--out", tmp_path / "samples", "--quiet", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["num"] == 2
+    manifest = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert manifest["guidance_channels"] == "dit" and manifest["cfg_scale"] == 1.5
     result = run_cli("import", "dit", "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "does not exist" in result.output
     result = run_cli("import", "sd-vae", tmp_path / "nowhere", "--out", tmp_path / "o")

@@ -135,6 +135,7 @@ def _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_sc
         "sampler": sampler or system.record.sampler,
         "sampler_options": dict(sampler_options or {}),
         "cfg_scale": float(cfg_scale),
+        "guidance_channels": system.record.options.get("guidance", {}).get("channels", "all"),
         "grain_cfg_scale": float(grain_cfg_scale),
         "grain_options": dict(grain_options or {}),
         "labels": label_hash,
