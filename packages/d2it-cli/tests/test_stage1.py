@@ -122,10 +122,13 @@ def test_train_dvae_default_lr_scales_with_the_global_batch(tiny_system, run_cli
         "--quiet",
         "--perceptual-weight",
         "0",
+        "--fixed-logvar",
     )
     assert result.exit_code == 0, result.output
     cfg = json.loads((tiny_system / "runs" / "dvae" / "train.json").read_text())
     assert cfg["lr"]["vae"] == pytest.approx(4.5e-6 * 4)
+    convention = systems.read_record(tiny_system)[1]["extra"]["vae_loss"]  # LDM's released behaviour: logvar 0
+    assert convention["learn_logvar"] is False and convention["logvar"] == 0.0
     bad = run_cli("train", "dvae", "--system", tiny_system, "--data", "synthetic:8", "--lpips-random", "--quiet")
     assert bad.exit_code == 2 and "--steps or --epochs" in bad.output
 

@@ -53,6 +53,9 @@ def train():
 @click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=float,
               help="Weight of the regularizer's loss (default: its loss_weight option, e.g. kl 1e-6).")
 @click.option("--perceptual-weight", default=1.0, show_default=True, type=float, help="LPIPS weight (0 = no LPIPS).")
+@click.option("--learn-logvar/--fixed-logvar", default=True, show_default=True,
+              help="Train the reconstruction log-variance (KL VAEs). LDM declares it learnable but leaves it out of "
+                   "its optimizer, so --fixed-logvar (0) is what LDM's released training did.")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), help="Local torchvision VGG16 weights for LPIPS.")
 @click.option("--lpips-random", is_flag=True, hidden=True, help="Random LPIPS trunk (tests; no download).")
 @engine_options(batch=8, ema=False, ema_decay=0.999, sample_every=1000)
@@ -67,6 +70,7 @@ def dvae(
     disc_start,
     reg_weight,
     perceptual_weight,
+    learn_logvar,
     lpips_weights,
     lpips_random,
     **kwargs,
@@ -88,6 +92,7 @@ def dvae(
         "disc_start": disc_start,
         "reg_weight": reg_weight,
         "perceptual_weight": perceptual_weight,
+        "learn_logvar": learn_logvar,
         "lpips_weights": lpips_weights,
         "pnet_rand": lpips_random,
     }
