@@ -363,6 +363,7 @@ class Trainer:
         doc = {k: str(v) if isinstance(v, Path) else v for k, v in attrs.asdict(self.config).items()}
         doc.update(
             task=self.task.name,
+            system=str(getattr(self.task, "system_dir", "") or ""),  # what `d2it export` builds on
             world_size=dist.world_size(),
             precision=self.precision,
             total_steps=self.total_steps,
