@@ -128,6 +128,8 @@ class Task(abc.ABC):
     dataset: torch.utils.data.Dataset = None
     collate_fn = None
     images_per_item = 1
+    # DDP must look for parameters without gradients only where a step can skip some (a dynamic graph)
+    find_unused_parameters = True
 
     @abc.abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -234,7 +236,9 @@ class Trainer:
             target = self.task.ddp_target(name, m)
             if dist.is_distributed():
                 ids = [self.device.index] if self.device.type == "cuda" else None
-                target = nn.parallel.DistributedDataParallel(target, device_ids=ids, find_unused_parameters=True)
+                target = nn.parallel.DistributedDataParallel(
+                    target, device_ids=ids, find_unused_parameters=self.task.find_unused_parameters
+                )
             self.wrapped[name] = maybe_compile(target, cfg.compile)
         self.optimizers = self.task.make_optimizers(self)
         for opt in self.optimizers.values():

@@ -53,6 +53,7 @@ class GrainTask(Task):
     """The Dynamic Grain Transformer on the cache's grain maps (image or flip picked per item and step)."""
 
     name = "grain"
+    find_unused_parameters = False  # every parameter takes part in every step
 
     def __init__(
         self, system, cache: LatentCache, system_dir, *, lr: float = LR, weight_decay: float = 0.0, preview_classes=None
@@ -138,6 +139,8 @@ class ContentTask(Task):
         self.scale = float(system.record.latent_scale)
         self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
         self.sample_steps = sample_steps
+        # static graph, except a sparse refiner, which skips its weights on a batch without fine cells
+        self.find_unused_parameters = bool(getattr(getattr(system.content, "refiner", None), "sparse", False))
 
     def modules(self):
         return {"content": self.system.content}
