@@ -205,8 +205,10 @@ def main(argv=None) -> dict:
     }
     print(f"{'dtype':<10} {'forward max|d|':>15} {'(/ std)':>10} {'images max|d|':>14} {'mean|d|':>10}  ok")
     for name, r in results.items():
-        print(f"{name:<10} {r['forward']:>15.3e} {r['forward_rel']:>10.2e} {r['images_max']:>14.3e} "
-              f"{r['images_mean']:>10.2e}  {r['ok']}")
+        print(
+            f"{name:<10} {r['forward']:>15.3e} {r['forward_rel']:>10.2e} {r['images_max']:>14.3e} "
+            f"{r['images_mean']:>10.2e}  {r['ok']}"
+        )
     print(json.dumps(doc))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)

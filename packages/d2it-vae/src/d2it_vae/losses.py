@@ -161,9 +161,7 @@ class VAELoss(nn.Module):
         self.reg_weight = float(getattr(vae.regularizer, "loss_weight", 1.0) if reg_weight is None else reg_weight)
         self.normalization = normalization or ("ldm" if kl else "taming")
         if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(
-                f"unknown loss normalization {self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
-            )
+            raise ConfigError(f"unknown loss normalization {self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
         self.disc_start, self.perceptual_weight = disc_start, perceptual_weight
         self.disc_weight, self.adaptive_cap = disc_weight, adaptive_cap
         self.perceptual = make_lpips(lpips_weights, pnet_rand) if perceptual_weight > 0 else None

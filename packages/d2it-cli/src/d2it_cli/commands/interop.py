@@ -30,11 +30,19 @@ def import_group():
 
 
 @import_group.command("dit")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
-              help="DiT checkpoint: the raw state dict DiT publishes (e.g. DiT-XL-2-256x256.pt) or .safetensors.")
-@click.option("--vae", default=None, metavar=f"{'|'.join(SD_VAE_NAMES)}|PATH",
-              help="The VAE: a Hub name (downloaded once, needs a connection), a diffusers AutoencoderKL folder "
-                   "or an LDM checkpoint. Without it the system generates latents only.")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="DiT checkpoint: the raw state dict DiT publishes (e.g. DiT-XL-2-256x256.pt) or .safetensors.",
+)
+@click.option(
+    "--vae",
+    default=None,
+    metavar=f"{'|'.join(SD_VAE_NAMES)}|PATH",
+    help="The VAE: a Hub name (downloaded once, needs a connection), a diffusers AutoencoderKL folder "
+    "or an LDM checkpoint. Without it the system generates latents only.",
+)
 @click.option("--num-heads", type=int, default=None, help="Attention heads, for a width none of DiT's sizes has.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="System directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -50,10 +58,18 @@ def import_dit_command(obj, checkpoint, vae, num_heads, out, as_json):
 
 @import_group.command("sd-vae")
 @click.argument("source", metavar=f"{'|'.join(SD_VAE_NAMES)}|PATH")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="System directory: its VAE becomes this one (created, as `d2it build` would, if missing).")
-@click.option("--latent-scale", type=float, default=None,
-              help="Latent scale (default the folder's scaling_factor; 0.18215 for LDM checkpoints).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="System directory: its VAE becomes this one (created, as `d2it build` would, if missing).",
+)
+@click.option(
+    "--latent-scale",
+    type=float,
+    default=None,
+    help="Latent scale (default the folder's scaling_factor; 0.18215 for LDM checkpoints).",
+)
 @click.option("--backbone", default="dit-xl", show_default=True, help="Backbone of a new system.")
 @click.option("--image-size", default=256, show_default=True, type=int, help="Image size of a new system.")
 @click.option("--num-classes", default=1000, show_default=True, type=int, help="Classes of a new system.")

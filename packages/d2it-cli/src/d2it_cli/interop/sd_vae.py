@@ -154,7 +154,7 @@ def read_sd_vae(source) -> dict:
         state = read_state_dict(path, what="an LDM / SD autoencoder checkpoint")
         prefix = "first_stage_model."
         if any(k.startswith(prefix) for k in state):  # a whole Stable Diffusion checkpoint
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         ldm, scale = state, SD_LATENT_SCALE
     else:
         raise CheckpointError(f"VAE {source} is neither a diffusers folder nor a checkpoint file")
