@@ -144,6 +144,9 @@ def test_import_commands(tmp_path, run_cli):
     result = run_cli("sample", "--system", tmp_path / "imported", "--num", 2, "--steps", 2, "--cfg-scale", 1.5,
                      "--out", tmp_path / "samples", "--quiet")  # fmt: skip
     assert result.exit_code == 2 and "has no VAE" in result.output and "import sd-vae" in result.output
+    result = run_cli("eval", "sample-and-score", "--system", tmp_path / "imported", "--num", 2,
+                     "--ref", tmp_path / "nothing.npz", "--out", tmp_path / "ev")  # fmt: skip
+    assert result.exit_code == 2 and "has no VAE" in result.output
     # the VAE goes into the same directory (a diffusers folder); then the system makes images
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)

@@ -211,6 +211,11 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
     registry = obj["registry"]
     sampler_sets, sets = generation.split_sampler_sets(sets, others="metrics")
     record, _ = systems.read_record(system_dir)
+    if not record.vae:
+        raise D2itError(
+            f"the system in {system_dir} has no VAE, so it cannot make images; add one with "
+            f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
+        )
     sampler, sampler_options = generation.sampler_choice(record, sampler, sampler_sets, registry)
     dev = dist.init_distributed(device)
     system = systems.load(system_dir, registry, device=str(dev))  # safetensors wants a string
