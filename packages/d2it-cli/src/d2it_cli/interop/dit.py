@@ -19,7 +19,7 @@ from d2it_cli.interop.weights import read_state_dict, require
 
 # hidden size -> (size name, heads) of DiT's configs (DiT-S/B/L/XL)
 DIT_SIZES = {384: ("s", 6), 768: ("b", 12), 1024: ("l", 16), 1152: ("xl", 16)}
-VAE_FACTOR = 4 * 2  # SD's KL-f8: latents are 1/8 of the image side
+VAE_FACTOR = 8  # SD's KL-f8: latents are 1/8 of the image side
 
 
 def read_dit_checkpoint(path) -> dict:
@@ -105,9 +105,9 @@ def import_dit(checkpoint, out, *, vae=None, num_heads: int | None = None, regis
     if vae is not None:
         vae_state = read_sd_vae(vae)
         options["vae"] = vae_state["options"]
-        record = systems.SystemRecord(
-            **{**record.to_dict(), "vae": "vae-f8", "options": options, "latent_scale": vae_state["latent_scale"]}
-        )
+        factor = 2 ** (len(vae_state["options"]["channel_mult"]) - 1)  # 8 for SD's VAE
+        changes = {"vae": "vae-f8", "options": options, "latent_scale": vae_state["latent_scale"]}
+        record = systems.SystemRecord(**{**record.to_dict(), **changes, "image_size": geometry["input_size"] * factor})
     system = systems.build(record, registry)
     load_into(system.content, tensors, where=str(checkpoint))
     if vae_state is not None:
