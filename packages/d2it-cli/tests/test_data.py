@@ -1,17 +1,24 @@
 """Datasets: the `folder` layouts, unreadable images, and the procedural `synthetic` images."""
 
+import os
+import socket
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 
 import d2it
+import d2it_cli.data.folder as folder_module
 import d2it_cli.plugin
 from d2it.errors import DataError
 from d2it.registry import Registry
 from d2it.spec import ComponentSpec
 from d2it_cli.data import FolderConfig, FolderDataset, open_dataset, parse_data
 from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset
+from d2it_cli.engine.feed import default_workers
 
 
 def write_image(path, size=(40, 30), seed=0, fmt=None):
@@ -187,3 +194,38 @@ def test_synthetic_detail_has_higher_region_entropy(d2it_registry):
         smooth += scores[cover == 0].tolist()
     assert len(detailed) > 20 and len(smooth) > 20
     assert np.median(detailed) > np.median(smooth) + 0.5
+
+
+def _scan_worker(rank, world, port, root, out):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    if rank == 1:  # only rank 0 may list the tree
+
+        def refuse(*args):
+            raise AssertionError("rank 1 listed the folder")
+
+        folder_module.scan_folder = refuse
+    ds = FolderDataset(root, 8)
+    torch.save({"files": ds.files, "labels": ds.labels.tolist(), "classes": ds.classes}, Path(out) / f"{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_zero_lists_the_folder_once_and_shares_the_index(tmp_path):
+    for name in ("b/1.png", "b/2.png", "a/x/3.png"):
+        write_image(tmp_path / "data" / name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_scan_worker, args=(2, port, str(tmp_path / "data"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0 == r1 and r0["files"] == ["a/x/3.png", "b/1.png", "b/2.png"] and r0["classes"] == ["a", "b"]
+
+
+def test_default_workers_share_the_cpus_between_local_ranks(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_workers() == 8  # capped
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers() == 0

@@ -197,3 +197,39 @@ def test_hf_name_without_network_exits_2_in_one_sentence(run_cli, tmp_path, monk
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "could not be loaded from the Hugging Face Hub" in lines[0]
+
+
+# -- the whole route on the command line ---------------------------------------------------------------
+def test_pack_then_thresholds_train_resume_and_encode_from_shards(tiny_system, tmp_path, run_cli):
+    for c in range(2):
+        for i in range(6):
+            (tmp_path / "imgs" / f"c{c}").mkdir(parents=True, exist_ok=True)
+            arr = np.random.default_rng(10 * c + i).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / f"c{c}" / f"{i}.png")
+    assert run_cli("pack", "--data", tmp_path / "imgs", "--out", tmp_path / "wds", "--shard-size", "3").exit_code == 0
+    data = f"wds:{tmp_path / 'wds' / 'train-{000000..000003}.tar'}"
+    result = run_cli("thresholds", "--data", data, "--system", tiny_system, "--out", tmp_path / "t.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t.json").read_text())["images"] == 12
+    common = ["train", "dvae", "--system", tiny_system, "--data", data, "--data-option", "shuffle_buffer=3"]
+    common += ["--batch", "2", "--workers", "2", "--ckpt-every", "2", "--log-every", "1", "--perceptual-weight", "0"]
+    first = run_cli(*common, "--steps", "2", "--sample-every", "2", "--report-to", "tensorboard")
+    assert first.exit_code == 0, first.output
+    # off a terminal: one plain line per logged step
+    assert [line.split(" |")[0] for line in first.output.splitlines() if line.startswith("train ")] == [
+        "train dvae step 1/2",
+        "train dvae step 2/2",
+    ]
+    run_dir = tiny_system / "runs" / "dvae"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    second = run_cli(*common, "--steps", "3", "--resume", "latest", "--quiet")
+    assert second.exit_code == 0, second.output
+    from d2it_cli.engine import latest_checkpoint, load_checkpoint, read_log
+
+    assert [r["step"] for r in read_log(run_dir)] == [1, 2, 3]
+    _, state, _ = load_checkpoint(latest_checkpoint(run_dir))
+    assert state["data"] == {"samples": 6, "world": 1, "batch": 2, "workers": 2}
+    encoded = run_cli("encode", "--system", tiny_system, "--data", data, "--out", tmp_path / "cache", "--quiet")
+    assert encoded.exit_code == 0, encoded.output
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["count"] == 12 and manifest["num_classes"] == 2 and manifest["classes"] == ["c0", "c1"]
