@@ -85,9 +85,7 @@ class TrainConfig:
 def derive_batch(global_batch: int, world: int, batch: int, where="the checkpoint") -> tuple[int, int]:
     """(micro-batch, accumulation) giving `global_batch` on `world` ranks, the micro-batch at most `batch`."""
     if global_batch % world:
-        raise CheckpointError(
-            f"{where} has global batch {global_batch}, which {world} processes cannot share"
-        )
+        raise CheckpointError(f"{where} has global batch {global_batch}, which {world} processes cannot share")
     per_rank = global_batch // world
     micro = max(d for d in range(1, min(batch, per_rank) + 1) if per_rank % d == 0)
     return micro, per_rank // micro
@@ -116,9 +114,6 @@ def to_device(batch, device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
-
-
-progress_enabled = progress.bar_enabled
 
 
 class Task(abc.ABC):
@@ -400,7 +395,7 @@ class Trainer:
             total=self.total_steps,
             initial=self.step,
             desc=f"train {self.task.name}",
-            disable=not progress_enabled(cfg.quiet),
+            disable=not progress.bar_enabled(cfg.quiet),
             dynamic_ncols=True,
         )
         sums: dict[str, torch.Tensor] = {}
@@ -481,6 +476,7 @@ class Trainer:
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
                     self.save_checkpoint()
         finally:
+            batches.close()  # stops the data-loader workers now rather than at garbage collection
             bar.close()
             if log_file is not None:
                 log_file.close()
