@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from d2it.errors import D2itError
+from d2it_cli.commands.demo import ClickRunner
 from d2it_cli.demo import STEP_NAMES, Demo, DemoError, DemoPlan, plan_for
 from d2it_cli.demo.report import (
     Figure,
@@ -57,7 +58,7 @@ def toy_cli():
 
 
 def test_invoke_times_steps_and_stops_on_failure(toy_cli, tmp_path):
-    demo = Demo(cli=toy_cli, out=tmp_path, plan=DemoPlan(), device="cpu", quiet=True)
+    demo = Demo(runner=ClickRunner(toy_cli), out=tmp_path, plan=DemoPlan(), device="cpu", quiet=True)
     demo.invoke("first", ["ok", "--n", 3])
     assert demo.timings[0].status == "ok" and demo.timings[0].command == "d2it ok --n 3"
     with pytest.raises(DemoError, match="'second' failed"):
@@ -69,7 +70,7 @@ def test_invoke_times_steps_and_stops_on_failure(toy_cli, tmp_path):
 
 
 def test_supports_reads_the_real_commands(d2it_cli, tmp_path):
-    demo = Demo(cli=d2it_cli, out=tmp_path, plan=DemoPlan(), device="cpu")
+    demo = Demo(runner=ClickRunner(d2it_cli), out=tmp_path, plan=DemoPlan(), device="cpu")
     assert demo.supports(["train", "dvae"], "--lr")
     assert demo.supports(["sample"], "--classes-uniform")
     assert not demo.supports(["train", "nothing"], "--lr")
@@ -125,7 +126,7 @@ def test_class_rows_layout():
 
 
 def test_report_of_an_empty_run(tmp_path):
-    demo = Demo(cli=None, out=tmp_path, plan=DemoPlan(), device="cpu")
+    demo = Demo(runner=None, out=tmp_path, plan=DemoPlan(), device="cpu")
     page = build_report(demo, failed=True).read_text()
     assert "A step failed" in page and "<h2>Files</h2>" in page
     assert "<img" not in page

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from test_evaluation import TINY, TinyExtractor, make_images, register_tiny, write_pngs
 
 from d2it.io import file_sha256
+from d2it_cli import generation
 
 
 @pytest.fixture(scope="module")
@@ -182,16 +183,14 @@ def test_recon_reports_rfid_lpips_psnr_fine_ratio(tmp_path, cli, weights, tiny_s
 
 
 def test_sample_and_score_is_sharded_and_resumable(tmp_path, cli, weights, tiny_system, monkeypatch):
-    from d2it_cli import generation
-
     calls = []
-    real = generation._generate
+    real = generation.generate
 
     def counting(system, classes, **kw):
         calls.append(kw["seed"])
         return real(system, classes, **kw)
 
-    monkeypatch.setattr(generation, "_generate", counting)
+    monkeypatch.setattr(generation, "generate", counting)
     np.savez(tmp_path / "r.npz", make_images(n=12, size=32, seed=8))
     out = tmp_path / "run"
     args = ["eval", "sample-and-score", "--system", tiny_system, "--ref", tmp_path / "r.npz", "--num", 12,
@@ -213,16 +212,14 @@ def test_sample_and_score_is_sharded_and_resumable(tmp_path, cli, weights, tiny_
 
 
 def test_sample_and_score_takes_sampler_options(tmp_path, cli, weights, tiny_system, monkeypatch):
-    from d2it_cli import generation
-
     calls = []
-    real = generation._generate
+    real = generation.generate
 
     def counting(system, classes, **kw):
         calls.append(kw)
         return real(system, classes, **kw)
 
-    monkeypatch.setattr(generation, "_generate", counting)
+    monkeypatch.setattr(generation, "generate", counting)
     np.savez(tmp_path / "r.npz", make_images(n=4, size=32, seed=8))
     out = tmp_path / "run"
     args = ["eval", "sample-and-score", "--system", tiny_system, "--ref", tmp_path / "r.npz", "--num", 4,

@@ -11,13 +11,14 @@ from d2it import system as systems
 from d2it.errors import D2itError
 from d2it_cli import generation
 from d2it_cli.engine import dist
-from d2it_cli.images import load_png
+from d2it_cli.images import load_png, to_uint8
+from d2it_sampling.pipeline import generate
 
 # -- sharding logic, with a stand-in for the generation pipeline --------------------------------------
 
 
 class FakeSystem(torch.nn.Module):
-    """Just enough of a System for `sample_shards`: a record and one weight module."""
+    """Just enough of a System for `sample_to_dir`: a record and one weight module."""
 
     def __init__(self, num_classes=3):
         super().__init__()
@@ -42,17 +43,17 @@ def fake_generate(monkeypatch):
             grain_maps.append(torch.randint(0, 2, (1, 1, 1), generator=g))
         return types.SimpleNamespace(images=torch.cat(images), grain_maps=torch.cat(grain_maps), latents=None)
 
-    monkeypatch.setattr(generation, "_generate", generate)
+    monkeypatch.setattr(generation, "generate", generate)
     return calls
 
 
-def test_sample_labels_modes():
-    assert generation.sample_labels(5, 10, classes=[3, 7]).tolist() == [3, 7, 3, 7, 3]
-    assert generation.sample_labels(5, 3, classes_uniform=True).tolist() == [0, 1, 2, 0, 1]
-    assert generation.sample_labels(4, 1).tolist() == [0, 0, 0, 0]
-    a = generation.sample_labels(50, 10, seed=1)
-    assert torch.equal(a, generation.sample_labels(50, 10, seed=1))
-    assert not torch.equal(a, generation.sample_labels(50, 10, seed=2))
+def test_draw_labels_modes():
+    assert generation.draw_labels(5, 10, classes=[3, 7]).tolist() == [3, 7, 3, 7, 3]
+    assert generation.draw_labels(5, 3, classes_uniform=True).tolist() == [0, 1, 2, 0, 1]
+    assert generation.draw_labels(4, 1).tolist() == [0, 0, 0, 0]
+    a = generation.draw_labels(50, 10, seed=1)
+    assert torch.equal(a, generation.draw_labels(50, 10, seed=1))
+    assert not torch.equal(a, generation.draw_labels(50, 10, seed=2))
     assert a.min() >= 0 and a.max() < 10
 
 
@@ -60,9 +61,9 @@ def test_sample_labels_modes():
     "kwargs",
     [dict(classes=[10]), dict(classes=[-1]), dict(classes=[]), dict(classes=[1], classes_uniform=True)],
 )
-def test_sample_labels_errors(kwargs):
+def test_draw_labels_errors(kwargs):
     with pytest.raises(generation.ClassError):
-        generation.sample_labels(3, 10, **kwargs)
+        generation.draw_labels(3, 10, **kwargs)
 
 
 def test_parse_classes():
@@ -72,9 +73,16 @@ def test_parse_classes():
         generation.parse_classes("1,x")
 
 
-def test_sample_shards_npz_format(tmp_path, fake_generate):
+def draw(system, num, out, *, resume=True, keep_shards=True, **settings):
+    """`sample_to_dir` with `SampleSettings(num, **settings)`, quietly; the path of samples.npz."""
+    settings = generation.SampleSettings(num=num, **settings)
+    samples = generation.sample_to_dir(system, out, settings, progress=False, resume=resume, keep_shards=keep_shards)
+    return None if samples is None else samples.npz  # None on ranks other than 0
+
+
+def test_sample_to_dir_npz_format(tmp_path, fake_generate):
     system = FakeSystem()
-    path = generation.sample_shards(system, 7, tmp_path, batch=3, classes=[2, 1], seed=5, steps=4, progress=False)
+    path = draw(system, 7, tmp_path, batch=3, classes=[2, 1], seed=5, steps=4)
     data = generation.load_samples(path)
     assert path == tmp_path / "samples.npz"
     assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (7, 16, 16, 3)
@@ -92,55 +100,56 @@ def test_sample_shards_npz_format(tmp_path, fake_generate):
 
 def test_resume_skips_finished_shards(tmp_path, fake_generate):
     system = FakeSystem()
-    first = generation.load_samples(generation.sample_shards(system, 6, tmp_path, batch=2, progress=False))
+    first = generation.load_samples(draw(system, 6, tmp_path, batch=2))
     (tmp_path / "shards" / "shard-000001.npz").unlink()
     (tmp_path / "shards" / "shard-000002.npz").write_bytes(b"truncated")
     fake_generate.clear()
-    again = generation.load_samples(generation.sample_shards(system, 6, tmp_path, batch=2, progress=False))
+    again = generation.load_samples(draw(system, 6, tmp_path, batch=2))
     assert len(fake_generate) == 2  # only the missing and the corrupt shard
     assert np.array_equal(first["arr_0"], again["arr_0"])
     fake_generate.clear()
-    generation.sample_shards(system, 6, tmp_path, batch=2, progress=False, resume=False)
+    draw(system, 6, tmp_path, batch=2, resume=False)
     assert len(fake_generate) == 3
 
 
 def test_resume_refuses_other_settings(tmp_path, fake_generate):
     system = FakeSystem()
-    generation.sample_shards(system, 4, tmp_path, batch=2, seed=0, progress=False)
+    draw(system, 4, tmp_path, batch=2, seed=0)
     with pytest.raises(D2itError, match="seed"):
-        generation.sample_shards(system, 4, tmp_path, batch=2, seed=1, progress=False)
+        draw(system, 4, tmp_path, batch=2, seed=1)
     with torch.no_grad():
         system.content.weight.add_(1.0)
     with pytest.raises(D2itError, match="system"):
-        generation.sample_shards(system, 4, tmp_path, batch=2, seed=0, progress=False)
+        draw(system, 4, tmp_path, batch=2, seed=0)
 
 
 def test_world_size_does_not_change_samples(tmp_path, fake_generate, monkeypatch):
     system = FakeSystem()
-    single = generation.load_samples(generation.sample_shards(system, 5, tmp_path / "one", batch=2, progress=False))
+    single = generation.load_samples(draw(system, 5, tmp_path / "one", batch=2))
     # two ranks run one after another (barriers are no-ops outside a process group)
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     fake_generate.clear()
-    for r in (0, 1):
+    (tmp_path / "two" / "shards").mkdir(parents=True)  # made by rank 0 before the others start
+    for r in (1, 0):  # rank 0 last: it assembles samples.npz from every rank's shards
         monkeypatch.setattr(dist, "rank", lambda r=r: r)
         monkeypatch.setattr(dist, "is_main", lambda r=r: r == 0)
-        generation.run_shards(system, 5, tmp_path / "two", batch=2, progress=False)
+        draw(system, 5, tmp_path / "two", batch=2)
     assert len(fake_generate) == 3
-    both = generation.read_shards(sorted((tmp_path / "two" / "shards").glob("shard-*.npz")))
+    both = generation.load_samples(tmp_path / "two" / "samples.npz")
     assert np.array_equal(single["arr_0"], both["arr_0"])
     assert np.array_equal(single["labels"], both["labels"])
 
 
 def test_keep_shards_false_removes_them(tmp_path, fake_generate):
-    path = generation.sample_shards(FakeSystem(), 3, tmp_path, batch=2, progress=False, keep_shards=False)
+    path = draw(FakeSystem(), 3, tmp_path, batch=2, keep_shards=False)
     assert path.is_file() and not (tmp_path / "shards").exists()
 
 
 def test_bad_arguments(tmp_path, fake_generate):
     with pytest.raises(D2itError):
-        generation.sample_shards(FakeSystem(), 3, tmp_path, batch=0, progress=False)
+        draw(FakeSystem(), 3, tmp_path, batch=0)
     with pytest.raises(generation.ClassError):
-        generation.sample_shards(FakeSystem(num_classes=3), 3, tmp_path, classes=[3], progress=False)
+        draw(FakeSystem(num_classes=3), 3, tmp_path, classes=[3])
     with pytest.raises(D2itError):
         generation.load_samples(tmp_path / "nope.npz")
 
@@ -192,14 +201,10 @@ def test_sample_without_npz_and_uniform_classes(tiny_system, tmp_path, run_cli):
     )
 
 
-def test_sample_shards_match_the_pipeline(tiny_system, tmp_path):
-    from d2it_sampling.pipeline import generate
-
+def test_sample_to_dir_matches_the_pipeline(tiny_system, tmp_path):
     system = systems.load(tiny_system)
-    path = generation.sample_shards(system, 3, tmp_path, classes=[2], seed=4, steps=2, batch=3, progress=False)
+    path = draw(system, 3, tmp_path, classes=[2], seed=4, steps=2, batch=3)
     direct = generate(system, [2, 2, 2], seed=4, steps=2, cfg_scale=1.5, progress=False)
-    from d2it_cli.images import to_uint8
-
     data = generation.load_samples(path)
     assert np.array_equal(data["arr_0"], to_uint8(direct.images))
     assert np.array_equal(data["grain_maps"], direct.grain_maps.numpy())

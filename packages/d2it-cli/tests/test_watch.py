@@ -17,7 +17,7 @@ from d2it_cli.engine.progress import eta, format_line
 class PreviewTask(ToyTask):
     """The toy task with a preview image."""
 
-    def sample(self, trainer, step, path):
+    def write_preview(self, trainer, step, path):
         Image.fromarray(np.full((8, 16, 3), 10 * step, np.uint8)).save(path)
 
 

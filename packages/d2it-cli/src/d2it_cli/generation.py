@@ -1,42 +1,47 @@
-"""Sharded, resumable sampling: every rank generates its share of shards, rank 0 assembles `samples.npz`.
+"""Sharded, resumable sampling from a system into a folder: shards -> samples.npz -> samples.json.
 
 Samples are cut into shards of `batch` images; sample i's random streams come from (seed, i) alone
 (`d2it_sampling.pipeline.sample_seed` with i the global sample index), so a sample does not depend
-on the batch size, on how many ranks ran or in which order. Finished shards
-live under `out_dir/shards/` and are skipped when a run is resumed. `samples.npz` holds `arr_0`
-(uint8 NHWC, the array the ADM evaluation suite reads), `labels` and, for D²iT systems,
-`grain_maps`.
+on the batch size, on how many ranks ran or in which order. Finished shards live under
+`out_dir/shards/` with the settings they were drawn with (`samples.json`) and are skipped when a
+run is resumed. `samples.npz` holds `arr_0` (uint8 NHWC, the array the ADM evaluation suite reads),
+`labels` and, for D²iT systems, `grain_maps`.
+
+`sample_to_dir` is the one entry point (`d2it sample` and `d2it eval sample-and-score` both call
+it); `sample_images` adds the PNGs and the grid of `d2it sample`.
 """
 
 import hashlib
 import json
+import math
 import shutil
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from d2it.errors import D2itError
+from d2it import system as systems
+from d2it.config import parse_sets
+from d2it.errors import ConfigError, D2itError
 from d2it.io import atomic_path, atomic_write_text, state_sha256
+from d2it.layout import fine_ratio
+from d2it.progress import progress_bar
+from d2it.registry import default_registry
+from d2it_cli import images as imgs
 from d2it_cli.engine import dist
-from d2it_cli.images import to_uint8
+from d2it_sampling.pipeline import generate
 
 NPZ_NAME = "samples.npz"
 MANIFEST_NAME = "samples.json"
 SHARD_DIR = "shards"
+SAMPLE_DIR = "samples"
+GRID_NAME = "grid.png"
+GRID_LIMIT = 64  # samples shown in the grid
 
 
 class ClassError(D2itError, ValueError):
     """A class index the system was not trained on, or conflicting class options."""
-
-
-def bar_enabled(progress: bool) -> bool:
-    """Progress bars only when asked for and stdout is a terminal."""
-    return bool(progress) and sys.stdout.isatty()
 
 
 def split_sampler_sets(sets, *, others: str | None = None) -> tuple[dict, list[str]]:
@@ -44,8 +49,6 @@ def split_sampler_sets(sets, *, others: str | None = None) -> tuple[dict, list[s
 
     With `others=None` any other slot is an error; else those items are returned for `others` (e.g. metrics).
     """
-    from d2it.config import parse_sets
-
     sampler_sets, rest = {}, []
     for item in sets or ():
         (slot, options), = parse_sets([item]).items()
@@ -64,8 +67,6 @@ def sampler_choice(record, sampler: str | None = None, sets=None, registry=None)
     `sets` are `--set sampler.OPTION=VALUE` overrides ({option: value}); the result is checked
     here, so a bad name or option fails before any weights load.
     """
-    from d2it.registry import default_registry
-
     registry = registry or default_registry()
     spec = registry.get("sampler", sampler or record.sampler)
     same = spec.name == registry.get("sampler", record.sampler).name if sampler else True
@@ -92,7 +93,7 @@ def parse_classes(text: str | None) -> list[int] | None:
     return out or None
 
 
-def sample_labels(num: int, num_classes: int, *, classes=None, classes_uniform: bool = False, seed: int = 0):
+def draw_labels(num: int, num_classes: int, *, classes=None, classes_uniform: bool = False, seed: int = 0):
     """The class of every sample: given classes cycled, every class equally often, or uniformly random (seeded)."""
     if num < 0:
         raise D2itError(f"the number of samples must be positive, got {num}")
@@ -123,23 +124,62 @@ def system_fingerprint(system) -> str:
     return h.hexdigest()
 
 
-def _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_scale, grain_cfg_scale, grain_options,
-              batch):
-    label_hash = hashlib.sha256(labels.numpy().tobytes()).hexdigest()
-    return {
-        "system": system_fingerprint(system),
-        "num": int(num),
-        "batch": int(batch),
-        "seed": int(seed),
-        "steps": None if steps is None else int(steps),
-        "sampler": sampler or system.record.sampler,
-        "sampler_options": dict(sampler_options or {}),
-        "cfg_scale": float(cfg_scale),
-        "guidance_channels": system.record.options.get("guidance", {}).get("channels", "all"),
-        "grain_cfg_scale": float(grain_cfg_scale),
-        "grain_options": dict(grain_options or {}),
-        "labels": label_hash,
-    }
+@attrs.frozen
+class SampleSettings:
+    """What to draw: how many, which classes, and how (seed, steps, sampler, guidance, batch = shard size)."""
+
+    num: int
+    classes: tuple | None = attrs.field(default=None, converter=lambda c: None if c is None else tuple(c))
+    classes_uniform: bool = False
+    seed: int = 0
+    steps: int | None = None  # None: the sampler's own `steps` option
+    sampler: str | None = None
+    sampler_options: dict = attrs.field(factory=dict, converter=dict)
+    cfg_scale: float = 1.5
+    grain_cfg_scale: float = 1.0
+    grain_options: dict = attrs.field(factory=dict, converter=dict)
+    batch: int = 16
+
+    def labels(self, num_classes: int) -> torch.Tensor:
+        """The class of every sample (raises ClassError for classes the system lacks); validates the numbers too."""
+        if self.batch < 1:
+            raise D2itError(f"the batch size must be at least 1, got {self.batch}")
+        if self.steps is not None and self.steps < 1:
+            raise D2itError(f"the number of sampling steps must be at least 1, got {self.steps}")
+        return draw_labels(
+            self.num, num_classes, classes=self.classes, classes_uniform=self.classes_uniform, seed=self.seed
+        )
+
+    def manifest(self, system, labels: torch.Tensor) -> dict:
+        """The settings a shard folder was drawn with (`samples.json`): resumed shards must match them."""
+        return {
+            "system": system_fingerprint(system),
+            "num": int(self.num),
+            "batch": int(self.batch),
+            "seed": int(self.seed),
+            "steps": None if self.steps is None else int(self.steps),
+            "sampler": self.sampler or system.record.sampler,
+            "sampler_options": dict(self.sampler_options),
+            "cfg_scale": float(self.cfg_scale),
+            "guidance_channels": system.record.options.get("guidance", {}).get("channels", "all"),
+            "grain_cfg_scale": float(self.grain_cfg_scale),
+            "grain_options": dict(self.grain_options),
+            "labels": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
+        }
+
+
+@attrs.frozen
+class Samples:
+    """What `sample_to_dir` drew (rank 0): the arrays of samples.npz, the settings manifest and the npz path."""
+
+    arrays: dict
+    manifest: dict
+    npz: Path | None
+
+
+def shard_ranges(num: int, batch: int) -> list[tuple[int, int]]:
+    """[start, stop) of every shard."""
+    return [(s, min(s + batch, num)) for s in range(0, num, batch)]
 
 
 def _shard_path(shard_dir: Path, index: int) -> Path:
@@ -167,111 +207,62 @@ def _read_shard(path: Path, expected: int) -> dict | None:
     return out
 
 
-def _check_manifest(shard_dir: Path, settings: dict, resume: bool):
-    manifest = shard_dir / MANIFEST_NAME
+def _check_manifest(shard_dir: Path, manifest: dict, resume: bool):
+    """Start the shard folder afresh, or check that the shards in it were drawn with the same settings."""
+    path = shard_dir / MANIFEST_NAME
     if shard_dir.exists() and not resume:
         shutil.rmtree(shard_dir)
-    if manifest.is_file():
+    if path.is_file():
         try:
-            old = json.loads(manifest.read_text())
+            old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = None
-        if old != settings:
-            changed = sorted(k for k in settings if not old or old.get(k) != settings[k])
+        if old != manifest:
+            changed = sorted(k for k in manifest if not old or old.get(k) != manifest[k])
             raise D2itError(
                 f"{shard_dir} holds shards sampled with other settings "
                 f"({', '.join(changed) or 'unreadable manifest'}); "
                 "use another output directory or start over without resuming"
             )
     shard_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def shard_ranges(num: int, batch: int) -> list[tuple[int, int]]:
-    """[start, stop) of every shard."""
-    return [(s, min(s + batch, num)) for s in range(0, num, batch)]
-
-
-def _generate(system, classes, **kwargs):
-    from d2it_sampling.pipeline import generate
-
-    return generate(system, classes, **kwargs)
-
-
-def run_shards(
-    system,
-    num: int,
-    out_dir,
-    *,
-    classes: Sequence[int] | None = None,
-    classes_uniform: bool = False,
-    seed: int = 0,
-    steps: int | None = None,
-    sampler: str | None = None,
-    sampler_options: dict | None = None,
-    cfg_scale: float = 1.5,
-    grain_cfg_scale: float = 1.0,
-    grain_options: dict | None = None,
-    batch: int = 16,
-    device=None,
-    progress: bool = True,
-    resume: bool = True,
-) -> list[Path]:
-    """Generate this rank's shards (skipping finished ones); returns every shard's path once all ranks are done."""
-    if batch < 1:
-        raise D2itError(f"the batch size must be at least 1, got {batch}")
-    if steps is not None and steps < 1:
-        raise D2itError(f"the number of sampling steps must be at least 1, got {steps}")
-    dev = dist.init_distributed(None if device is None else str(device))
-    labels = sample_labels(num, system.record.num_classes, classes=classes, classes_uniform=classes_uniform, seed=seed)
-    out_dir = Path(out_dir)
-    shard_dir = out_dir / SHARD_DIR
-    settings = _settings(system, num, labels, seed, steps, sampler, sampler_options, cfg_scale, grain_cfg_scale,
-                         grain_options, batch)
-    with dist.main_first():
-        if dist.is_main():
-            _check_manifest(shard_dir, settings, resume)
-    ranges = shard_ranges(num, batch)
+def _draw_shards(system, shard_dir: Path, settings: SampleSettings, labels, device, progress: bool):
+    """Generate this rank's unfinished shards."""
+    ranges = shard_ranges(settings.num, settings.batch)
     mine = [i for i in range(len(ranges)) if i % dist.world_size() == dist.rank()]
     todo = [i for i in mine if _read_shard(_shard_path(shard_dir, i), ranges[i][1] - ranges[i][0]) is None]
-    show = bar_enabled(progress) and dist.is_main()
+    show = progress and dist.is_main()
     done_before = sum(ranges[i][1] - ranges[i][0] for i in mine if i not in todo)
     total_mine = sum(ranges[i][1] - ranges[i][0] for i in mine)
-    was_training = system.training
-    system.eval()
-    try:
-        quiet_bar = not show or len(todo) < 2
-        with tqdm(total=total_mine, initial=done_before, desc="sampling", unit="img", disable=quiet_bar) as bar:
-            for i in todo:
-                start, stop = ranges[i]
-                with torch.no_grad():
-                    result = _generate(
-                        system,
-                        labels[start:stop].to(dev),
-                        seed=seed,
-                        first_index=start,
-                        steps=steps,
-                        sampler=sampler,
-                        sampler_options=sampler_options,
-                        cfg_scale=cfg_scale,
-                        grain_cfg_scale=grain_cfg_scale,
-                        grain_options=grain_options,
-                        batch_size=batch,
-                        device=dev,
-                        progress=show and len(todo) == 1,
-                    )
-                arrays = {"arr_0": to_uint8(result.images), "labels": labels[start:stop].numpy()}
-                if getattr(result, "grain_maps", None) is not None:
-                    arrays["grain_maps"] = result.grain_maps.detach().cpu().numpy().astype(np.uint8)
-                write_npz(_shard_path(shard_dir, i), **arrays)
-                bar.update(stop - start)
-    finally:
-        system.train(was_training)
-    dist.barrier()
-    return [_shard_path(shard_dir, i) for i in range(len(ranges))]
+    one_bar = show and len(todo) > 1  # a single shard shows the pipeline's own bar instead
+    with progress_bar(total=total_mine, initial=done_before, desc="sampling", unit="img", enabled=one_bar) as bar:
+        for i in todo:
+            start, stop = ranges[i]
+            result = generate(
+                system,
+                labels[start:stop].to(device),
+                seed=settings.seed,
+                first_index=start,
+                steps=settings.steps,
+                sampler=settings.sampler,
+                sampler_options=settings.sampler_options or None,
+                cfg_scale=settings.cfg_scale,
+                grain_cfg_scale=settings.grain_cfg_scale,
+                grain_options=settings.grain_options or None,
+                batch_size=settings.batch,
+                device=device,
+                progress=show and len(todo) == 1,
+            )
+            arrays = {"arr_0": imgs.to_uint8(result.images), "labels": labels[start:stop].numpy()}
+            if result.grain_maps is not None:
+                arrays["grain_maps"] = result.grain_maps.detach().cpu().numpy().astype(np.uint8)
+            write_npz(_shard_path(shard_dir, i), **arrays)
+            bar.update(stop - start)
 
 
-def read_shards(paths: Sequence[Path]) -> dict[str, np.ndarray]:
+def read_shards(paths) -> dict[str, np.ndarray]:
     """Concatenate shard files in order into {arr_0, labels[, grain_maps]}."""
     parts: dict[str, list] = {}
     for path in paths:
@@ -286,60 +277,40 @@ def read_shards(paths: Sequence[Path]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def sample_shards(
-    system,
-    num: int,
-    out_dir,
-    *,
-    classes: Sequence[int] | None = None,
-    classes_uniform: bool = False,
-    seed: int = 0,
-    steps: int | None = None,
-    sampler: str | None = None,
-    sampler_options: dict | None = None,
-    cfg_scale: float = 1.5,
-    grain_cfg_scale: float = 1.0,
-    grain_options: dict | None = None,
-    batch: int = 16,
-    device=None,
-    progress: bool = True,
-    resume: bool = True,
-    keep_shards: bool = True,
-) -> Path:
-    """Sample `num` images on all ranks into out_dir/samples.npz (arr_0 uint8 NHWC, labels, grain_maps); returns it."""
+def sample_to_dir(
+    system, out_dir, settings: SampleSettings, *, device=None, progress=True, resume=True, npz=True, keep_shards=True
+) -> Samples | None:
+    """Draw `settings.num` samples on every rank into `out_dir` (shards, then samples.npz and samples.json).
+
+    Finished shards of an earlier run with the same settings are reused (`resume`); `npz` writes
+    out_dir/samples.npz; `keep_shards` leaves the shards for a later resume. Returns the samples on
+    rank 0 (None on the other ranks) once every rank is done.
+    """
+    labels = settings.labels(system.record.num_classes)
+    device = dist.init_distributed(None if device is None else str(device))
     out_dir = Path(out_dir)
-    npz = out_dir / NPZ_NAME
-    paths = run_shards(
-        system,
-        num,
-        out_dir,
-        classes=classes,
-        classes_uniform=classes_uniform,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        sampler_options=sampler_options,
-        cfg_scale=cfg_scale,
-        grain_cfg_scale=grain_cfg_scale,
-        grain_options=grain_options,
-        batch=batch,
-        device=device,
-        progress=progress,
-        resume=resume,
-    )
-    if dist.is_main():
-        arrays = read_shards(paths)
-        write_npz(npz, **arrays)
-        manifest = out_dir / SHARD_DIR / MANIFEST_NAME
-        atomic_write_text(out_dir / MANIFEST_NAME, manifest.read_text())
-        if not keep_shards:
-            shutil.rmtree(out_dir / SHARD_DIR)
+    shard_dir = out_dir / SHARD_DIR
+    manifest = settings.manifest(system, labels)
+    with dist.main_first():
+        if dist.is_main():
+            _check_manifest(shard_dir, manifest, resume)
+    _draw_shards(system, shard_dir, settings, labels, device, progress)
     dist.barrier()
-    return npz
+    result = None
+    if dist.is_main():
+        arrays = read_shards(_shard_path(shard_dir, i) for i in range(len(shard_ranges(settings.num, settings.batch))))
+        if npz:
+            write_npz(out_dir / NPZ_NAME, **arrays)
+        atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if not keep_shards:
+            shutil.rmtree(shard_dir)
+        result = Samples(arrays, manifest, out_dir / NPZ_NAME if npz else None)
+    dist.barrier()
+    return result
 
 
 def load_samples(path) -> dict[str, np.ndarray]:
-    """The arrays of a samples.npz written by `sample_shards`."""
+    """The arrays of a samples.npz written by `sample_to_dir`."""
     path = Path(path)
     if not path.is_file():
         raise D2itError(f"sample file {path} does not exist")
@@ -348,3 +319,82 @@ def load_samples(path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError) as exc:
         raise D2itError(f"{path} is not a readable .npz file ({exc})") from None
+
+
+def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int, limit: int = GRID_LIMIT):
+    """A grid of (sample | sample with grain-map overlay) tiles, small images enlarged to at least 64 px."""
+    arr = arr[:limit]
+    scale = max(1, math.ceil(64 / max(1, arr.shape[1])))
+    big = imgs.upscale(arr, scale)
+    if grain_maps is None:
+        return imgs.make_grid(big)
+    overlay = imgs.grain_overlay(big, grain_maps[:limit].astype(np.int64), grains=grains)
+    tiles = np.stack([imgs.hstack([a, b], gap=1) for a, b in zip(big, overlay)])
+    return imgs.make_grid(tiles, nrow=max(1, math.ceil(math.sqrt(len(tiles) / 2))), padding=4)
+
+
+def write_pngs(arrays: dict, out: Path, grains: int) -> dict:
+    """Write one PNG per sample and the grid; returns a summary."""
+    sample_dir = out / SAMPLE_DIR
+    if sample_dir.exists():
+        shutil.rmtree(sample_dir)
+    sample_dir.mkdir(parents=True)
+    images, labels = arrays["arr_0"], arrays["labels"]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        imgs.save_png(image, sample_dir / f"{i:06d}_class{int(label)}.png")
+    grid = grid_with_grains(images, arrays.get("grain_maps"), grains)
+    imgs.save_png(grid, out / GRID_NAME)
+    summary = {"num": int(len(images)), "samples": str(sample_dir), "grid": str(out / GRID_NAME)}
+    if "grain_maps" in arrays and len(arrays["grain_maps"]):
+        summary["fine_ratio"] = round(fine_ratio(arrays["grain_maps"]), 4)
+    return summary
+
+
+def with_sampler(settings: SampleSettings, record, sampler_sets=None, registry=None) -> SampleSettings:
+    """`settings` with the sampler resolved against the system `record` and `--set sampler.*` applied (checked)."""
+    sampler, options = sampler_choice(record, settings.sampler, sampler_sets, registry)
+    return attrs.evolve(settings, sampler=sampler, sampler_options=options)
+
+
+def require_vae(record, system_dir):
+    """ConfigError unless the system has a VAE to turn latents into images."""
+    if not record.vae:
+        raise ConfigError(
+            f"the system in {system_dir} has no VAE, so it cannot make images; add one with "
+            f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
+        )
+
+
+def sample_images(
+    system_dir,
+    out,
+    settings: SampleSettings,
+    *,
+    sampler_sets=None,
+    registry=None,
+    device=None,
+    progress=True,
+    resume=True,
+    npz=False,
+) -> dict | None:
+    """`d2it sample`: load a system, draw samples into `out` (PNGs, grid, samples.json, optionally samples.npz).
+
+    `sampler_sets` ({option: value}) override the sampler's options. Classes, the sampler and its
+    options are checked before any weight is loaded. Returns the summary on rank 0, None elsewhere.
+    """
+    registry = registry or default_registry()
+    device = dist.init_distributed(device)
+    record, _ = systems.read_record(system_dir)
+    require_vae(record, system_dir)
+    settings.labels(record.num_classes)  # bad classes fail before the weights load
+    settings = with_sampler(settings, record, sampler_sets, registry)
+    system = systems.load(system_dir, registry, device=str(device))  # safetensors wants a string
+    samples = sample_to_dir(
+        system, out, settings, device=device, progress=progress, resume=resume, npz=npz, keep_shards=False
+    )
+    if samples is None:
+        return None
+    summary = write_pngs(samples.arrays, Path(out), grains=system.grains)
+    if npz:
+        summary["npz"] = str(samples.npz)
+    return summary

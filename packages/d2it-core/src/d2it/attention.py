@@ -47,7 +47,7 @@ def xformers_attention(q, k, v, mask=None):
             f"the xformers attention backend needs CUDA tensors in fp16 or bf16, got {q.device.type} "
             f"{str(q.dtype).removeprefix('torch.')}; use attention 'sdpa' or 'auto'"
         )
-    import xformers.ops as xops
+    import xformers.ops as xops  # an optional extra, imported only where it can run
 
     bias = mask
     if mask is not None and not isinstance(mask, torch.Tensor):

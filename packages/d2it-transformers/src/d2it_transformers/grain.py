@@ -22,6 +22,7 @@ from d2it.config import coerce
 from d2it.errors import ConfigError, DataError
 from d2it.labels import check_classes
 from d2it.spec import ComponentSpec
+from d2it_transformers.dit import DiTBlock, FinalLayer, LabelEmbedder, get_2d_sincos_pos_embed, init_dit_weights
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: mask schedule, random draws, input checks
@@ -171,8 +172,6 @@ class GrainTransformer(nn.Module):
         cfg_scale: float = 1.0,
     ):
         super().__init__()
-        from d2it_transformers.dit import DiTBlock, FinalLayer, LabelEmbedder, get_2d_sincos_pos_embed, init_dit_weights
-
         self.grid, self.grains, self.num_classes = grid, grains, num_classes
         self.mask_id = grains  # the [MASK] token follows the k grain tokens
         self.hidden_size, self.class_dropout = hidden_size, class_dropout

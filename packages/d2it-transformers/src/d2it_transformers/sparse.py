@@ -86,6 +86,7 @@ def packed_attention(attention, qkv: torch.Tensor, layout: PackedLayout) -> torc
         and qkv.dtype in HALF
         and attention in (auto_attention, xformers_attention)
     ):
+        # xformers is an optional extra, imported only where it can run
         import xformers.ops as xops
         from xformers.ops.fmha.attn_bias import BlockDiagonalMask
 

@@ -17,6 +17,7 @@ from d2it.errors import ConfigError, D2itError, DataError
 from d2it.layout import neighbour_copy
 from d2it.registry import default_registry
 from d2it.spec import ComponentSpec
+from d2it_vae.losses import VAELoss
 from d2it_vae.modules import Decoder, HierarchicalEncoder, IdentityConv
 
 
@@ -253,8 +254,6 @@ class DynamicVAE(nn.Module):
 
     def make_loss(self, **options) -> nn.Module:
         """The stage-1 loss (L1 + LPIPS + PatchGAN hinge + regularizer); options as `VAELoss`."""
-        from d2it_vae.losses import VAELoss
-
         return VAELoss(self, **options)
 
     def extra_repr(self) -> str:

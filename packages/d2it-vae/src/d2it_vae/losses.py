@@ -31,7 +31,7 @@ from d2it.errors import CheckpointError, ConfigError
 def _vgg_state_dict(path) -> dict:
     """torchvision VGG16 weights from a local file (state dict, `features.*` keys) or torchvision's download."""
     if path is None:
-        from torchvision.models import VGG16_Weights
+        from torchvision.models import VGG16_Weights  # torchvision imports slowly; only this branch needs it
 
         return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
     path = Path(path)
@@ -49,7 +49,7 @@ def _vgg_state_dict(path) -> dict:
 @functools.lru_cache(maxsize=2)
 def _lpips_template(lpips_weights, pnet_rand: bool) -> nn.Module:
     """One frozen LPIPS network per weights source (building torchvision's VGG16 takes seconds)."""
-    import lpips
+    import lpips  # lpips (and torchvision under it) import slowly; only the perceptual loss needs them
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecated `pretrained=` inside lpips

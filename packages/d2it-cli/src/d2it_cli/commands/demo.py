@@ -7,6 +7,32 @@ import click
 from d2it_cli.demo import run_demo
 
 
+class ClickRunner:
+    """Runs `d2it` commands through the click group `cli` in this process (the demo's `Runner`)."""
+
+    def __init__(self, cli: click.Group):
+        self.cli = cli
+
+    def run(self, args: list[str]) -> str:
+        """Run `d2it ARGS`; "ok", or why it failed (a usage error, or the exit code of a failed command)."""
+        try:
+            code = self.cli.main(args=args, prog_name="d2it", standalone_mode=False, obj={})
+        except click.exceptions.Abort:
+            raise
+        except click.ClickException as exc:
+            return f"failed: {exc.format_message()}"
+        return "ok" if code in (None, 0) else f"failed (exit code {code})"
+
+    def accepts(self, path: list[str], option: str) -> bool:
+        """True when the subcommand at `path` (e.g. ["train", "content"]) takes `option`."""
+        cmd = self.cli
+        for name in path:
+            cmd = getattr(cmd, "commands", {}).get(name)
+            if cmd is None:
+                return False
+        return any(option in p.opts for p in cmd.params)
+
+
 @click.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (index.html, system, samples, figures).")
@@ -20,6 +46,6 @@ from d2it_cli.demo import run_demo
 def demo(ctx, out, device, quick, seed, quiet, overrides):
     """Build, train (DVAE, grain, content) and sample D²iT on synthetic data; report in OUT/index.html."""
     start = time.perf_counter()
-    index = run_demo(ctx.find_root().command, out, device=device, quick=quick, seed=seed, quiet=quiet,
+    index = run_demo(ClickRunner(ctx.find_root().command), out, device=device, quick=quick, seed=seed, quiet=quiet,
                      overrides=overrides)
     click.echo(f"demo finished in {time.perf_counter() - start:.0f} s; open {index}")

@@ -2,25 +2,21 @@
 and the paper's FID-10K / FID-50K protocols end to end (sample-and-score)."""
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from d2it import system as systems
-from d2it.errors import D2itError
 from d2it.io import atomic_write_text
+from d2it.progress import on_terminal
 from d2it_cli.commands.system_dir import SYSTEM_DIR
+from d2it_cli.evaluation import protocols
 from d2it_cli.evaluation.extractor import INCEPTION
-from d2it_cli.evaluation.recon import RECON_METRICS
-from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics
+from d2it_cli.evaluation.protocols import PRESETS, protocol
+from d2it_cli.evaluation.recon import RECON_METRICS, evaluate_recon
+from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics, reference_stats, score
+from d2it_cli.generation import SampleSettings
 from d2it_cli.table import format_table
-
-# named protocols: FFHQ FID-10K (paper Table 1 and ablations), ImageNet FID-50K with IS and precision/recall (Table 2)
-PRESETS = {
-    "fid-10k": {"num": 10000, "metrics": "fid"},
-    "fid-50k": {"num": 50000, "metrics": "fid,isc,prc"},
-}
 
 
 def _extractor_options(fn):
@@ -58,7 +54,7 @@ def _settings(feature_extractor, inception_weights, batch_size, device, seed, wo
     return Settings(
         extractor=feature_extractor, weights=inception_weights, batch_size=batch_size,
         device=str(systems.torch_device(device)), seed=seed, workers=workers, resize=resize,
-        image_size=image_size, progress=not quiet and sys.stderr.isatty(),
+        image_size=image_size, progress=on_terminal(not quiet),
     )
 
 
@@ -114,8 +110,6 @@ def eval_group():
 def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_size, feature_extractor,
         inception_weights, batch_size, device, seed, workers, quiet):
     """Score generated images against a reference set with torch-fidelity."""
-    from d2it_cli.evaluation.scoring import score
-
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
                          image_size)
     doc = score(samples, ref, parse_metrics(metric_names), obj["registry"], settings, num=num, sets=sets)
@@ -134,8 +128,6 @@ def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_
 def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor, inception_weights, batch_size,
         device, seed, workers, quiet):
     """Precompute reference statistics (mean, covariance, features) once, for `eval gen --ref`."""
-    from d2it_cli.evaluation.scoring import reference_stats
-
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
                          image_size)
     meta = reference_stats(data, out, settings, num=num, keep_features=not no_features)
@@ -160,8 +152,6 @@ def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor,
 def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as_json, feature_extractor,
           inception_weights, batch_size, device, seed, workers, quiet):
     """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
-    from d2it_cli.evaluation.recon import evaluate_recon
-
     names = parse_metrics(metric_names, RECON_METRICS)
     if lpips_weights:
         sets = (*sets, f"lpips.weights={lpips_weights}")
@@ -199,43 +189,12 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
                      batch, classes_uniform, sets, out, as_json, eval_batch, metric_seed, device, quiet,
                      feature_extractor, inception_weights):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
-    from d2it_cli import generation
-    from d2it_cli.engine import dist
-    from d2it_cli.evaluation.scoring import score
-
-    chosen = PRESETS.get(preset, {})
-    num = num or chosen.get("num")
-    if num is None:
-        raise D2itError("give --num or --preset (fid-10k, fid-50k)")
-    names = parse_metrics(metric_names or chosen.get("metrics") or "fid")
-    registry = obj["registry"]
-    sampler_sets, sets = generation.split_sampler_sets(sets, others="metrics")
-    record, _ = systems.read_record(system_dir)
-    if not record.vae:
-        raise D2itError(
-            f"the system in {system_dir} has no VAE, so it cannot make images; add one with "
-            f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
-        )
-    sampler, sampler_options = generation.sampler_choice(record, sampler, sampler_sets, registry)
-    dev = dist.init_distributed(device)
-    system = systems.load(system_dir, registry, device=str(dev))  # safetensors wants a string
-    out = Path(out)
-    paths = generation.run_shards(
-        system, num, out, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
-        sampler_options=sampler_options, cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch, device=dev,
-        progress=not quiet, resume=True,
-    )
-    main = dist.is_main()
-    dist.shutdown()
-    if not main:
-        return
-    arrays = generation.read_shards(paths)
-    npz = out / generation.NPZ_NAME
-    generation.write_npz(npz, **arrays)
-    settings = _settings(feature_extractor, inception_weights, eval_batch, str(dev), metric_seed, 0, quiet)
-    doc = score(str(npz), ref, names, registry, settings, num=num, sets=sets)
-    sampling = json.loads((out / generation.SHARD_DIR / generation.MANIFEST_NAME).read_text())
-    doc["sampling"] = {**sampling, "preset": preset, "system_path": str(Path(system_dir).resolve())}
-    if "grain_maps" in arrays and len(arrays["grain_maps"]):
-        doc["metrics"]["fine_ratio"] = float((arrays["grain_maps"] == system.grains - 1).mean())
-    _report(doc, out / "metrics.json", as_json)
+    num, names = protocol(preset, num, metric_names)
+    sampling = SampleSettings(num=num, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
+                              cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch)
+    settings = Settings(extractor=feature_extractor, weights=inception_weights, batch_size=eval_batch, seed=metric_seed,
+                        progress=on_terminal(not quiet))
+    doc = protocols.sample_and_score(system_dir, ref, out, sampling, names, settings, sets=sets, preset=preset,
+                                     registry=obj["registry"], device=device, progress=not quiet)
+    if doc is not None:  # rank 0
+        _report(doc, Path(out) / "metrics.json", as_json)

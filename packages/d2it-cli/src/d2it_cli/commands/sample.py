@@ -1,52 +1,11 @@
 """`d2it sample`: generate images from a trained system into PNGs, a grain-map grid and optionally samples.npz."""
 
 import json
-import math
-import shutil
-from pathlib import Path
 
 import click
-import numpy as np
 
-from d2it import system as systems
-from d2it.errors import ConfigError
 from d2it_cli import generation
-from d2it_cli import images as imgs
 from d2it_cli.commands.system_dir import SYSTEM_DIR
-from d2it_cli.engine import dist
-
-GRID_NAME = "grid.png"
-SAMPLE_DIR = "samples"
-GRID_LIMIT = 64  # samples shown in the grid
-
-
-def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int, limit: int = GRID_LIMIT):
-    """A grid of (sample | sample with grain-map overlay) tiles, small images enlarged to at least 64 px."""
-    arr = arr[:limit]
-    scale = max(1, math.ceil(64 / max(1, arr.shape[1])))
-    big = imgs.upscale(arr, scale)
-    if grain_maps is None:
-        return imgs.make_grid(big)
-    overlay = imgs.grain_overlay(big, grain_maps[:limit].astype(np.int64), grains=grains)
-    tiles = np.stack([imgs.hstack([a, b], gap=1) for a, b in zip(big, overlay)])
-    return imgs.make_grid(tiles, nrow=max(1, math.ceil(math.sqrt(len(tiles) / 2))), padding=4)
-
-
-def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
-    """Write one PNG per sample and the grid; returns a summary."""
-    sample_dir = out / SAMPLE_DIR
-    if sample_dir.exists():
-        shutil.rmtree(sample_dir)
-    sample_dir.mkdir(parents=True)
-    images, labels = arrays["arr_0"], arrays["labels"]
-    for i, (image, label) in enumerate(zip(images, labels)):
-        imgs.save_png(image, sample_dir / f"{i:06d}_class{int(label)}.png")
-    grid = grid_with_grains(images, arrays.get("grain_maps"), grains)
-    imgs.save_png(grid, out / GRID_NAME)
-    summary = {"num": int(len(images)), "samples": str(sample_dir), "grid": str(out / GRID_NAME)}
-    if "grain_maps" in arrays and len(arrays["grain_maps"]):
-        summary["fine_ratio"] = round(float((arrays["grain_maps"] > 0).mean()), 4)
-    return summary
 
 
 @click.command()
@@ -79,50 +38,16 @@ def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
 def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, sets, cfg_scale, grain_cfg_scale, seed,
            batch, device, out, npz, no_resume, as_json, quiet):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
-    registry = (obj or {}).get("registry")
-    classes = generation.parse_classes(class_list)
-    dev = dist.init_distributed(device)
-    record, _ = systems.read_record(system_dir)
-    if not record.vae:
-        raise ConfigError(
-            f"the system in {system_dir} has no VAE, so it cannot make images; add one with "
-            f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
-        )
-    # reject bad classes before loading weights
-    generation.sample_labels(num, record.num_classes, classes=classes, classes_uniform=classes_uniform, seed=seed)
-    sampler_sets, _ = generation.split_sampler_sets(sets)
-    sampler, sampler_options = generation.sampler_choice(record, sampler, sampler_sets, registry)
-    system = systems.load(system_dir, registry, device=dev)
-    out = Path(out)
-    paths = generation.run_shards(
-        system,
-        num,
-        out,
-        classes=classes,
-        classes_uniform=classes_uniform,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        sampler_options=sampler_options,
-        cfg_scale=cfg_scale,
-        grain_cfg_scale=grain_cfg_scale,
-        batch=batch,
-        device=dev,
-        progress=not quiet,
-        resume=not no_resume,
+    settings = generation.SampleSettings(
+        num=num, classes=generation.parse_classes(class_list), classes_uniform=classes_uniform, seed=seed, steps=steps,
+        sampler=sampler, cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch,
     )
-    if not dist.is_main():
-        dist.barrier()
+    sampler_sets, _ = generation.split_sampler_sets(sets)
+    summary = generation.sample_images(system_dir, out, settings, sampler_sets=sampler_sets,
+                                       registry=(obj or {}).get("registry"), device=device, progress=not quiet,
+                                       resume=not no_resume, npz=npz)
+    if summary is None:  # not rank 0
         return
-    arrays = generation.read_shards(paths)
-    summary = write_outputs(arrays, out, grains=system.grains)
-    if npz:
-        generation.write_npz(out / generation.NPZ_NAME, **arrays)
-        summary["npz"] = str(out / generation.NPZ_NAME)
-    settings = json.loads((out / generation.SHARD_DIR / generation.MANIFEST_NAME).read_text())
-    shutil.rmtree(out / generation.SHARD_DIR)
-    (out / generation.MANIFEST_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    dist.barrier()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

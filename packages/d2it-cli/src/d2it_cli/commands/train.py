@@ -4,14 +4,13 @@ import json
 
 import click
 
-from d2it import system as systems
-from d2it.errors import ConfigError
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
-from d2it_cli.data import data_options, open_dataset
+from d2it_cli.data import data_options
 from d2it_cli.engine import Trainer, dist
-from d2it_cli.engine.parts import engine_options, load_vae, train_config
-from d2it_cli.engine.stage1 import DVAETask, preview_batch
-from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask, open_cache
+from d2it_cli.engine.loop import PRECISIONS
+from d2it_cli.engine.parts import train_config
+from d2it_cli.engine.stage1 import DVAETask
+from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask
 
 SYSTEM = click.option(
     "--system",
@@ -22,8 +21,79 @@ SYSTEM = click.option(
 )
 
 
-def _report(history, trainer, part: str, system_dir):
-    """One summary line on rank 0."""
+def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int, warmup: str = "0"):
+    """Decorator adding the shared training options (with per-trainer defaults) to a click command."""
+
+    def decorate(fn):
+        options = [
+            click.option(
+                "--batch", default=batch, show_default=True, type=int, help="Images per process per micro-batch."
+            ),
+            click.option(
+                "--grad-accum", default=1, show_default=True, type=int, help="Micro-batches per optimizer step."
+            ),
+            click.option("--steps", type=int, help="Optimizer steps to train for (overrides --epochs)."),
+            click.option("--epochs", type=float, help="Epochs to train for."),
+            click.option(
+                "--warmup", default=warmup, show_default=True, help="Linear warm-up: steps, or epochs as '0.5ep'."
+            ),
+            click.option("--resume", help="Continue from 'latest' (of --run-dir) or a checkpoint/run directory."),
+            click.option(
+                "--precision",
+                type=click.Choice(PRECISIONS),
+                default="auto",
+                show_default=True,
+                help="auto = bf16 autocast on CUDA, fp32 on CPU.",
+            ),
+            click.option(
+                "--workers",
+                type=click.IntRange(min=0),
+                help="Data-loading processes per rank (default: the CPUs per local rank less one, at most 8).",
+            ),
+            click.option(
+                "--report-to",
+                multiple=True,
+                help="Tracker for scalars and previews: none, tensorboard, wandb (repeatable; extras d2it-cli[NAME]).",
+            ),
+            click.option("--log-every", default=50, show_default=True, type=int, help="Steps between log lines."),
+            click.option(
+                "--sample-every",
+                default=sample_every,
+                show_default=True,
+                type=int,
+                help="Steps between preview grids (0 = never).",
+            ),
+            click.option("--ckpt-every", default=1000, show_default=True, type=int, help="Steps between checkpoints."),
+            click.option("--keep", type=int, help="Keep only the newest N checkpoints."),
+            click.option("--ema/--no-ema", default=ema, show_default=True, help="Keep an EMA of the weights."),
+            click.option("--ema-decay", default=ema_decay, show_default=True, type=float),
+            click.option("--max-grad-norm", type=float, help="Clip gradients to this norm."),
+            click.option("--seed", default=0, show_default=True, type=int),
+            click.option(
+                "--run-dir",
+                type=click.Path(file_okay=False),
+                help="Logs, checkpoints, previews (default SYSTEM/runs/<trainer>).",
+            ),
+            click.option(
+                "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
+            ),
+            click.option("--quiet", is_flag=True, help="No progress bar."),
+            click.option("--compile", is_flag=True, help="torch.compile the model (eager fallback with a warning)."),
+            click.option("--grad-checkpointing", is_flag=True, help="Recompute block activations in backward."),
+            click.option("--tf32/--no-tf32", default=True, show_default=True, help="TF32 matmuls on CUDA."),
+            click.option("--channels-last", is_flag=True, help="NHWC memory format for convolutions."),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _fit(task, config, part: str, system_dir):
+    """Train `task` and print one summary line on rank 0."""
+    trainer = Trainer(task, config)
+    history = trainer.fit()
     if not dist.is_main():
         return
     last = history[-1] if history else {}
@@ -78,16 +148,7 @@ def dvae(
     """Stage 1: train the DVAE on images; writes SYSTEM/vae.safetensors at the end."""
     registry = obj["registry"]
     config = train_config(system_dir, "dvae", kwargs)
-    record, vae = load_vae(system_dir, registry)
-    if not record.thresholds and vae.grains > 1 and dist.is_main():
-        click.echo(
-            f"warning: {system_dir} has no entropy thresholds; using the VAE's defaults {vae.thresholds} "
-            "(run d2it thresholds first)",
-            err=True,
-        )
     options = data_options(data, strict_data, data_option, registry)
-    dataset = open_dataset(data, record.image_size, train=True, options=options, registry=registry)
-    preview = preview_batch(open_dataset(data, record.image_size, train=False, options=options, registry=registry))
     loss_options = {
         "disc_start": disc_start,
         "reg_weight": reg_weight,
@@ -96,17 +157,14 @@ def dvae(
         "lpips_weights": lpips_weights,
         "pnet_rand": lpips_random,
     }
-    task = DVAETask(vae, dataset, system_dir, preview=preview, lr=lr, loss_options=loss_options)
-    trainer = Trainer(task, config)
-    history = trainer.fit()
-    _report(history, trainer, "vae", system_dir)
-
-
-def _stage2_system(system_dir, registry, part):
-    record, _ = systems.read_record(system_dir)
-    if not record.vae:
-        raise ConfigError(f"the system in {system_dir} has no VAE, so there are no latents to train on")
-    return systems.load(system_dir, registry, parts=["vae", part])
+    task = DVAETask.open(system_dir, data, registry=registry, options=options, lr=lr, loss_options=loss_options)
+    if task.default_thresholds and dist.is_main():
+        click.echo(
+            f"warning: {system_dir} has no entropy thresholds; using the VAE's defaults {task.vae.thresholds} "
+            "(run d2it thresholds first)",
+            err=True,
+        )
+    _fit(task, config, "vae", system_dir)
 
 
 @train.command()
@@ -119,10 +177,8 @@ def _stage2_system(system_dir, registry, part):
 def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     """Stage 2: train the grain transformer on cached grain maps; writes SYSTEM/grain.safetensors."""
     config = train_config(system_dir, "grain", kwargs)
-    system = _stage2_system(system_dir, obj["registry"], "grain")
-    task = GrainTask(system, open_cache(cache, system), system_dir, lr=lr, weight_decay=weight_decay)
-    trainer = Trainer(task, config)
-    _report(trainer.fit(), trainer, "grain", system_dir)
+    task = GrainTask.open(system_dir, cache, registry=obj["registry"], lr=lr, weight_decay=weight_decay)
+    _fit(task, config, "grain", system_dir)
 
 
 @train.command()
@@ -145,19 +201,15 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
 @click.pass_obj
 def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):
     """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
-    if not 0.0 <= fine_ratio <= 1.0:
-        raise ConfigError(f"--fine-ratio must lie in [0, 1], got {fine_ratio}")
     config = train_config(system_dir, "content", kwargs)
-    system = _stage2_system(system_dir, obj["registry"], "content")
-    task = ContentTask(
-        system,
-        open_cache(cache, system),
+    task = ContentTask.open(
         system_dir,
+        cache,
+        registry=obj["registry"],
         lr=lr,
         weight_decay=weight_decay,
         grain_source=grain_source,
         fine_ratio=fine_ratio,
         sample_steps=sample_steps,
     )
-    trainer = Trainer(task, config)
-    _report(trainer.fit(), trainer, "content", system_dir)
+    _fit(task, config, "content", system_dir)

@@ -1,20 +1,24 @@
 """`d2it demo`: the whole D²iT pipeline on the built-in `synthetic` data, run through the real commands.
 
 build → thresholds → train dvae → encode → train grain → train content → sample, each step one
-`d2it` command invoked through the click group, then an index.html with samples, grain maps,
+`d2it` command run in this process by a `runner` (the command line's click group, see
+`d2it_cli.commands.demo.ClickRunner`), then an index.html with samples, grain maps,
 reconstructions, loss curves and a timing table. Sizes are chosen per device so that the CPU run
 (64x64 images, a narrow VAE, DDIM sampling) fits in about ten minutes on two cores (`--quick`: about three).
 """
 
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import attrs
-import click
 
 from d2it.errors import D2itError
+from d2it.system import torch_device
+from d2it_cli.demo.report import StepTiming, build_report
 
 # steps of the pipeline, in order (the timing table uses these names)
 STEP_NAMES = ("build", "thresholds", "train dvae", "encode", "train grain", "train content", "sample", "report")
@@ -22,6 +26,16 @@ STEP_NAMES = ("build", "thresholds", "train dvae", "encode", "train grain", "tra
 
 class DemoError(D2itError):
     """A step of the demo failed."""
+
+
+class Runner(Protocol):
+    """Runs `d2it` commands in this process."""
+
+    def run(self, args: list[str]) -> str:
+        """Run `d2it ARGS`; "ok", or why it failed ("failed: ...")."""
+
+    def accepts(self, path: list[str], option: str) -> bool:
+        """True when the subcommand at `path` (e.g. ["train", "content"]) takes `option`."""
 
 
 @attrs.frozen
@@ -126,9 +140,9 @@ def override_plan(plan: DemoPlan, items) -> DemoPlan:
 
 @attrs.define
 class Demo:
-    """Runs the demo's steps through the `d2it` click group and records what each took."""
+    """Runs the demo's steps through a `Runner` of `d2it` commands and records what each took."""
 
-    cli: click.Group
+    runner: Runner | None
     out: Path
     plan: DemoPlan
     device: str
@@ -158,36 +172,21 @@ class Demo:
 
     def invoke(self, name: str, args: list[str]):
         """Run `d2it ARGS` in this process, timing it; a failing command stops the demo with its step named."""
-        from d2it_cli.demo.report import StepTiming
-
         args = [str(a) for a in args]
         shown = "d2it " + " ".join(shlex.quote(a) for a in args)
         if not self.quiet:
-            click.echo(f"\n== {name}: {shown}", err=True)
+            print(f"\n== {name}: {shown}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        status = "ok"
-        try:
-            code = self.cli.main(args=args, prog_name="d2it", standalone_mode=False, obj={})
-        except click.exceptions.Abort:
-            raise
-        except click.ClickException as exc:
-            code, status = 2, f"failed: {exc.format_message()}"
+        status = self.runner.run(args)
         seconds = time.perf_counter() - start
-        if code not in (None, 0):
-            status = status if status != "ok" else f"failed (exit code {code})"
         self.timings.append(StepTiming(name=name, command=shown, seconds=seconds, status=status))
         if status != "ok":
             raise DemoError(f"demo step '{name}' failed ({status}); see the messages above")
         return seconds
 
     def supports(self, path: list[str], option: str) -> bool:
-        """True when the subcommand at `path` (e.g. ["train", "content"]) accepts `option`."""
-        cmd = self.cli
-        for name in path:
-            cmd = getattr(cmd, "commands", {}).get(name)
-            if cmd is None:
-                return False
-        return any(option in p.opts for p in cmd.params)
+        """True when the subcommand at `path` (e.g. ["train", "dvae"]) accepts `option`."""
+        return self.runner.accepts(path, option)
 
     def stage2_lr(self, trainer: str) -> list[str]:
         """`--lr` for a stage-2 trainer when that trainer has the option (its default, 1e-4, is slow for a demo)."""
@@ -234,17 +233,14 @@ class Demo:
                                *self.common(workers=False)])
 
 
-def run_demo(cli: click.Group, out, *, device: str | None = None, quick: bool = False, seed: int = 0,
+def run_demo(runner: Runner, out, *, device: str | None = None, quick: bool = False, seed: int = 0,
              quiet: bool = False, overrides=()) -> Path:
-    """Run the whole demo into `out` and return the path of its index.html."""
-    from d2it.system import torch_device
-    from d2it_cli.demo.report import StepTiming, build_report
-
+    """Run the whole demo into `out` with `runner` and return the path of its index.html."""
     device = str(torch_device(device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = override_plan(plan_for(device, quick), overrides)
-    demo = Demo(cli=cli, out=out, plan=plan, device=device, seed=seed, quiet=quiet)
+    demo = Demo(runner=runner, out=out, plan=plan, device=device, seed=seed, quiet=quiet)
     start = time.perf_counter()
     failure = None
     try:

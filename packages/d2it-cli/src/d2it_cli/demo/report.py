@@ -10,8 +10,14 @@ import attrs
 import numpy as np
 import torch
 
+from d2it import system as systems
 from d2it.io import atomic_write_text
+from d2it.layout import fine_ratio
 from d2it_cli import images as imgs
+from d2it_cli.data import open_dataset
+from d2it_cli.engine.loop import read_log
+from d2it_cli.engine.parts import load_vae
+from d2it_cli.generation import NPZ_NAME, load_samples
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
@@ -166,7 +172,6 @@ def class_rows(images: np.ndarray, labels: np.ndarray, grain_maps, num_classes: 
 
 def loss_figures(run_dirs: dict, out_dir: Path) -> tuple[list, list]:
     """(figures, final-loss rows) from the JSON-lines logs of the training runs."""
-    from d2it_cli.engine.loop import read_log
 
     figures, finals = [], []
     for name, run_dir in run_dirs.items():
@@ -193,8 +198,6 @@ def loss_figures(run_dirs: dict, out_dir: Path) -> tuple[list, list]:
 def data_and_reconstructions(system_dir: Path, data: str, image_size: int, num_classes: int, per_class: int,
                              out_dir: Path, device: str):
     """Figures of the training data by class (with its entropy grain maps) and of DVAE reconstructions."""
-    from d2it_cli.data import open_dataset
-    from d2it_cli.engine.parts import load_vae
 
     dataset = open_dataset(data, image_size, train=False)
     count = min(len(dataset), num_classes * per_class)
@@ -226,12 +229,11 @@ def data_and_reconstructions(system_dir: Path, data: str, image_size: int, num_c
     figures.append(Figure(out_dir / "reconstructions.png",
                           f"DVAE: inputs, reconstructions (posterior mode; mean L1 {l1:.3f} on [-1, 1]), grain maps "
                           "and region entropy (dark low, bright high)."))
-    return figures, {"recon_l1": l1, "fine_ratio_data": float((grain_maps > 0).mean())}
+    return figures, {"recon_l1": l1, "fine_ratio_data": fine_ratio(grain_maps)}
 
 
 def sample_figures(samples_dir: Path, num_classes: int, grains: int, out_dir: Path):
     """Generated samples by class with their grain maps, from samples.npz."""
-    from d2it_cli.generation import NPZ_NAME, load_samples
 
     path = samples_dir / NPZ_NAME
     if not path.is_file():
@@ -249,13 +251,12 @@ def sample_figures(samples_dir: Path, num_classes: int, grains: int, out_dir: Pa
                  "sampled grain maps (blue coarse, red fine).")
     stats = {"samples": int(len(images))}
     if maps is not None and len(maps):
-        stats["fine_ratio_samples"] = float((maps > 0).mean())
+        stats["fine_ratio_samples"] = fine_ratio(maps)
     return [fig], stats
 
 
 def build_report(demo, failed: bool = False) -> Path:
     """Collect figures, curves and timings of a demo run into DEMO_OUT/index.html."""
-    from d2it import system as systems
 
     out, plan = demo.out, demo.plan
     fig_dir = out / "figures"

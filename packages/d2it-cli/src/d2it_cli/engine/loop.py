@@ -11,17 +11,18 @@ import abc
 import json
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import attrs
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from d2it import io
 from d2it.errors import CheckpointError, ConfigError
+from d2it.progress import progress_bar
+from d2it.system import eval_mode
 from d2it_cli.engine import checkpoint as ckpt
 from d2it_cli.engine import dist, progress
 from d2it_cli.engine.ema import EMA
@@ -31,7 +32,7 @@ from d2it_cli.trackers import check_trackers, open_trackers
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "train.json"
-SAMPLES_DIR = "samples"
+PREVIEW_DIR = "samples"  # preview grids, one per --sample-every steps
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -116,6 +117,7 @@ def to_device(batch, device):
     return batch
 
 
+
 class Task(abc.ABC):
     """What a trainer provides; subclass and fill in `modules`, `make_optimizers` and `micro_step`."""
 
@@ -149,7 +151,7 @@ class Task(abc.ABC):
         """Modules that get an EMA copy when --ema is on."""
         return [next(iter(self.modules()))]
 
-    def sample(self, trainer, step: int, path: Path):
+    def write_preview(self, trainer, step: int, path: Path):
         """Write a preview PNG (rank 0, eval mode, RNG forked); optional."""
 
     def finish(self, trainer):
@@ -193,17 +195,13 @@ class Trainer:
     @contextmanager
     def evaluating(self):
         """Eval mode, no grad and a forked RNG (so previews never change training randomness)."""
-        mods = self.task.modules()
-        modes = {k: m.training for k, m in mods.items()}
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            for m in mods.values():
-                m.eval()
-            try:
-                yield
-            finally:
-                for k, m in mods.items():
-                    m.train(modes[k])
+        with ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+            stack.enter_context(torch.no_grad())
+            for m in self.task.modules().values():
+                stack.enter_context(eval_mode(m))
+            yield
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup(self):
@@ -373,128 +371,155 @@ class Trainer:
         io.atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     def fit(self) -> list[dict]:
-        """Train to the configured length; returns the logged records (rank 0)."""
-        cfg = self.config
-        if cfg.resume:
+        """Train to the configured length; returns the logged records (rank 0).
+
+        One optimizer step is: `_forward_backward` (accumulated micro-batches), `_optimizer_step`
+        (gradient averaging of auxiliary modules, clipping, the step), `_update_ema`, then `_log`,
+        `_maybe_preview` and `_maybe_checkpoint`.
+        """
+        self._start()
+        batches = self.feed.batches(self.data_state)
+        try:
+            while self.step < self.total_steps:
+                lr_factor = self._set_lr()
+                self._forward_backward(batches)
+                self._optimizer_step()
+                self._update_ema()
+                self.step += 1
+                self._log(lr_factor)
+                self._maybe_preview()
+                self._maybe_checkpoint()
+        finally:
+            batches.close()  # stops the data-loader workers now rather than at garbage collection
+            self._close()
+        if dist.is_main():
+            self.task.finish(self)
+        dist.barrier()
+        return self.history
+
+    def _start(self):
+        """Set up modules and optimizers, resume, and open the log, trackers and progress output (rank 0)."""
+        if self.config.resume:
             self._plan_resume()
         self._setup()
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_temporaries(self.run_dir)
         dist.barrier()
-        resumed = self._resume() if cfg.resume else None
+        resumed = self._resume() if self.config.resume else None
         if dist.is_main():
             self._write_config()
             if resumed is not None:
                 self._trim_log()
-        log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
-        trackers = self._open_trackers() if dist.is_main() else []
-        lines = progress.lines_enabled(cfg.quiet)
-        main = self.wrapped[next(iter(self.wrapped))]
-        bar = tqdm(
+        self._log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
+        self._trackers = self._open_trackers() if dist.is_main() else []
+        self._lines = progress.lines_enabled(self.config.quiet)
+        self._bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
             desc=f"train {self.task.name}",
-            disable=not progress.bar_enabled(cfg.quiet),
+            enabled=not self.config.quiet and dist.is_main(),
             dynamic_ncols=True,
         )
-        sums: dict[str, torch.Tensor] = {}
-        count, images, t0 = 0, 0, time.perf_counter()
-        batches = self.feed.batches(self.data_state)
-        try:
-            while self.step < self.total_steps:
-                lr_factor = self._set_lr()
-                for opt in self.optimizers.values():
-                    opt.zero_grad(set_to_none=True)
-                for micro in range(cfg.grad_accum):
-                    batch = to_device(next(batches), self.device)
-                    last = micro == cfg.grad_accum - 1
-                    sync = (
-                        main.no_sync()
-                        if (dist.is_distributed() and not last and hasattr(main, "no_sync"))
-                        else nullcontext()
-                    )
-                    with sync:
-                        logs = self.task.micro_step(self, batch, self.step, 1.0 / cfg.grad_accum)
-                    for k, v in logs.items():
-                        v = torch.as_tensor(v, dtype=torch.float64).detach().to(self.device)
-                        sums[k] = sums.get(k, 0) + v / cfg.grad_accum
-                aux = [m for name, m in self.task.modules().items() if name != self.main_name]
-                if dist.is_distributed():
-                    for m in aux:
-                        dist.average_gradients(m)
-                if cfg.max_grad_norm:
-                    for name, opt in self.optimizers.items():
-                        params = [p for g in opt.param_groups for p in g["params"]]
-                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        sums[f"grad_norm_{name}"] = sums.get(f"grad_norm_{name}", 0) + norm.detach().double()
-                for opt in self.optimizers.values():
-                    opt.step()
-                if dist.is_distributed():
-                    for m in aux:  # e.g. batch-norm statistics: rank 0's, as DDP does for the main module
-                        dist.broadcast_buffers(m)
-                for name, ema in self.ema.items():
-                    ema.update(self.task.modules()[name])
-                self.step += 1
-                count += 1
-                images += self.global_batch * self.task.images_per_item
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    values = {k: float(v) / count for k, v in sums.items()}
-                    values = dist.all_reduce_mean(values)
-                    elapsed = time.perf_counter() - t0
-                    record = {
-                        "step": self.step,
-                        "epoch": self.feed.epoch,
-                        **{k: values[k] for k in sorted(values)},
-                        "lr": max(g["lr"] for o in self.optimizers.values() for g in o.param_groups),
-                        "lr_factor": lr_factor,
-                        "images_per_s": images / max(elapsed, 1e-9),
-                        "time": time.time(),
-                    }
-                    self.history.append(record)
-                    if log_file is not None:
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
-                        scalars = {
-                            k: v for k, v in record.items() if k not in ("step", "time") and isinstance(v, float)
-                        }
-                        for tracker in trackers:
-                            tracker.log_scalars(scalars, self.step)
-                    if lines:
-                        progress.print_line(
-                            progress.format_line(self.task.name, record, self.total_steps, elapsed / max(count, 1))
-                        )
-                    main_loss = values.get("loss", next(iter(values.values()), float("nan")))
-                    bar.set_postfix(loss=f"{main_loss:.4f}", refresh=False)
-                    sums, count, images, t0 = {}, 0, 0, time.perf_counter()
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    preview = self.write_sample()
-                    if preview is not None and preview.is_file():
-                        for tracker in trackers:
-                            tracker.log_image("preview", preview, self.step)
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == self.total_steps:
-                    self.save_checkpoint()
-        finally:
-            batches.close()  # stops the data-loader workers now rather than at garbage collection
-            bar.close()
-            if log_file is not None:
-                log_file.close()
-            for tracker in trackers:
-                tracker.close()
-        if dist.is_main():
-            self.task.finish(self)
-        dist.barrier()
-        return self.history
+        self._sums, self._count, self._images, self._t0 = {}, 0, 0, time.perf_counter()
 
-    def write_sample(self) -> Path | None:
+    def _close(self):
+        self._bar.close()
+        if self._log_file is not None:
+            self._log_file.close()
+        for tracker in self._trackers:
+            tracker.close()
+
+    def _accumulate(self, key: str, value):
+        self._sums[key] = self._sums.get(key, 0) + value
+
+    def _forward_backward(self, batches):
+        """Forward and backward of `grad_accum` micro-batches; DDP syncs gradients on the last one only."""
+        cfg = self.config
+        main = self.wrapped[self.main_name]
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            batch = to_device(next(batches), self.device)
+            skip_sync = dist.is_distributed() and micro < cfg.grad_accum - 1 and hasattr(main, "no_sync")
+            with main.no_sync() if skip_sync else nullcontext():
+                logs = self.task.micro_step(self, batch, self.step, 1.0 / cfg.grad_accum)
+            for k, v in logs.items():
+                self._accumulate(k, torch.as_tensor(v, dtype=torch.float64).detach().to(self.device) / cfg.grad_accum)
+
+    def _optimizer_step(self):
+        """Average the auxiliary modules' gradients across ranks, clip, and step every optimizer."""
+        aux = [m for name, m in self.task.modules().items() if name != self.main_name]
+        if dist.is_distributed():
+            for m in aux:
+                dist.average_gradients(m)
+        if self.config.max_grad_norm:
+            for name, opt in self.optimizers.items():
+                params = [p for g in opt.param_groups for p in g["params"]]
+                norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+                self._accumulate(f"grad_norm_{name}", norm.detach().double())
+        for opt in self.optimizers.values():
+            opt.step()
+        if dist.is_distributed():
+            for m in aux:  # e.g. batch-norm statistics: rank 0's, as DDP does for the main module
+                dist.broadcast_buffers(m)
+
+    def _update_ema(self):
+        for name, ema in self.ema.items():
+            ema.update(self.task.modules()[name])
+
+    def _log(self, lr_factor: float):
+        """Count the step; every `log_every` steps (and at the end) average the losses over ranks and report them."""
+        self._count += 1
+        self._images += self.global_batch * self.task.images_per_item
+        self._bar.update(1)
+        if self.step % self.config.log_every and self.step != self.total_steps:
+            return
+        values = dist.all_reduce_mean({k: float(v) / self._count for k, v in self._sums.items()})
+        elapsed = time.perf_counter() - self._t0
+        record = {
+            "step": self.step,
+            "epoch": self.feed.epoch,
+            **{k: values[k] for k in sorted(values)},
+            "lr": max(g["lr"] for o in self.optimizers.values() for g in o.param_groups),
+            "lr_factor": lr_factor,
+            "images_per_s": self._images / max(elapsed, 1e-9),
+            "time": time.time(),
+        }
+        self.history.append(record)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(record) + "\n")
+            self._log_file.flush()
+            scalars = {k: v for k, v in record.items() if k not in ("step", "time") and isinstance(v, float)}
+            for tracker in self._trackers:
+                tracker.log_scalars(scalars, self.step)
+        if self._lines:
+            per_step = elapsed / max(self._count, 1)
+            progress.print_line(progress.format_line(self.task.name, record, self.total_steps, per_step))
+        main_loss = values.get("loss", next(iter(values.values()), float("nan")))
+        self._bar.set_postfix(loss=f"{main_loss:.4f}", refresh=False)
+        self._sums, self._count, self._images, self._t0 = {}, 0, 0, time.perf_counter()
+
+    def _maybe_preview(self):
+        if self.config.sample_every and self.step % self.config.sample_every == 0:
+            preview = self.write_preview()
+            if preview is not None and preview.is_file():
+                for tracker in self._trackers:
+                    tracker.log_image("preview", preview, self.step)
+
+    def _maybe_checkpoint(self):
+        every = self.config.ckpt_every
+        if (every and self.step % every == 0) or self.step == self.total_steps:
+            self.save_checkpoint()
+
+    def write_preview(self) -> Path | None:
         """Write the task's preview for the current step (rank 0 only); its path on rank 0."""
         path = None
         if dist.is_main():
-            path = self.run_dir / SAMPLES_DIR / f"{ckpt.step_name(self.step)}.png"
+            path = self.run_dir / PREVIEW_DIR / f"{ckpt.step_name(self.step)}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             with self.evaluating():
-                self.task.sample(self, self.step, path)
+                self.task.write_preview(self, self.step, path)
         dist.barrier()
         return path
 

@@ -1,15 +1,13 @@
-"""Loading and saving single parts of a model directory, and the click options every trainer shares."""
+"""Loading and saving single parts of a model directory, and the engine settings every trainer shares."""
 
 from pathlib import Path
-
-import click
 
 from d2it import system as systems
 from d2it.errors import ConfigError
 from d2it.io import load_into, load_safetensors, save_safetensors
 from d2it.registry import Registry, default_registry
 from d2it_cli.engine.feed import default_workers
-from d2it_cli.engine.loop import PRECISIONS, TrainConfig
+from d2it_cli.engine.loop import TrainConfig
 
 
 def load_vae(directory, registry: Registry | None = None, device="cpu"):
@@ -33,75 +31,8 @@ def save_part(directory, part: str, state: dict):
     save_safetensors(state, Path(directory) / f"{part}.safetensors", meta)
 
 
-def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int, warmup: str = "0"):
-    """Decorator adding the shared training options (with per-trainer defaults) to a click command."""
-
-    def decorate(fn):
-        options = [
-            click.option(
-                "--batch", default=batch, show_default=True, type=int, help="Images per process per micro-batch."
-            ),
-            click.option(
-                "--grad-accum", default=1, show_default=True, type=int, help="Micro-batches per optimizer step."
-            ),
-            click.option("--steps", type=int, help="Optimizer steps to train for (overrides --epochs)."),
-            click.option("--epochs", type=float, help="Epochs to train for."),
-            click.option(
-                "--warmup", default=warmup, show_default=True, help="Linear warm-up: steps, or epochs as '0.5ep'."
-            ),
-            click.option("--resume", help="Continue from 'latest' (of --run-dir) or a checkpoint/run directory."),
-            click.option(
-                "--precision",
-                type=click.Choice(PRECISIONS),
-                default="auto",
-                show_default=True,
-                help="auto = bf16 autocast on CUDA, fp32 on CPU.",
-            ),
-            click.option(
-                "--workers",
-                type=click.IntRange(min=0),
-                help="Data-loading processes per rank (default: the CPUs per local rank less one, at most 8).",
-            ),
-            click.option(
-                "--report-to",
-                multiple=True,
-                help="Tracker for scalars and previews: none, tensorboard, wandb (repeatable; extras d2it-cli[NAME]).",
-            ),
-            click.option("--log-every", default=50, show_default=True, type=int, help="Steps between log lines."),
-            click.option(
-                "--sample-every",
-                default=sample_every,
-                show_default=True,
-                type=int,
-                help="Steps between preview grids (0 = never).",
-            ),
-            click.option("--ckpt-every", default=1000, show_default=True, type=int, help="Steps between checkpoints."),
-            click.option("--keep", type=int, help="Keep only the newest N checkpoints."),
-            click.option("--ema/--no-ema", default=ema, show_default=True, help="Keep an EMA of the weights."),
-            click.option("--ema-decay", default=ema_decay, show_default=True, type=float),
-            click.option("--max-grad-norm", type=float, help="Clip gradients to this norm."),
-            click.option("--seed", default=0, show_default=True, type=int),
-            click.option(
-                "--run-dir",
-                type=click.Path(file_okay=False),
-                help="Logs, checkpoints, previews (default SYSTEM/runs/<trainer>).",
-            ),
-            click.option(
-                "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
-            ),
-            click.option("--quiet", is_flag=True, help="No progress bar."),
-            click.option("--compile", is_flag=True, help="torch.compile the model (eager fallback with a warning)."),
-            click.option("--grad-checkpointing", is_flag=True, help="Recompute block activations in backward."),
-            click.option("--tf32/--no-tf32", default=True, show_default=True, help="TF32 matmuls on CUDA."),
-            click.option("--channels-last", is_flag=True, help="NHWC memory format for convolutions."),
-        ]
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
+# the TrainConfig fields every `d2it train` command takes as options
+# the TrainConfig fields every `d2it train` command takes as options
 ENGINE_KEYS = (
     "batch",
     "grad_accum",

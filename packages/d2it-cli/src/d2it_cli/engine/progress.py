@@ -3,19 +3,15 @@
 import datetime
 import sys
 
+from d2it.progress import on_terminal
 from d2it_cli.engine import dist
 
 SKIP = ("step", "epoch", "time", "lr_factor", "images_per_s", "lr")
 
 
-def bar_enabled(quiet: bool) -> bool:
-    """tqdm bars only on rank 0, with a terminal on stdout and without --quiet."""
-    return not quiet and sys.stdout.isatty() and dist.is_main()
-
-
 def lines_enabled(quiet: bool) -> bool:
     """Plain log lines on rank 0 when stdout is not a terminal (SLURM, nohup, a log file) and without --quiet."""
-    return not quiet and not sys.stdout.isatty() and dist.is_main()
+    return not quiet and not on_terminal() and dist.is_main()
 
 
 def eta(seconds: float) -> str:

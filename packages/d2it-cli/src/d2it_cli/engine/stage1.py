@@ -5,11 +5,12 @@ import math
 import numpy as np
 import torch
 
+from d2it.layout import fine_ratio
 from d2it.system import update_extra
-from d2it_cli.data import first_items
+from d2it_cli.data import first_items, open_dataset
 from d2it_cli.engine import dist
 from d2it_cli.engine.loop import Task
-from d2it_cli.engine.parts import save_part
+from d2it_cli.engine.parts import load_vae, save_part
 from d2it_cli.images import entropy_heatmap, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
 
 BASE_LR = 4.5e-6  # per image of the global batch (LDM convention)
@@ -49,6 +50,22 @@ class DVAETask(Task):
         self.lr = lr
         self.loss = vae.make_loss(**(loss_options or {}))
         self.discriminator = self.loss.discriminator
+        self.record = None
+
+    @classmethod
+    def open(cls, system_dir, data: str, *, registry=None, options=None, lr=None, loss_options=None):
+        """The task for a model directory's VAE on `--data` images (dataset `options`; previews: the first 8)."""
+        record, vae = load_vae(system_dir, registry)
+        dataset = open_dataset(data, record.image_size, train=True, options=options, registry=registry)
+        preview = preview_batch(open_dataset(data, record.image_size, train=False, options=options, registry=registry))
+        task = cls(vae, dataset, system_dir, preview=preview, lr=lr, loss_options=loss_options)
+        task.record = record
+        return task
+
+    @property
+    def default_thresholds(self) -> bool:
+        """True when the system has no measured entropy thresholds and a multi-grain VAE uses its defaults."""
+        return not (self.record and self.record.thresholds) and self.vae.grains > 1
 
     def modules(self):
         # the loss's log-variance (LDM) trains with the VAE; it is checkpointed as its own part
@@ -91,10 +108,10 @@ class DVAETask(Task):
             d_loss, d_logs = self.loss.discriminator_loss(images, out, step)
         (d_loss * scale).backward()
         logs = {k: float(v) for k, v in {**g_logs, **d_logs}.items()}
-        logs["fine_ratio"] = float((out.grain_map > 0).float().mean())
+        logs["fine_ratio"] = float(fine_ratio(out.grain_map))
         return logs
 
-    def sample(self, trainer, step, path):
+    def write_preview(self, trainer, step, path):
         if self.preview is None:
             return
         images = self.preview.to(trainer.device)

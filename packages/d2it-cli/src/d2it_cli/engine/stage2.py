@@ -5,6 +5,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from d2it import layout
+from d2it import system as systems
 from d2it.errors import ConfigError, DataError
 from d2it.io import state_sha256
 from d2it_cli.cache import LatentCache
@@ -13,6 +15,7 @@ from d2it_cli.engine.fastpaths import make_adamw
 from d2it_cli.engine.loop import Task
 from d2it_cli.engine.parts import save_part
 from d2it_cli.images import grain_map_image, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
+from d2it_sampling import generate, make_diffusion
 
 LR = 1e-4
 BETAS = (0.9, 0.999)
@@ -31,6 +34,14 @@ def open_cache(path, system) -> LatentCache:
     if int(cache.manifest["grains"]) != system.grains:
         raise DataError(f"latent cache {path} has {cache.manifest['grains']} grains, the system's VAE {system.grains}")
     return cache
+
+
+def load_system(system_dir, part: str, registry=None):
+    """The system of a model directory with its VAE and `part` (grain or content) loaded, for stage 2."""
+    record, _ = systems.read_record(system_dir)
+    if not record.vae:
+        raise ConfigError(f"the system in {system_dir} has no VAE, so there are no latents to train on")
+    return systems.load(system_dir, registry, parts=["vae", part])
 
 
 def _adamw(module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -64,6 +75,12 @@ class GrainTask(Task):
         self.lr, self.weight_decay = lr, weight_decay
         self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
 
+    @classmethod
+    def open(cls, system_dir, cache, *, registry=None, **options):
+        """The task for a model directory's grain predictor on the latent cache at `cache`."""
+        system = load_system(system_dir, "grain", registry)
+        return cls(system, open_cache(cache, system), system_dir, **options)
+
     def modules(self):
         return {"grain": self.system.grain}
 
@@ -77,9 +94,9 @@ class GrainTask(Task):
         with trainer.autocast():
             loss = trainer.wrapped["grain"](batch["grain_map"], batch["label"])
         (loss * scale).backward()
-        return {"loss": loss.detach(), "fine_ratio": (batch["grain_map"] > 0).float().mean()}
+        return {"loss": loss.detach(), "fine_ratio": layout.fine_ratio(batch["grain_map"])}
 
-    def sample(self, trainer, step, path):
+    def write_preview(self, trainer, step, path):
         grain = self.system.grain
         weights = trainer.ema.get("grain")
         classes = torch.tensor(self.preview_classes, device=trainer.device)
@@ -105,6 +122,13 @@ class GrainTask(Task):
             )
 
 
+def _check_grain_source(grain_source: str, fine_ratio: float):
+    if grain_source not in GRAIN_SOURCES:
+        raise ConfigError(f"--grain-source must be one of {', '.join(GRAIN_SOURCES)}, got {grain_source!r}")
+    if not 0.0 <= fine_ratio <= 1.0:
+        raise ConfigError(f"--fine-ratio must lie in [0, 1], got {fine_ratio}")
+
+
 class ContentTask(Task):
     """The Dynamic Content Transformer: multi-grained diffusion loss on latents sampled from the cached posterior."""
 
@@ -122,12 +146,9 @@ class ContentTask(Task):
         grain_source: str = "gt",
         fine_ratio: float = 0.5,
         preview_classes=None,
-        sample_steps: int = 50,
+        preview_steps: int = 50,
     ):
-        from d2it_sampling import make_diffusion
-
-        if grain_source not in GRAIN_SOURCES:
-            raise ConfigError(f"--grain-source must be one of {', '.join(GRAIN_SOURCES)}, got {grain_source!r}")
+        _check_grain_source(grain_source, fine_ratio)
         if grain_source == "random" and getattr(cache, "layout", "all") == "used":
             raise ConfigError(
                 f"--grain-source random needs every grain of every region, but {cache.path} stores only the used "
@@ -138,9 +159,16 @@ class ContentTask(Task):
         self.diffusion = make_diffusion(system)
         self.scale = float(system.record.latent_scale)
         self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
-        self.sample_steps = sample_steps
+        self.preview_steps = preview_steps
         # static graph, except a sparse refiner, which skips its weights on a batch without fine cells
         self.find_unused_parameters = bool(getattr(getattr(system.content, "refiner", None), "sparse", False))
+
+    @classmethod
+    def open(cls, system_dir, cache, *, registry=None, **options):
+        """The task for a model directory's content transformer on the latent cache at `cache`."""
+        _check_grain_source(options.get("grain_source", "gt"), options.get("fine_ratio", 0.5))
+        system = load_system(system_dir, "content", registry)
+        return cls(system, open_cache(cache, system), system_dir, **options)
 
     def modules(self):
         return {"content": self.system.content}
@@ -162,7 +190,7 @@ class ContentTask(Task):
     def micro_step(self, trainer, batch, step, scale):
         grain_map = self.grain_maps(batch)
         with torch.no_grad():
-            x0 = self.dataset.sample(batch["params"], grain_map, vae=self.system.vae).float() * self.scale
+            x0 = self.system.vae.sample_latent(batch["params"], grain_map).float() * self.scale
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
         with trainer.autocast():
             terms = self.diffusion.training_losses(
@@ -171,12 +199,10 @@ class ContentTask(Task):
         loss = terms["loss"]
         (loss * scale).backward()
         logs = {k: v.detach() for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0}
-        logs["fine_ratio"] = (grain_map > 0).float().mean()
+        logs["fine_ratio"] = layout.fine_ratio(grain_map)
         return logs
 
-    def sample(self, trainer, step, path):
-        from d2it_sampling import generate
-
+    def write_preview(self, trainer, step, path):
         weights = trainer.ema.get("content")
         content = self.system.content
         ctx = weights.applied(content) if weights is not None else nullcontext()
@@ -185,7 +211,7 @@ class ContentTask(Task):
                 self.system,
                 self.preview_classes,
                 seed=0,
-                steps=self.sample_steps,
+                steps=self.preview_steps,
                 device=trainer.device,
                 progress=False,
             )
@@ -194,7 +220,7 @@ class ContentTask(Task):
             rows.append(
                 label_image(
                     make_grid(to_uint8(gen.images), nrow=len(self.preview_classes)),
-                    f"samples ({self.sample_steps} steps), classes {self.preview_classes}",
+                    f"samples ({self.preview_steps} steps), classes {self.preview_classes}",
                 )
             )
             if gen.grain_maps is not None:

@@ -13,6 +13,7 @@ from torch_fidelity.utils import create_feature_extractor
 
 from d2it.errors import D2itError, DataError
 from d2it.io import file_sha256, state_sha256
+from d2it.progress import progress_bar
 
 INCEPTION = "inception-v3-compat"
 DOWNLOAD_TIMEOUT_S = 30
@@ -148,12 +149,10 @@ def _worker_message(exc: Exception) -> str:
 
 def extract(extractor: Extractor, images, batch_size: int = 64, workers: int = 0, progress: bool = False):
     """Run `extractor` over a dataset of uint8 CHW tensors; returns the filled FeatureAccumulator."""
-    from tqdm import tqdm
-
     acc = FeatureAccumulator(extractor)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers)
     try:
-        with tqdm(total=len(images), disable=not progress, unit="img", desc="features", leave=False) as bar:
+        with progress_bar(total=len(images), enabled=progress, unit="img", desc="features", leave=False) as bar:
             for batch in loader:
                 acc.add(batch)
                 bar.update(batch.shape[0])

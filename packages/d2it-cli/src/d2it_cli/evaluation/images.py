@@ -11,22 +11,12 @@ from torch.utils.data import Dataset
 from torch_fidelity.utils import glob_samples_paths
 
 from d2it.errors import DataError
+from d2it_cli.data.folder import center_crop
 
 IMAGE_EXTS = "png,jpg,jpeg"
 RESIZE_POLICIES = ("none", "center-crop")
 NPZ_KEY = "arr_0"
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
-
-
-def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's (guided-diffusion) center crop: box-halve, bicubic resize of the short side, centre crop."""
-    while min(*image.size) >= 2 * size:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
-    scale = size / min(*image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
-    arr = np.array(image)
-    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return arr[top : top + size, left : left + size]
 
 
 class ImageSet(Dataset):
@@ -47,7 +37,7 @@ class ImageSet(Dataset):
 
     def _crop(self, image: Image.Image) -> np.ndarray:
         if self.resize == "center-crop":
-            return center_crop_arr(image, self.image_size[0])
+            return np.asarray(center_crop(image, self.image_size[0]))
         return np.asarray(image)
 
     def __getitem__(self, i):

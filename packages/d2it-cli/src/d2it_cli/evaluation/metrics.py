@@ -1,6 +1,7 @@
 """The metric components: thin layers over torch-fidelity (FID, IS, KID, precision/recall) and lpips."""
 
 import abc
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -12,6 +13,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 
 from d2it.errors import D2itError, DataError
 from d2it.spec import ComponentSpec
+from d2it_cli.evaluation.extractor import _download, check_plain
 
 
 class FeatureSet:
@@ -188,7 +190,7 @@ class LpipsConfig:
 
 def _trunk_weights(net: str):
     """torchvision weights enum entry that lpips loads for a trunk."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # torchvision imports slowly; only LPIPS needs it
 
     table = {
         "vgg": tvm.VGG16_Weights.IMAGENET1K_V1,
@@ -206,13 +208,11 @@ class LPIPS:
     pairwise = True
 
     def __init__(self, config: LpipsConfig, device="cpu"):
-        import lpips
+        import lpips  # lpips imports slowly; only this metric needs it
 
         self.config = config
         _trunk_weights(config.net)
         if config.weights:
-            from d2it_cli.evaluation.extractor import check_plain
-
             path = check_plain(config.weights, "LPIPS weights")
             self.model = lpips.LPIPS(net=config.net, pretrained=False, pnet_rand=True, verbose=False)
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -229,10 +229,6 @@ class LPIPS:
 
     def _ensure_trunk(self):
         """Download torchvision's trunk weights with a bounded wait, or say how to get them offline."""
-        from pathlib import Path
-
-        from d2it_cli.evaluation.extractor import _download
-
         entry = _trunk_weights(self.config.net)
         cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
         if cached.is_file():

@@ -7,17 +7,18 @@ from torch.utils.data import DataLoader, Subset
 
 from d2it import system as systems
 from d2it.errors import D2itError, DataError
+from d2it.layout import fine_ratio
+from d2it_cli.data import open_dataset
 from d2it_cli.evaluation.extractor import Extractor, FeatureAccumulator
 from d2it_cli.evaluation.metrics import FeatureSet, psnr
 from d2it_cli.evaluation.scoring import Settings, extractor_class, make_metrics, versions
+from d2it_cli.images import to_uint8
 
 RECON_METRICS = ("rfid", "lpips", "psnr")
 
 
 def _uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] NCHW float -> uint8 NCHW with DiT's rounding (uint8 inputs round-trip exactly)."""
-    from d2it_cli.images import to_uint8
-
     return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -32,10 +33,9 @@ def reconstruct(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     return out.recon, getattr(out, "grain_map", None)
 
 
-def evaluate_recon(system_dir, data, names, registry, settings: Settings, num=None, sets=()) -> dict:
+def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | None = None, num=None, sets=()) -> dict:
     """Reconstruct `data` with the system's VAE and score it; returns the result document."""
-    from d2it_cli.data import open_dataset
-
+    settings = settings or Settings()
     record, _ = systems.read_record(system_dir)
     if not record.vae:
         raise D2itError(f"the system in {system_dir} has no VAE to evaluate")
@@ -70,7 +70,7 @@ def evaluate_recon(system_dir, data, names, registry, settings: Settings, num=No
             sums["lpips"] += float(lpips_metric(recon, images).sum())
         sums["psnr"] += float(psnr(recon, images).sum())
         if grain_map is not None and grains > 1:
-            sums["fine"] += float((grain_map == grains - 1).sum())
+            sums["fine"] += float(fine_ratio(grain_map)) * grain_map.numel()
             sums["regions"] += grain_map.numel()
     values = {}
     if acc_in is not None:

@@ -7,6 +7,7 @@ import attrs
 
 from d2it.config import config_to_dict, parse_sets
 from d2it.errors import D2itError, DataError
+from d2it.registry import default_registry
 from d2it.system import package_versions
 from d2it_cli.evaluation.extractor import INCEPTION, Extractor, extract, extractor_class
 from d2it_cli.evaluation.images import ImageSet, open_images
@@ -56,7 +57,8 @@ def parse_metrics(text: str, allowed=GEN_METRICS) -> list[str]:
 
 
 def make_metrics(registry, names, sets=(), **context) -> dict:
-    """Name -> metric object from the registry, with `--set name.option=value` overrides."""
+    """Name -> metric object from the registry (None: the default one), with `--set name.option=value` overrides."""
+    registry = registry or default_registry()
     overrides = parse_sets(sets)
     stray = sorted(set(overrides) - set(names))
     if stray:

@@ -28,7 +28,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu`-marked tests on machines without CUDA."""
-    import torch
+    import torch  # here, not at the top: this plugin loads in every pytest run, most of which never get here
 
     if torch.cuda.is_available():
         return
