@@ -210,6 +210,6 @@ def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, 
         weight_decay=weight_decay,
         grain_source=grain_source,
         fine_ratio=fine_ratio,
-        sample_steps=sample_steps,
+        preview_steps=sample_steps,
     )
     _fit(task, config, "content", system_dir)
