@@ -7,15 +7,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from d2it_cli.cache import LatentCache, sample_posterior
+from d2it.layout import neighbour_copy
+from d2it_cli.cache import LatentCache
 from d2it_cli.cache_layout import bytes_per_image, human, pack_used, unpack_used
+from d2it_vae.regularizers import DiagonalGaussian
 
 SHAPES_256 = [[8, 16, 16], [8, 32, 32]]  # dvae-kl at 256 px: mean + log-variance of 4 channels per grain
 
 
-def latent(item, **kw):
-    """The copied-layout latent of one cache item (batched by one)."""
-    return sample_posterior([p[None] for p in item["params"]], item["grain_map"][None], **kw)[0]
+def latent(item, generator=None, mode=False):
+    """The copied-layout latent of one cache item, drawn as the DVAE does (its `kl` posterior's `sample`)."""
+    posterior = DiagonalGaussian(channels=item["params"][0].shape[0] // 2)
+    codes = [posterior.sample(p[None].float(), generator=generator, mode=mode) for p in item["params"]]
+    return neighbour_copy(codes, item["grain_map"][None])[0]
 
 
 @pytest.fixture(scope="module")
