@@ -233,3 +233,9 @@ def test_pack_then_thresholds_train_resume_and_encode_from_shards(tiny_system, t
     assert encoded.exit_code == 0, encoded.output
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["count"] == 12 and manifest["num_classes"] == 2 and manifest["classes"] == ["c0", "c1"]
+    recon = ["eval", "recon", "--system", tiny_system, "--data", data, "--metrics", "psnr", "--device", "cpu"]
+    scored = run_cli(*recon, "--num", "5", "--out", tmp_path / "recon.json", "--quiet")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "recon.json").read_text())["data"]["count"] == 5
+    short = run_cli(*recon, "--num", "20", "--quiet")
+    assert short.exit_code == 2 and "holds 12 images, fewer than the 20 requested" in short.output
