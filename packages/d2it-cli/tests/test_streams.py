@@ -95,6 +95,12 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
         first_items(strict, 10)
 
 
+def test_shards_open_through_urls_too(tmp_path):
+    write_shards(tmp_path, 6, 3)
+    ds = WdsDataset(f"pipe:cat {tmp_path}/part-{{000..001}}.tar", 8, train=False, config=WdsConfig(num_classes=6))
+    assert sorted(labels_of(first_items(ds, 10))) == list(range(6))
+
+
 def test_missing_shards_and_empty_patterns_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="2 of 2 shard"):
         WdsDataset(str(tmp_path / "x-{0..1}.tar"), 8)
