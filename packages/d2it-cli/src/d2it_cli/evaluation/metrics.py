@@ -5,13 +5,17 @@ import abc
 import attrs
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import kid_features_to_metric
-from torch_fidelity.metric_prc import prc_features_to_metric
 
 from d2it.errors import D2itError, DataError
 from d2it.spec import ComponentSpec
+
+
+def _fidelity(module: str, name: str):
+    """A torch-fidelity function, imported when a metric is computed (it pulls in torchvision; listing
+    the metric specs, as `d2it plugins` does, should not)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"torch_fidelity.{module}"), name)
 
 
 class FeatureSet:
@@ -25,7 +29,8 @@ class FeatureSet:
     def stats(self, layer: str) -> dict:
         """FID statistics (mean, covariance) of a layer, computed by torch-fidelity from its features."""
         if layer not in self._stats:
-            self._stats[layer] = fid_features_to_statistics(self.layer(layer, "FID statistics"))
+            to_statistics = _fidelity("metric_fid", "fid_features_to_statistics")
+            self._stats[layer] = to_statistics(self.layer(layer, "FID statistics"))
         return self._stats[layer]
 
     def set_stats(self, layer: str, mu, sigma):
@@ -83,7 +88,7 @@ class FID(FeatureMetric):
                 s1[k], s2[k] = s1[k].astype(np.float64), s2[k].astype(np.float64)
         if s1["mu"].shape != s2["mu"].shape:
             raise DataError(f"FID statistics have {s1['mu'].shape[0]} and {s2['mu'].shape[0]} dimensions")
-        value = fid_statistics_to_metric(s1, s2, False)["frechet_inception_distance"]
+        value = _fidelity("metric_fid", "fid_statistics_to_metric")(s1, s2, False)["frechet_inception_distance"]
         return {self.key: float(value)}
 
 
@@ -111,7 +116,8 @@ class ISC(FeatureMetric):
 
     def __call__(self, gen, ref, layer, seed):
         splits = min(self.config.splits, gen.count)
-        out = isc_features_to_metric(gen.layer(layer, "IS"), splits, self.config.shuffle, seed)
+        to_metric = _fidelity("metric_isc", "isc_features_to_metric")
+        out = to_metric(gen.layer(layer, "IS"), splits, self.config.shuffle, seed)
         return {"isc": out["inception_score_mean"], "isc_std": out["inception_score_std"]}
 
 
@@ -136,7 +142,7 @@ class KID(FeatureMetric):
         f1, f2 = gen.layer(layer, "KID"), ref.layer(layer, "KID")
         c = self.config
         size = min(c.subset_size, len(f1), len(f2))
-        out = kid_features_to_metric(
+        out = _fidelity("metric_kid", "kid_features_to_metric")(
             f1,
             f2,
             kid_subsets=c.subsets,
@@ -172,7 +178,7 @@ class PRC(FeatureMetric):
         k = self.config.neighborhood
         if min(len(f1), len(f2)) <= k:
             raise DataError(f"precision/recall with {k} neighbours needs more than {k} images per set")
-        out = prc_features_to_metric(
+        out = _fidelity("metric_prc", "prc_features_to_metric")(
             f1, f2, prc_neighborhood=k, prc_batch_size=self.config.batch_size, save_cpu_ram=True, verbose=False
         )
         return {"precision": out["precision"], "recall": out["recall"]}
