@@ -104,6 +104,16 @@ def test_shards_open_through_urls_too(tmp_path):
 def test_missing_shards_and_empty_patterns_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="2 of 2 shard"):
         WdsDataset(str(tmp_path / "x-{0..1}.tar"), 8)
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    ds = WdsDataset(str(tmp_path / "empty.tar"), 8).configure(StreamSetup(endless=True))
+    with pytest.raises(DataError, match="reader 0 of 1 found no samples"):
+        next(iter(ds))
+    with tarfile.open(tmp_path / "text.tar", "w") as tar:  # samples, but none with an image
+        tar.addfile(tarfile.TarInfo("readme.txt"), io.BytesIO(b""))
+    ds = WdsDataset(str(tmp_path / "text.tar"), 8).configure(StreamSetup(endless=True))
+    with pytest.raises(DataError, match="could not decode any of the first 1000 samples"):
+        next(iter(ds))
 
 
 def _stream(tmp_path, buffer):
