@@ -24,6 +24,7 @@ from d2it.errors import D2itError
 from d2it.io import atomic_path, atomic_write_text, state_sha256
 from d2it_cli.engine import dist
 from d2it_cli.images import to_uint8
+from d2it_cli.npz import load_npz
 
 NPZ_NAME = "samples.npz"
 MANIFEST_NAME = "samples.json"
@@ -158,9 +159,8 @@ def _read_shard(path: Path, expected: int) -> dict | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as data:
-            out = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError):
+        out = load_npz(path)
+    except D2itError:
         return None
     if out.get("arr_0") is None or len(out["arr_0"]) != expected:
         return None
@@ -185,6 +185,26 @@ def _check_manifest(shard_dir: Path, settings: dict, resume: bool):
             )
     shard_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def require_vae(record, system_dir):
+    """Refuse to sample a system without a VAE: its latents cannot become images."""
+    if not record.vae:
+        raise D2itError(
+            f"the system in {system_dir} has no VAE (it was built with --vae none), so its samples cannot be "
+            "decoded into images; build it with a VAE such as --vae dvae-kl"
+        )
+
+
+def check_finite(result, shard: int, cfg_scale: float, latent_scale: float):
+    """Stop before writing a shard whose latents or images hold NaN or infinity."""
+    for what in ("latents", "images"):
+        tensor = getattr(result, what, None)
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise D2itError(
+                f"sampling produced non-finite {what} in shard {shard} (cfg scale {cfg_scale}, latent scale "
+                f"{latent_scale}); the weights may have diverged, nothing was written for this shard"
+            )
 
 
 def shard_ranges(num: int, batch: int) -> list[tuple[int, int]]:
@@ -260,6 +280,7 @@ def run_shards(
                         device=dev,
                         progress=show and len(todo) == 1,
                     )
+                check_finite(result, i, cfg_scale, getattr(system, "latent_scale", None))
                 arrays = {"arr_0": to_uint8(result.images), "labels": labels[start:stop].numpy()}
                 if getattr(result, "grain_maps", None) is not None:
                     arrays["grain_maps"] = result.grain_maps.detach().cpu().numpy().astype(np.uint8)
@@ -275,9 +296,8 @@ def read_shards(paths: Sequence[Path]) -> dict[str, np.ndarray]:
     """Concatenate shard files in order into {arr_0, labels[, grain_maps]}."""
     parts: dict[str, list] = {}
     for path in paths:
-        with np.load(path) as data:
-            for key in data.files:
-                parts.setdefault(key, []).append(data[key])
+        for key, value in load_npz(path).items():
+            parts.setdefault(key, []).append(value)
     if not parts:
         return {"arr_0": np.zeros((0, 0, 0, 3), np.uint8), "labels": np.zeros((0,), np.int64)}
     counts = {k: len(v) for k, v in parts.items()}
@@ -343,8 +363,4 @@ def load_samples(path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise D2itError(f"sample file {path} does not exist")
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise D2itError(f"{path} is not a readable .npz file ({exc})") from None
+    return load_npz(path)

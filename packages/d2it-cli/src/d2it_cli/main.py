@@ -1,18 +1,24 @@
 """The `d2it` command: a click group built by `make_cli`, with commands contributed by plugins."""
 
+import errno
 import importlib
 import sys
 import warnings
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 import d2it
 from d2it.errors import D2itError, PluginWarning
 from d2it.registry import Registry, use_registry
+from d2it_cli import failures
 
 
 class D2itGroup(click.Group):
-    """A click group that turns user errors into one sentence and exit code 2, with lazily imported commands."""
+    """A click group whose every user-causable failure is one `error:` line and exit code 2 (see `failures`).
+
+    Commands are imported lazily, when they are used.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,14 +53,27 @@ class D2itGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # callers such as the demo handle errors themselves
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
         try:
-            return super().invoke(ctx)
-        except D2itError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:  # `d2it train` alone: the help text, as click prints it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                sys.exit(1)  # the reader of our output went away (e.g. `| head`)
+            code = None if debug else failures.report(exc)
+            if code is None:
                 raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            sys.exit(code)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def load_registry(builtins_only: bool = False, collect: bool = True) -> Registry:
@@ -127,8 +146,7 @@ def main(argv=None):
     except D2itError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(failures.report(exc))
     cli = make_cli(registry)
     return cli.main(args=argv, prog_name="d2it", obj={})
 

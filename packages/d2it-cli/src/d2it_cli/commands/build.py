@@ -9,6 +9,7 @@ from d2it import system as systems
 from d2it.config import parse_sets
 from d2it.counting import count
 from d2it.errors import ConfigError
+from d2it_cli.commands.params import POSITIVE_INT
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.table import format_table
 
@@ -48,7 +49,10 @@ def record_from_options(vae, backbone, refine, grain, sampler, schedule, attenti
         options=options,
     )
     fields.update(extra)
-    return systems.SystemRecord(**fields)
+    try:
+        return systems.SystemRecord(**fields)
+    except ConfigError as exc:  # the record's validators name the field; say it is a record-level option
+        raise ConfigError(f"system.{exc}") from None
 
 
 def count_system(system) -> list[dict]:
@@ -85,8 +89,8 @@ def providers(system, registry) -> dict[str, str]:
 @click.option("--sampler", default="ddpm", show_default=True)
 @click.option("--schedule", default="linear", show_default=True)
 @click.option("--attention", default="auto", show_default=True, help="Attention backend.")
-@click.option("--image-size", default=256, show_default=True, type=int)
-@click.option("--num-classes", default=1000, show_default=True, type=int, help="1 = unconditional.")
+@click.option("--image-size", default=256, show_default=True, type=POSITIVE_INT)
+@click.option("--num-classes", default=1000, show_default=True, type=POSITIVE_INT, help="1 = unconditional.")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE", help="Override a component option.")
 @click.option("--from", "from_dir", type=SYSTEM_DIR, help="Load a saved model directory (or hf://OWNER/NAME).")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the model directory here.")

@@ -13,8 +13,10 @@ from tqdm import tqdm
 from d2it import system as systems
 from d2it.errors import DataError
 from d2it.io import atomic_write_text, save_safetensors, state_sha256
+from d2it_cli import outputs
 from d2it_cli.cache import FORMAT, MANIFEST, VERSIONS, shard_name
 from d2it_cli.cache_layout import MODES, bytes_per_image, human, pack_used
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options, dataset_classes, is_streaming, one_pass, open_dataset
 from d2it_cli.engine import dist
@@ -83,8 +85,9 @@ def _size_line(vae, record, dev, layout: str, dtype: str, dataset) -> str:
 @click.option("--data", required=True, help="Images: a folder, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT.")
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache directory to write.")
-@click.option("--batch", default=32, show_default=True, type=int)
-@click.option("--shard-size", default=4096, show_default=True, type=int, help="Images (each with its flip) per shard.")
+@click.option("--batch", default=32, show_default=True, type=POSITIVE_INT)
+@click.option("--shard-size", default=4096, show_default=True, type=POSITIVE_INT,
+              help="Images (each with its flip) per shard.")
 @click.option(
     "--dtype",
     type=click.Choice(sorted(DTYPES)),
@@ -100,11 +103,12 @@ def _size_line(vae, record, dev, layout: str, dtype: str, dataset) -> str:
     show_default=True,
     help="all: every grain everywhere (needed by --grain-source random); used: only each region's own grain.",
 )
-@click.option("--workers", default=0, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the latent draws that measure the scale.")
+@click.option("--workers", default=0, show_default=True, type=NON_NEGATIVE_INT)
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of the latent draws that measure the scale.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
-@click.option("--device", help="cpu, cuda ... (default: CUDA when available; torchrun: the local GPU).")
+@click.option("--device", type=DEVICE, help="cpu, cuda ... (default: CUDA when available; torchrun: the local GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def encode(
@@ -126,6 +130,7 @@ def encode(
 ):
     """Encode a dataset into a latent cache and store the latent scale (1/std) in the system record."""
     registry = obj["registry"]
+    outputs.claim_and_hold(out, "encode", legacy=lambda f: (f / MANIFEST).is_file(), what="latent cache")
     if batch < 1 or shard_size < 1:
         raise DataError("--batch and --shard-size must be at least 1")
     dev = dist.init_distributed(device)
@@ -156,7 +161,7 @@ def encode(
             torch.utils.data.Subset(dataset, mine), batch_size=batch, num_workers=workers
         )
     writer = ShardWriter(out, dist.rank(), shard_size, DTYPES[dtype])
-    g = torch.Generator(device=dev).manual_seed(seed * 1000 + dist.rank())
+    g = torch.Generator(device=dev).manual_seed((seed * 1000 + dist.rank()) % 2**64)
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # count, sum, sum of squares of sampled latents
     shapes, start, done, top_label = None, time.perf_counter(), 0, -1
     if dist.is_main():

@@ -10,10 +10,12 @@ import click
 from d2it import system as systems
 from d2it.errors import D2itError
 from d2it.io import atomic_write_text
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.evaluation.extractor import INCEPTION
 from d2it_cli.evaluation.recon import RECON_METRICS
 from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics
+from d2it_cli.outputs import check_file_target
 from d2it_cli.table import format_table
 
 # named protocols: FFHQ FID-10K (paper Table 1 and ablations), ImageNet FID-50K with IS and precision/recall (Table 2)
@@ -37,9 +39,10 @@ def _run_options(fn):
     fn = click.option("--quiet", is_flag=True, help="No progress bars.")(fn)
     fn = click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
                       help="Image decoding worker processes.")(fn)
-    fn = click.option("--seed", default=2020, show_default=True, type=int,
+    fn = click.option("--seed", default=2020, show_default=True, type=SEED,
                       help="Seed of the metrics' random subsets (IS splits, KID).")(fn)
-    fn = click.option("--device", default=None, help="Device for the networks (default: CUDA when available).")(fn)
+    fn = click.option("--device", default=None, type=DEVICE,
+                      help="Device for the networks (default: CUDA when available).")(fn)
     fn = click.option("--batch", "batch_size", default=64, show_default=True, type=click.IntRange(min=1),
                       help="Images per feature-extraction batch.")(fn)
     return fn
@@ -116,6 +119,7 @@ def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_
     """Score generated images against a reference set with torch-fidelity."""
     from d2it_cli.evaluation.scoring import score
 
+    check_file_target(out)
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
                          image_size)
     doc = score(samples, ref, parse_metrics(metric_names), obj["registry"], settings, num=num, sets=sets)
@@ -136,6 +140,7 @@ def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor,
     """Precompute reference statistics (mean, covariance, features) once, for `eval gen --ref`."""
     from d2it_cli.evaluation.scoring import reference_stats
 
+    check_file_target(out)
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
                          image_size)
     meta = reference_stats(data, out, settings, num=num, keep_features=not no_features)
@@ -162,6 +167,7 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
     """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
     from d2it_cli.evaluation.recon import evaluate_recon
 
+    check_file_target(out)
     names = parse_metrics(metric_names, RECON_METRICS)
     if lpips_weights:
         sets = (*sets, f"lpips.weights={lpips_weights}")
@@ -179,9 +185,11 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 @click.option("--steps", default=None, type=click.IntRange(min=1),
               help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250).")
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=float, help="Classifier-free guidance (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float, help="Grain predictor guidance.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@click.option("--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT,
+              help="Classifier-free guidance (1 = off).")
+@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
+              help="Grain predictor guidance.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Sampling seed.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per batch and shard.")
 @click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE",
@@ -190,8 +198,9 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--eval-batch", default=64, show_default=True, type=click.IntRange(min=1),
               help="Images per feature-extraction batch.")
-@click.option("--metric-seed", default=2020, show_default=True, type=int, help="Seed of IS splits and KID subsets.")
-@click.option("--device", default=None, help="Device (default: CUDA when available; torchrun: one GPU per rank).")
+@click.option("--metric-seed", default=2020, show_default=True, type=SEED, help="Seed of IS splits and KID subsets.")
+@click.option("--device", default=None, type=DEVICE,
+              help="Device (default: CUDA when available; torchrun: one GPU per rank).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_extractor_options
 @click.pass_obj
@@ -199,7 +208,7 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
                      batch, classes_uniform, sets, out, as_json, eval_batch, metric_seed, device, quiet,
                      feature_extractor, inception_weights):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
-    from d2it_cli import generation
+    from d2it_cli import generation, outputs
     from d2it_cli.engine import dist
     from d2it_cli.evaluation.scoring import score
 
@@ -209,6 +218,7 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
         raise D2itError("give --num or --preset (fid-10k, fid-50k)")
     names = parse_metrics(metric_names or chosen.get("metrics") or "fid")
     registry = obj["registry"]
+    outputs.claim_and_hold(out, "eval sample-and-score")
     sampler_sets, sets = generation.split_sampler_sets(sets, others="metrics")
     record, _ = systems.read_record(system_dir)
     if not record.vae:
@@ -217,6 +227,7 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
             f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
         )
     sampler, sampler_options = generation.sampler_choice(record, sampler, sampler_sets, registry)
+    generation.require_vae(record, system_dir)
     dev = dist.init_distributed(device)
     system = systems.load(system_dir, registry, device=str(dev))  # safetensors wants a string
     out = Path(out)

@@ -10,8 +10,10 @@ import numpy as np
 
 from d2it import system as systems
 from d2it.errors import ConfigError
-from d2it_cli import generation
+from d2it.io import atomic_write_text
+from d2it_cli import generation, outputs
 from d2it_cli import images as imgs
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.engine import dist
 
@@ -33,16 +35,20 @@ def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int
 
 
 def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
-    """Write one PNG per sample and the grid; returns a summary."""
+    """Write one PNG per sample and the grid, replacing exactly the files of an earlier run; returns a summary."""
     sample_dir = out / SAMPLE_DIR
-    if sample_dir.exists():
-        shutil.rmtree(sample_dir)
-    sample_dir.mkdir(parents=True)
+    outputs.remove_recorded(out)  # only files we listed: never a user's, never a stale samples.npz
+    sample_dir.mkdir(parents=True, exist_ok=True)
     images, labels = arrays["arr_0"], arrays["labels"]
+    written = []
     for i, (image, label) in enumerate(zip(images, labels)):
-        imgs.save_png(image, sample_dir / f"{i:06d}_class{int(label)}.png")
+        written.append(sample_dir / f"{i:06d}_class{int(label)}.png")
+        imgs.save_png(image, written[-1])
+        if i % 256 == 255:  # keep the list current, so a killed run still cleans up on the next
+            outputs.record(out, written, command="sample")
     grid = grid_with_grains(images, arrays.get("grain_maps"), grains)
     imgs.save_png(grid, out / GRID_NAME)
+    outputs.record(out, [*written, out / GRID_NAME], command="sample")
     summary = {"num": int(len(images)), "samples": str(sample_dir), "grid": str(out / GRID_NAME)}
     if "grain_maps" in arrays and len(arrays["grain_maps"]):
         summary["fine_ratio"] = round(float((arrays["grain_maps"] > 0).mean()), 4)
@@ -61,14 +67,14 @@ def write_outputs(arrays: dict, out: Path, grains: int) -> dict:
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
 @click.option("--set", "sets", multiple=True, metavar="sampler.OPTION=VALUE",
               help="Override a sampler option, e.g. --set sampler.spacing=karras.")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=float,
+@click.option("--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT,
               help="Classifier-free guidance scale (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float,
+@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
               help="Guidance scale of the grain predictor.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Samples per batch (and per shard).")
-@click.option("--device", default=None, help="Device (default: CUDA when available).")
+@click.option("--device", default=None, type=DEVICE, help="Device (default: CUDA when available).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--npz", is_flag=True,
               help="Also write samples.npz (arr_0 uint8 NHWC, as the ADM evaluation suite reads).")
@@ -80,6 +86,7 @@ def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, se
            batch, device, out, npz, no_resume, as_json, quiet):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
     registry = (obj or {}).get("registry")
+    outputs.claim_and_hold(out, "sample")
     classes = generation.parse_classes(class_list)
     dev = dist.init_distributed(device)
     record, _ = systems.read_record(system_dir)
@@ -116,12 +123,15 @@ def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, se
         return
     arrays = generation.read_shards(paths)
     summary = write_outputs(arrays, out, grains=system.grains)
+    written = [*sorted((out / SAMPLE_DIR).iterdir()), out / GRID_NAME]
     if npz:
         generation.write_npz(out / generation.NPZ_NAME, **arrays)
         summary["npz"] = str(out / generation.NPZ_NAME)
+        written.append(out / generation.NPZ_NAME)
     settings = json.loads((out / generation.SHARD_DIR / generation.MANIFEST_NAME).read_text())
     shutil.rmtree(out / generation.SHARD_DIR)
-    (out / generation.MANIFEST_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / generation.MANIFEST_NAME, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    outputs.record(out, [*written, out / generation.MANIFEST_NAME], command="sample")
     dist.barrier()
     if as_json:
         click.echo(json.dumps(summary, indent=2))

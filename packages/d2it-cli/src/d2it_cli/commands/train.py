@@ -1,14 +1,17 @@
 """`d2it train dvae|grain|content`: the trainers of both stages on one engine (single process or torchrun + DDP)."""
 
 import json
+from pathlib import Path
 
 import click
 
 from d2it import system as systems
 from d2it.errors import ConfigError
+from d2it_cli.commands.params import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options, open_dataset
 from d2it_cli.engine import Trainer, dist
+from d2it_cli.engine.loop import seed_everything
 from d2it_cli.engine.parts import engine_options, load_vae, train_config
 from d2it_cli.engine.stage1 import DVAETask, preview_batch
 from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask, open_cache
@@ -48,11 +51,13 @@ def train():
 )
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE (e.g. shuffle_buffer=5000), repeatable.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
-@click.option("--lr", type=float, help="Learning rate (default 4.5e-6 x global batch).")
-@click.option("--disc-start", default=50001, show_default=True, type=int, help="Step at which the GAN loss starts.")
-@click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=float,
+@click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (default 4.5e-6 x global batch).")
+@click.option("--disc-start", default=50001, show_default=True, type=NON_NEGATIVE_INT,
+              help="Step at which the GAN loss starts.")
+@click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=NON_NEGATIVE_FLOAT,
               help="Weight of the regularizer's loss (default: its loss_weight option, e.g. kl 1e-6).")
-@click.option("--perceptual-weight", default=1.0, show_default=True, type=float, help="LPIPS weight (0 = no LPIPS).")
+@click.option("--perceptual-weight", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
+              help="LPIPS weight (0 = no LPIPS).")
 @click.option("--learn-logvar/--fixed-logvar", default=True, show_default=True,
               help="Train the reconstruction log-variance (KL VAEs). LDM declares it learnable but leaves it out of "
                    "its optimizer, so --fixed-logvar (0) is what LDM's released training did.")
@@ -77,7 +82,8 @@ def dvae(
 ):
     """Stage 1: train the DVAE on images; writes SYSTEM/vae.safetensors at the end."""
     registry = obj["registry"]
-    config = train_config(system_dir, "dvae", kwargs)
+    config = train_config(system_dir, "dvae", kwargs, data=data)
+    seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     record, vae = load_vae(system_dir, registry)
     if not record.thresholds and vae.grains > 1 and dist.is_main():
         click.echo(
@@ -112,15 +118,16 @@ def _stage2_system(system_dir, registry, part):
 @train.command()
 @SYSTEM
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Latent cache from d2it encode.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="AdamW learning rate (constant).")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--lr", default=1e-4, show_default=True, type=POSITIVE_FLOAT, help="AdamW learning rate (constant).")
+@click.option("--weight-decay", default=0.0, show_default=True, type=NON_NEGATIVE_FLOAT)
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=1000)
 @click.pass_obj
 def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     """Stage 2: train the grain transformer on cached grain maps; writes SYSTEM/grain.safetensors."""
-    config = train_config(system_dir, "grain", kwargs)
+    config = train_config(system_dir, "grain", kwargs, data=str(Path(cache).resolve()))
+    seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     system = _stage2_system(system_dir, obj["registry"], "grain")
-    task = GrainTask(system, open_cache(cache, system), system_dir, lr=lr, weight_decay=weight_decay)
+    task = GrainTask(system, open_cache(cache, system, system_dir), system_dir, lr=lr, weight_decay=weight_decay)
     trainer = Trainer(task, config)
     _report(trainer.fit(), trainer, "grain", system_dir)
 
@@ -128,8 +135,8 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
 @train.command()
 @SYSTEM
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Latent cache from d2it encode.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="AdamW learning rate (constant).")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--lr", default=1e-4, show_default=True, type=POSITIVE_FLOAT, help="AdamW learning rate (constant).")
+@click.option("--weight-decay", default=0.0, show_default=True, type=NON_NEGATIVE_FLOAT)
 @click.option(
     "--grain-source",
     type=click.Choice(GRAIN_SOURCES),
@@ -138,20 +145,23 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     help="gt: the cached grain maps; random: each region fine with probability --fine-ratio (ablation).",
 )
 @click.option(
-    "--fine-ratio", default=0.5, show_default=True, type=float, help="Fine probability for --grain-source random."
+    "--fine-ratio", default=0.5, show_default=True, type=UNIT_INTERVAL,
+        help="Fine probability for --grain-source random."
 )
-@click.option("--sample-steps", default=50, show_default=True, type=int, help="Sampling steps of the preview grids.")
+@click.option("--sample-steps", default=50, show_default=True, type=POSITIVE_INT,
+              help="Sampling steps of the preview grids.")
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=5000)
 @click.pass_obj
 def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):
     """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
     if not 0.0 <= fine_ratio <= 1.0:
         raise ConfigError(f"--fine-ratio must lie in [0, 1], got {fine_ratio}")
-    config = train_config(system_dir, "content", kwargs)
+    config = train_config(system_dir, "content", kwargs, data=str(Path(cache).resolve()))
+    seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     system = _stage2_system(system_dir, obj["registry"], "content")
     task = ContentTask(
         system,
-        open_cache(cache, system),
+        open_cache(cache, system, system_dir),
         system_dir,
         lr=lr,
         weight_decay=weight_decay,

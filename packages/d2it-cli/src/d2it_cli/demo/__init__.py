@@ -172,6 +172,9 @@ class Demo:
             raise
         except click.ClickException as exc:
             code, status = 2, f"failed: {exc.format_message()}"
+        except D2itError as exc:  # the step's one-sentence error, as the command line would print it
+            click.echo(f"error: {exc}", err=True)
+            code, status = 2, f"failed: {exc}"
         seconds = time.perf_counter() - start
         if code not in (None, 0):
             status = status if status != "ok" else f"failed (exit code {code})"

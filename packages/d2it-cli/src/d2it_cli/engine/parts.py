@@ -9,7 +9,7 @@ from d2it.errors import ConfigError
 from d2it.io import load_into, load_safetensors, save_safetensors
 from d2it.registry import Registry, default_registry
 from d2it_cli.engine.feed import default_workers
-from d2it_cli.engine.loop import PRECISIONS, TrainConfig
+from d2it_cli.engine.loop import NAN_POLICIES, PRECISIONS, TrainConfig
 
 
 def load_vae(directory, registry: Registry | None = None, device="cpu"):
@@ -36,16 +36,21 @@ def save_part(directory, part: str, state: dict):
 def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int, warmup: str = "0"):
     """Decorator adding the shared training options (with per-trainer defaults) to a click command."""
 
+    # imported here: the option types live with the commands, which import this module
+    from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, UNIT_INTERVAL
+
     def decorate(fn):
         options = [
             click.option(
-                "--batch", default=batch, show_default=True, type=int, help="Images per process per micro-batch."
+                "--batch", default=batch, show_default=True, type=POSITIVE_INT,
+                help="Images per process per micro-batch."
             ),
             click.option(
-                "--grad-accum", default=1, show_default=True, type=int, help="Micro-batches per optimizer step."
+                "--grad-accum", default=1, show_default=True, type=POSITIVE_INT,
+                help="Micro-batches per optimizer step."
             ),
-            click.option("--steps", type=int, help="Optimizer steps to train for (overrides --epochs)."),
-            click.option("--epochs", type=float, help="Epochs to train for."),
+            click.option("--steps", type=POSITIVE_INT, help="Optimizer steps to train for (overrides --epochs)."),
+            click.option("--epochs", type=POSITIVE_FLOAT, help="Epochs to train for."),
             click.option(
                 "--warmup", default=warmup, show_default=True, help="Linear warm-up: steps, or epochs as '0.5ep'."
             ),
@@ -67,33 +72,43 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 multiple=True,
                 help="Tracker for scalars and previews: none, tensorboard, wandb (repeatable; extras d2it-cli[NAME]).",
             ),
-            click.option("--log-every", default=50, show_default=True, type=int, help="Steps between log lines."),
+            click.option("--log-every", default=50, show_default=True, type=POSITIVE_INT,
+                         help="Steps between log lines."),
             click.option(
                 "--sample-every",
                 default=sample_every,
                 show_default=True,
-                type=int,
+                type=NON_NEGATIVE_INT,
                 help="Steps between preview grids (0 = never).",
             ),
-            click.option("--ckpt-every", default=1000, show_default=True, type=int, help="Steps between checkpoints."),
-            click.option("--keep", type=int, help="Keep only the newest N checkpoints."),
+            click.option("--ckpt-every", default=1000, show_default=True, type=NON_NEGATIVE_INT,
+                         help="Steps between checkpoints."),
+            click.option("--keep", type=POSITIVE_INT, help="Keep only the newest N checkpoints."),
             click.option("--ema/--no-ema", default=ema, show_default=True, help="Keep an EMA of the weights."),
-            click.option("--ema-decay", default=ema_decay, show_default=True, type=float),
-            click.option("--max-grad-norm", type=float, help="Clip gradients to this norm."),
-            click.option("--seed", default=0, show_default=True, type=int),
+            click.option("--ema-decay", default=ema_decay, show_default=True, type=UNIT_INTERVAL),
+            click.option("--max-grad-norm", type=POSITIVE_FLOAT, help="Clip gradients to this norm."),
+            click.option("--seed", default=0, show_default=True, type=SEED),
             click.option(
                 "--run-dir",
                 type=click.Path(file_okay=False),
                 help="Logs, checkpoints, previews (default SYSTEM/runs/<trainer>).",
             ),
             click.option(
-                "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
+                "--device", type=DEVICE,
+                help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
             ),
             click.option("--quiet", is_flag=True, help="No progress bar."),
             click.option("--compile", is_flag=True, help="torch.compile the model (eager fallback with a warning)."),
             click.option("--grad-checkpointing", is_flag=True, help="Recompute block activations in backward."),
             click.option("--tf32/--no-tf32", default=True, show_default=True, help="TF32 matmuls on CUDA."),
             click.option("--channels-last", is_flag=True, help="NHWC memory format for convolutions."),
+            click.option(
+                "--nan-policy",
+                type=click.Choice(NAN_POLICIES),
+                default="stop",
+                show_default=True,
+                help="On a non-finite loss: stop (naming the step and the last good checkpoint) or skip the step.",
+            ),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -126,15 +141,21 @@ ENGINE_KEYS = (
     "tf32",
     "channels_last",
     "report_to",
+    "nan_policy",
 )
 
 
-def train_config(system_dir, trainer: str, kwargs: dict) -> TrainConfig:
-    """A TrainConfig from the shared options (popped from `kwargs`); run directory default SYSTEM/runs/<trainer>."""
+def train_config(system_dir, trainer: str, kwargs: dict, data: str | None = None) -> TrainConfig:
+    """A validated TrainConfig from the shared options (popped from `kwargs`); run directory SYSTEM/runs/<trainer>.
+
+    `data` names what the run trains on (the --data value or the cache folder); resuming with other data is refused.
+    """
     run_dir = kwargs.pop("run_dir", None) or Path(system_dir) / "runs" / trainer
-    values = {k: kwargs.pop(k) for k in ENGINE_KEYS}
-    if values["steps"] is not None:
+    values = {k: kwargs.pop(k) for k in ENGINE_KEYS if k in kwargs}
+    if values.get("steps") is not None:
         values["epochs"] = None
     if values["workers"] is None:
         values["workers"] = default_workers()
-    return TrainConfig(run_dir=run_dir, **values)
+    config = TrainConfig(run_dir=run_dir, data_source=data, **values)
+    config.validate()  # before anything is loaded or built
+    return config

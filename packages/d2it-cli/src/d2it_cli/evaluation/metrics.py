@@ -1,6 +1,7 @@
 """The metric components: thin layers over torch-fidelity (FID, IS, KID, precision/recall) and lpips."""
 
 import abc
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -212,44 +213,34 @@ class LPIPS:
     pairwise = True
 
     def __init__(self, config: LpipsConfig, device="cpu"):
-        import lpips
+        from d2it.weights import hub_cache_path, hub_file, load_plain, lpips_network
 
         self.config = config
-        _trunk_weights(config.net)
-        if config.weights:
-            from d2it_cli.evaluation.extractor import check_plain
-
-            path = check_plain(config.weights, "LPIPS weights")
-            self.model = lpips.LPIPS(net=config.net, pretrained=False, pnet_rand=True, verbose=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        entry = _trunk_weights(config.net)
+        if config.weights:  # a full LPIPS state dict (trunk and linear layers)
+            if not Path(config.weights).is_file():
+                raise DataError(f"LPIPS weights {config.weights} do not exist")
+            state = load_plain(config.weights, "LPIPS weights")
+            self.model = lpips_network(config.net, trunk=None, linear=False)
             try:
                 self.model.load_state_dict(state)
             except RuntimeError as exc:
                 first = str(exc).splitlines()[0]
-                raise DataError(f"LPIPS weights {path} do not fit lpips net {config.net!r} ({first})") from None
-        else:
-            self._ensure_trunk()
-            self.model = lpips.LPIPS(net=config.net, verbose=False)
+                raise DataError(
+                    f"LPIPS weights {config.weights} do not fit lpips net {config.net!r} ({first})"
+                ) from None
+        else:  # torchvision's trunk from torch.hub's cache and lpips's linear layers, both as plain tensors
+            try:
+                trunk = hub_file(entry.url, f"LPIPS {config.net} trunk weights")
+            except D2itError:
+                raise D2itError(
+                    f"the LPIPS {config.net} trunk weights are not in torch's cache and cannot be downloaded; "
+                    f"fetch {entry.url} and put it at {hub_cache_path(entry.url)}, or pass --lpips-weights PATH "
+                    "(a full LPIPS state dict)"
+                ) from None
+            self.model = lpips_network(config.net, trunk=trunk)
         self.model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
-
-    def _ensure_trunk(self):
-        """Download torchvision's trunk weights with a bounded wait, or say how to get them offline."""
-        from pathlib import Path
-
-        from d2it_cli.evaluation.extractor import _download
-
-        entry = _trunk_weights(self.config.net)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
-        if cached.is_file():
-            return
-        try:
-            _download(entry.url, cached)
-        except OSError as exc:
-            raise D2itError(
-                f"the LPIPS {self.config.net} trunk weights are not in torch's cache and cannot be downloaded ({exc}); "
-                f"fetch {entry.url} and put it at {cached}, or pass --lpips-weights PATH (a full LPIPS state dict)"
-            ) from None
 
     @torch.no_grad()
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
