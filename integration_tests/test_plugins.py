@@ -2,8 +2,6 @@
 
 import json
 
-from d2it.testing.backbone import BackboneConformance
-
 BROKEN_WARNING = "warning: d2it plugin d2it-broken-plugin 0.0.1 failed to load and was skipped"
 
 
@@ -52,10 +50,3 @@ def test_build_with_the_plugin_backbone(d2it_cli, tmp_path):
     assert doc["parts"][0]["params"] > 0
     again = json.loads(d2it_cli("build", "--from", tmp_path / "m", "--json", check=0).stdout)
     assert again["parts"] == doc["parts"] and again["system"] == doc["system"]
-
-
-class TestExampleConformance(BackboneConformance):
-    """The example backbone passes the conformance suite a third party would run."""
-
-    name = "example-tiny"
-    overrides = {"width": 8}

@@ -95,9 +95,25 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
         first_items(strict, 10)
 
 
+def test_shards_open_through_urls_too(tmp_path):
+    write_shards(tmp_path, 6, 3)
+    ds = WdsDataset(f"pipe:cat {tmp_path}/part-{{000..001}}.tar", 8, train=False, config=WdsConfig(num_classes=6))
+    assert sorted(labels_of(first_items(ds, 10))) == list(range(6))
+
+
 def test_missing_shards_and_empty_patterns_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="2 of 2 shard"):
         WdsDataset(str(tmp_path / "x-{0..1}.tar"), 8)
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    ds = WdsDataset(str(tmp_path / "empty.tar"), 8).configure(StreamSetup(endless=True))
+    with pytest.raises(DataError, match="reader 0 of 1 found no samples"):
+        next(iter(ds))
+    with tarfile.open(tmp_path / "text.tar", "w") as tar:  # samples, but none with an image
+        tar.addfile(tarfile.TarInfo("readme.txt"), io.BytesIO(b""))
+    ds = WdsDataset(str(tmp_path / "text.tar"), 8).configure(StreamSetup(endless=True))
+    with pytest.raises(DataError, match="could not decode any of the first 1000 samples"):
+        next(iter(ds))
 
 
 def _stream(tmp_path, buffer):
@@ -233,3 +249,9 @@ def test_pack_then_thresholds_train_resume_and_encode_from_shards(tiny_system, t
     assert encoded.exit_code == 0, encoded.output
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["count"] == 12 and manifest["num_classes"] == 2 and manifest["classes"] == ["c0", "c1"]
+    recon = ["eval", "recon", "--system", tiny_system, "--data", data, "--metrics", "psnr", "--device", "cpu"]
+    scored = run_cli(*recon, "--num", "5", "--out", tmp_path / "recon.json", "--quiet")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "recon.json").read_text())["data"]["count"] == 5
+    short = run_cli(*recon, "--num", "20", "--quiet")
+    assert short.exit_code == 2 and "holds 12 images, fewer than the 20 requested" in short.output

@@ -28,7 +28,10 @@ def record_from_options(*, vae="none", refine=None, grain=None, sets=(), **field
     if refine is not None and grain is None:
         grain = DEFAULT_GRAIN
     vae, grain = (None if name == "none" else name for name in (vae, grain))
-    return systems.SystemRecord(vae=vae, refine=refine, grain=grain, options=options, **fields)
+    try:
+        return systems.SystemRecord(vae=vae, refine=refine, grain=grain, options=options, **fields)
+    except ConfigError as exc:  # the record's validators name the field; say it is a record-level option
+        raise ConfigError(f"system.{exc}") from None
 
 
 def count_system(system) -> list[dict]:

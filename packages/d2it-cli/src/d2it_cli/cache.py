@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from d2it import checks
 from d2it import system as systems
-from d2it.errors import CheckpointError, DataError
+from d2it.errors import CheckpointError, ConfigError, DataError
 from d2it.io import atomic_write_text, save_safetensors, state_sha256
 from d2it.progress import progress_bar
 from d2it_cli.cache_layout import bytes_per_image, human, pack_used, unpack_used
@@ -63,12 +64,36 @@ def read_manifest(path) -> dict:
     if not file.is_file():
         raise DataError(f"{path} is not a complete latent cache: it has no {MANIFEST} (run d2it encode)")
     try:
-        doc = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+        doc = json.loads(file.read_bytes().decode("utf-8"))
+    except ValueError as exc:  # JSON or UTF-8
         raise DataError(f"{file} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{file} is not a cache manifest (a JSON {type(doc).__name__}, not an object)")
     if doc.get("format") != FORMAT:
         raise DataError(f"{file} has cache format {doc.get('format')!r}; this d2it reads format {FORMAT}")
+    try:
+        check_manifest(doc, path, str(file))
+    except ConfigError as exc:
+        raise DataError(f"damaged latent cache: {exc}") from None
     return doc
+
+
+def check_manifest(doc: dict, folder, where: str):
+    """Types and ranges of every manifest entry the readers use; shard files must lie inside the cache."""
+    checks.field(doc, "grains", where, low=1, integer=True)
+    checks.field(doc, "count", where, low=0, integer=True)
+    checks.field(doc, "posterior", where, choices=("gaussian", "codes"))
+    checks.field(doc, "vae_sha256", where, types=(str,))
+    checks.field(doc, "latent_scale", where, low=0, optional=True)
+    if doc.get("latent_scale") is not None and not doc["latent_scale"] > 0:
+        raise ConfigError(f"{where} entry 'latent_scale' must be a finite number > 0, got {doc['latent_scale']!r}")
+    checks.field(doc, "num_classes", where, low=1, integer=True, optional=True)
+    shards = checks.field(doc, "shards", where, types=(list,))
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            raise ConfigError(f"{where} shard {i} must be an object, got {shard!r}")
+        checks.inside(folder, checks.field(shard, "file", f"{where} shard {i}", types=(str,)), f"{where} shard {i}")
+        checks.field(shard, "count", f"{where} shard {i}", low=0, integer=True)
 
 
 class LatentCache(torch.utils.data.Dataset):
@@ -86,6 +111,11 @@ class LatentCache(torch.utils.data.Dataset):
         for file, _ in self.shards:
             if not file.is_file():
                 raise DataError(f"latent cache {self.path} lacks shard {file.name}")
+            try:  # the header only: a damaged shard fails here, not inside a data-loading worker
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise DataError(f"latent cache shard {file} cannot be read ({exc})") from None
         self.offsets = []
         total = 0
         for _, count in self.shards:
@@ -317,7 +347,7 @@ def encode_cache(
         part = torch.utils.data.Subset(dataset, mine)
     loader = torch.utils.data.DataLoader(part, batch_size=batch, num_workers=workers)
     writer = ShardWriter(out, dist.rank(), shard_size, DTYPES[dtype])
-    g = torch.Generator(device=dev).manual_seed(seed * 1000 + dist.rank())
+    g = torch.Generator(device=dev).manual_seed((seed * 1000 + dist.rank()) % 2**64)
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # count, sum, sum of squares of sampled latents
     shapes, start, done, top_label = None, time.perf_counter(), 0, -1
     if announce is not None and dist.is_main():

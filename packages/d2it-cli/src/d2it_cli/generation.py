@@ -23,13 +23,15 @@ import torch
 
 from d2it import system as systems
 from d2it.config import parse_sets
-from d2it.errors import ConfigError, D2itError
+from d2it.errors import D2itError
 from d2it.io import atomic_path, atomic_write_text, state_sha256
 from d2it.layout import fine_ratio
 from d2it.progress import progress_bar
 from d2it.registry import default_registry
 from d2it_cli import images as imgs
+from d2it_cli import outputs
 from d2it_cli.engine import dist
+from d2it_cli.npz import load_npz
 from d2it_sampling.pipeline import generate
 
 NPZ_NAME = "samples.npz"
@@ -198,9 +200,8 @@ def _read_shard(path: Path, expected: int) -> dict | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as data:
-            out = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError):
+        out = load_npz(path)
+    except D2itError:
         return None
     if out.get("arr_0") is None or len(out["arr_0"]) != expected:
         return None
@@ -226,6 +227,17 @@ def _check_manifest(shard_dir: Path, manifest: dict, resume: bool):
             )
     shard_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def check_finite(result, shard: int, cfg_scale: float, latent_scale: float):
+    """Stop before writing a shard whose latents or images hold NaN or infinity."""
+    for what in ("latents", "images"):
+        tensor = getattr(result, what, None)
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise D2itError(
+                f"sampling produced non-finite {what} in shard {shard} (cfg scale {cfg_scale}, latent scale "
+                f"{latent_scale}); the weights may have diverged, nothing was written for this shard"
+            )
 
 
 def _draw_shards(system, shard_dir: Path, settings: SampleSettings, labels, device, progress: bool):
@@ -255,6 +267,7 @@ def _draw_shards(system, shard_dir: Path, settings: SampleSettings, labels, devi
                 device=device,
                 progress=show and len(todo) == 1,
             )
+            check_finite(result, i, settings.cfg_scale, getattr(system, "latent_scale", None))
             arrays = {"arr_0": imgs.to_uint8(result.images), "labels": labels[start:stop].numpy()}
             if result.grain_maps is not None:
                 arrays["grain_maps"] = result.grain_maps.detach().cpu().numpy().astype(np.uint8)
@@ -266,9 +279,8 @@ def read_shards(paths) -> dict[str, np.ndarray]:
     """Concatenate shard files in order into {arr_0, labels[, grain_maps]}."""
     parts: dict[str, list] = {}
     for path in paths:
-        with np.load(path) as data:
-            for key in data.files:
-                parts.setdefault(key, []).append(data[key])
+        for key, value in load_npz(path).items():
+            parts.setdefault(key, []).append(value)
     if not parts:
         return {"arr_0": np.zeros((0, 0, 0, 3), np.uint8), "labels": np.zeros((0,), np.int64)}
     counts = {k: len(v) for k, v in parts.items()}
@@ -314,11 +326,7 @@ def load_samples(path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise D2itError(f"sample file {path} does not exist")
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise D2itError(f"{path} is not a readable .npz file ({exc})") from None
+    return load_npz(path)
 
 
 def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int, limit: int = GRID_LIMIT):
@@ -334,14 +342,18 @@ def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int
 
 
 def write_pngs(arrays: dict, out: Path, grains: int) -> dict:
-    """Write one PNG per sample and the grid; returns a summary."""
+    """Write one PNG per sample and the grid, replacing exactly the files of an earlier run; returns a summary."""
     sample_dir = out / SAMPLE_DIR
-    if sample_dir.exists():
-        shutil.rmtree(sample_dir)
-    sample_dir.mkdir(parents=True)
+    outputs.remove_recorded(out)  # only files we listed: never a user's, never a stale samples.npz
+    sample_dir.mkdir(parents=True, exist_ok=True)
     images, labels = arrays["arr_0"], arrays["labels"]
+    written = []
     for i, (image, label) in enumerate(zip(images, labels)):
-        imgs.save_png(image, sample_dir / f"{i:06d}_class{int(label)}.png")
+        written.append(sample_dir / f"{i:06d}_class{int(label)}.png")
+        imgs.save_png(image, written[-1])
+        if i % 256 == 255:  # keep the list current, so a killed run still cleans up on the next
+            outputs.record(out, written, command="sample")
+    outputs.record(out, [*written, out / GRID_NAME], command="sample")
     grid = grid_with_grains(images, arrays.get("grain_maps"), grains)
     imgs.save_png(grid, out / GRID_NAME)
     summary = {"num": int(len(images)), "samples": str(sample_dir), "grid": str(out / GRID_NAME)}
@@ -356,12 +368,12 @@ def with_sampler(settings: SampleSettings, record, sampler_sets=None, registry=N
     return attrs.evolve(settings, sampler=sampler, sampler_options=options)
 
 
-def require_vae(record, system_dir):
-    """ConfigError unless the system has a VAE to turn latents into images."""
+def require_vae(record, system_dir, hint: str = "build it with a VAE such as --vae dvae-kl"):
+    """Refuse to sample a system without a VAE: its latents cannot become images."""
     if not record.vae:
-        raise ConfigError(
-            f"the system in {system_dir} has no VAE, so it cannot make images; add one with "
-            f"d2it import sd-vae sd-vae-ft-ema --out {system_dir}"
+        raise D2itError(
+            f"the system in {system_dir} has no VAE (it was built with --vae none), so its samples cannot be "
+            f"decoded into images; {hint}"
         )
 
 
@@ -385,16 +397,22 @@ def sample_images(
     registry = registry or default_registry()
     device = dist.init_distributed(device)
     record, _ = systems.read_record(system_dir)
-    require_vae(record, system_dir)
+    require_vae(record, system_dir, f"add one with d2it import sd-vae sd-vae-ft-ema --out {system_dir}")
     settings.labels(record.num_classes)  # bad classes fail before the weights load
     settings = with_sampler(settings, record, sampler_sets, registry)
     system = systems.load(system_dir, registry, device=str(device))  # safetensors wants a string
     samples = sample_to_dir(
-        system, out, settings, device=device, progress=progress, resume=resume, npz=npz, keep_shards=False
+        system, out, settings, device=device, progress=progress, resume=resume, npz=False, keep_shards=False
     )
     if samples is None:
         return None
-    summary = write_pngs(samples.arrays, Path(out), grains=system.grains)
+    out = Path(out)
+    summary = write_pngs(samples.arrays, out, grains=system.grains)  # removes an earlier run's files first
+    written = [*sorted((out / SAMPLE_DIR).iterdir()), out / GRID_NAME]
     if npz:
-        summary["npz"] = str(samples.npz)
+        write_npz(out / NPZ_NAME, **samples.arrays)
+        summary["npz"] = str(out / NPZ_NAME)
+        written.append(out / NPZ_NAME)
+    atomic_write_text(out / MANIFEST_NAME, json.dumps(samples.manifest, indent=2, sort_keys=True) + "\n")
+    outputs.record(out, [*written, out / MANIFEST_NAME], command="sample")
     return summary

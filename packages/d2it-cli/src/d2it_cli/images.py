@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from d2it.errors import DataError
 from d2it.io import atomic_path
+from d2it_cli.decode import open_rgb
 
 # the paper's grain colours: blue = coarse, red = fine (intermediate grains interpolate)
 COARSE_RGB = (40, 90, 255)
@@ -75,8 +76,7 @@ def save_png(image, path) -> Path:
 def load_png(path) -> np.ndarray:
     """Read an image file as uint8 HWC RGB."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return np.asarray(open_rgb(path))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path} ({exc})") from None
 

@@ -8,11 +8,14 @@ from d2it.hookspecs import hookimpl
 
 @hookimpl
 def d2it_commands(cli):
-    """Add the built-in commands."""
-    from d2it_cli.commands import COMMANDS
+    """Add the built-in commands: lazily where the group supports it (`d2it --help` then imports none of them)."""
+    from d2it_cli.commands import LAZY_COMMANDS, load_command
 
-    for command in COMMANDS:
-        cli.add_command(command)
+    for name, (path, short_help) in LAZY_COMMANDS.items():
+        if hasattr(cli, "add_lazy_command"):
+            cli.add_lazy_command(name, path, short_help)
+        else:
+            cli.add_command(load_command(name), name)
 
 
 @hookimpl

@@ -7,6 +7,7 @@ from typing import Any
 import attr
 import attrs
 
+from d2it.checks import check_config
 from d2it.errors import ConfigError
 
 _SCALARS = (bool, int, float, str)
@@ -94,9 +95,12 @@ def build_config(cls, overrides: dict, where: str = "component"):
         except (ValueError, TypeError):
             raise ConfigError(f"{where}.{key} expects {_type_name(tp)}, got {value!r}") from None
     try:
-        return cls(**kwargs)
+        config = cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}" if str(exc)[:1].islower() else f"{where}: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    return check_config(config, where)
 
 
 def config_to_dict(config) -> dict:

@@ -11,7 +11,7 @@ import attrs
 import pluggy
 
 from d2it.config import build_config
-from d2it.errors import D2itError, DuplicateComponentError, PluginWarning, UnknownComponentError
+from d2it.errors import ConfigError, D2itError, DuplicateComponentError, PluginWarning, UnknownComponentError
 from d2it.hookspecs import KIND_HOOKS, KINDS, PROJECT, D2itSpec
 from d2it.spec import ComponentSpec
 
@@ -147,7 +147,15 @@ class Registry:
             config = overrides
         else:
             config = build_config(spec.config, dict(overrides or {}), where=where or kind)
-        return spec.factory(config, **context)
+        try:
+            return spec.factory(config, **context)
+        except D2itError:
+            raise
+        except (ValueError, ZeroDivisionError, AssertionError, RuntimeError) as exc:
+            if "OutOfMemory" in type(exc).__name__:  # a resource problem, not a bad option
+                raise
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"{where or kind} {spec.name!r} cannot be built with these options ({detail})") from None
 
     def add_commands(self, cli):
         """Let every plugin add its click commands to `cli`."""

@@ -10,6 +10,7 @@ import attrs
 import torch
 from torch import nn
 
+from d2it import checks
 from d2it.config import build_config, config_to_dict
 from d2it.errors import CheckpointError, ConfigError, UnknownComponentError
 from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors
@@ -62,25 +63,40 @@ RECORD_OPTIONS = {"guidance": GuidanceConfig}
 
 
 def _freeze_options(value) -> dict:
-    return {str(k): dict(v) for k, v in dict(value or {}).items()}
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"options must map each slot to an object of options, got {value!r}")
+    return {str(k): dict(v) for k, v in value.items()}
+
+
+def _thresholds(value) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"thresholds must be a list of numbers, got {value!r}")
+    return tuple(float(checks.check_number(x, "thresholds")) for x in value)
+
+
+def _ascending(instance, attribute, value):
+    if list(value) != sorted(value):
+        raise ConfigError(f"thresholds must be ascending, got {list(value)}")
 
 
 @attrs.frozen
 class SystemRecord:
     """One component name per slot plus each one's options; round-trips through JSON."""
 
-    backbone: str = "dit-xl"
-    vae: str | None = None
-    grain: str | None = None
-    refine: str | None = None
-    sampler: str = "ddpm"
-    schedule: str = "linear"
-    attention: str = "auto"
+    backbone: str = attrs.field(default="dit-xl", validator=checks.of_type(str))
+    vae: str | None = attrs.field(default=None, validator=checks.of_type(str, optional=True))
+    grain: str | None = attrs.field(default=None, validator=checks.of_type(str, optional=True))
+    refine: str | None = attrs.field(default=None, validator=checks.of_type(str, optional=True))
+    sampler: str | None = attrs.field(default="ddpm", validator=checks.of_type(str, optional=True))
+    schedule: str | None = attrs.field(default="linear", validator=checks.of_type(str, optional=True))
+    attention: str = attrs.field(default="auto", validator=checks.of_type(str))
     options: dict = attrs.field(factory=dict, converter=_freeze_options)
-    image_size: int = 256
-    num_classes: int = 1000
-    latent_scale: float = 1.0
-    thresholds: tuple = attrs.field(default=(), converter=lambda t: tuple(float(x) for x in t))
+    image_size: int = attrs.field(default=256, validator=checks.number(low=1, integer=True))
+    num_classes: int = attrs.field(default=1000, validator=checks.number(low=1, integer=True))
+    latent_scale: float = attrs.field(default=1.0, validator=checks.positive)
+    thresholds: tuple = attrs.field(default=(), converter=_thresholds, validator=_ascending)
 
     def slot_names(self) -> dict[str, str]:
         """Slot -> component name for every slot that is set."""
@@ -289,8 +305,23 @@ def build(record: SystemRecord, registry: Registry | None = None) -> System:
             num_classes=record.num_classes,
             attention=attention,
         )
+    check_sampling(record, registry)
     system = System(record, vae=vae, grain=grain, content=content, attention=attention)
     return system.with_record()
+
+
+def check_sampling(record: SystemRecord, registry: Registry):
+    """Build the schedule and sampler now, so that `build` rejects what sampling would."""
+    opts = record.options
+    if record.sampler:
+        registry.create("sampler", record.sampler, opts.get("sampler"), where="sampler")
+    if not record.schedule:
+        return
+    betas = registry.create("schedule", record.schedule, opts.get("schedule"), where="schedule")
+    if isinstance(betas, torch.Tensor) and not (
+        betas.numel() and torch.isfinite(betas).all() and (betas > 0).all() and (betas <= 1).all()
+    ):
+        raise ConfigError(f"schedule {record.schedule!r} gives betas outside (0, 1] with these options")
 
 
 def package_versions() -> dict[str, str]:
@@ -364,9 +395,13 @@ def read_record(directory) -> tuple[SystemRecord, dict]:
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a model directory: it has no {RECORD_FILE}")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(doc, dict):
+            raise TypeError(f"the document is a JSON {type(doc).__name__}, not an object")
+        if not isinstance(doc.get("system"), dict):
+            raise TypeError("its 'system' entry is missing or not an object")
         record = SystemRecord.from_dict(doc["system"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, CheckpointError) as exc:  # JSON, UTF-8 and the record's validators
         raise CheckpointError(f"{path} is not a valid d2it system record ({exc})") from None
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {doc.get('format')!r}; this d2it reads format {FORMAT}")

@@ -8,19 +8,20 @@ Normalised as each regularizer's reference loss, with DQ-VAE's cap of 0.75 on th
   sample too, so the `kl` regularizer's `loss_weight` 1e-6 is LDM's "slight KL penalty" at any image size.
 - `taming` (VQ, the default there): taming's `VQLPIPSWithDiscriminator`: means over pixels, no
   log-variance; the codebook loss is a mean as well.
-The LPIPS trunk (torchvision VGG16) is loaded from `lpips_weights` when given, downloaded by
-torchvision on first use otherwise, or left random with `pnet_rand=True` (tests).
+The LPIPS trunk (torchvision VGG16) is loaded from `lpips_weights` when given, from torch.hub's cache
+(downloaded on first use) otherwise, or left random with `pnet_rand=True` (tests); always as plain
+tensors with `weights_only=True`.
 """
 
 import copy
 import functools
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2it import weights
 from d2it.errors import CheckpointError, ConfigError
 
 #################################################################################
@@ -28,41 +29,24 @@ from d2it.errors import CheckpointError, ConfigError
 #################################################################################
 
 
-def _vgg_state_dict(path) -> dict:
-    """torchvision VGG16 weights from a local file (state dict, `features.*` keys) or torchvision's download."""
-    if path is None:
-        from torchvision.models import VGG16_Weights  # torchvision imports slowly; only this branch needs it
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
 
-        return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"VGG16 weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign files
-        raise CheckpointError(f"VGG16 weights file {path} cannot be read ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or not any(k.startswith("features.") for k in state):
+
+def _vgg_state_dict(path) -> dict:
+    """torchvision VGG16 weights (`features.*` keys) from a local file or torch.hub's cache, as plain tensors."""
+    if path is None:
+        path = weights.hub_file(VGG16_URL, "VGG16 weights for LPIPS")
+    state = weights.load_plain(path, "VGG16 weights file")
+    if not any(k.startswith("features.") for k in state):
         raise CheckpointError(f"{path} is not a torchvision VGG16 state dict (no 'features.*' tensors)")
     return state
 
 
 @functools.lru_cache(maxsize=2)
 def _lpips_template(lpips_weights, pnet_rand: bool) -> nn.Module:
-    """One frozen LPIPS network per weights source (building torchvision's VGG16 takes seconds)."""
-    import lpips  # lpips (and torchvision under it) import slowly; only the perceptual loss needs them
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecated `pretrained=` inside lpips
-        model = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
-    if not pnet_rand:
-        state = _vgg_state_dict(lpips_weights)
-        for stage in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
-            for index, layer in stage.named_children():
-                for pname, tensor in layer.named_parameters():
-                    key = f"features.{index}.{pname}"
-                    if key not in state:
-                        raise CheckpointError(f"VGG16 weights lack tensor {key!r}")
-                    tensor.data.copy_(state[key])
+    """One frozen LPIPS network per weights source; nothing is unpickled (see `d2it.weights`)."""
+    trunk = None if pnet_rand else _vgg_state_dict(lpips_weights)
+    model = weights.lpips_network("vgg", trunk=trunk)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

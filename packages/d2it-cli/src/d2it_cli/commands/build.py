@@ -6,6 +6,7 @@ import click
 
 from d2it import system as systems
 from d2it_cli.build import DEFAULT_GRAIN, assemble
+from d2it_cli.commands.params import POSITIVE_INT
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.table import format_table
 
@@ -18,8 +19,8 @@ from d2it_cli.table import format_table
 @click.option("--sampler", default="ddpm", show_default=True)
 @click.option("--schedule", default="linear", show_default=True)
 @click.option("--attention", default="auto", show_default=True, help="Attention backend.")
-@click.option("--image-size", default=256, show_default=True, type=int)
-@click.option("--num-classes", default=1000, show_default=True, type=int, help="1 = unconditional.")
+@click.option("--image-size", default=256, show_default=True, type=POSITIVE_INT)
+@click.option("--num-classes", default=1000, show_default=True, type=POSITIVE_INT, help="1 = unconditional.")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE", help="Override a component option.")
 @click.option("--from", "from_dir", type=SYSTEM_DIR, help="Load a saved model directory (or hf://OWNER/NAME).")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the model directory here.")

@@ -4,6 +4,9 @@ import time
 
 import click
 
+from d2it.errors import D2itError
+from d2it_cli import outputs
+from d2it_cli.commands.params import DEVICE, SEED
 from d2it_cli.demo import run_demo
 
 
@@ -21,6 +24,9 @@ class ClickRunner:
             raise
         except click.ClickException as exc:
             return f"failed: {exc.format_message()}"
+        except D2itError as exc:  # the step's one-sentence error, as the command line would print it
+            click.echo(f"error: {exc}", err=True)
+            return f"failed: {exc}"
         return "ok" if code in (None, 0) else f"failed (exit code {code})"
 
     def accepts(self, path: list[str], option: str) -> bool:
@@ -36,15 +42,16 @@ class ClickRunner:
 @click.command()
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (index.html, system, samples, figures).")
-@click.option("--device", default=None, help="cpu, cuda ... (default: CUDA when available).")
+@click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: CUDA when available).")
 @click.option("--quick", is_flag=True, help="Smaller settings (about three minutes on two CPU cores).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--quiet", is_flag=True, help="No progress bars or step headers.")
 @click.option("--plan", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a plan setting, e.g. content_steps=3000 (vae/backbone/grain: ';' between items).")
 @click.pass_context
 def demo(ctx, out, device, quick, seed, quiet, overrides):
     """Build, train (DVAE, grain, content) and sample D²iT on synthetic data; report in OUT/index.html."""
+    outputs.claim_and_hold(out, "demo")
     start = time.perf_counter()
     index = run_demo(ClickRunner(ctx.find_root().command), out, device=device, quick=quick, seed=seed, quiet=quiet,
                      overrides=overrides)

@@ -2,8 +2,10 @@
 
 import click
 
-from d2it_cli.cache import DTYPES, VERSIONS, encode_cache
+from d2it_cli import outputs
+from d2it_cli.cache import DTYPES, MANIFEST, VERSIONS, encode_cache
 from d2it_cli.cache_layout import MODES
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
 
@@ -19,8 +21,9 @@ from d2it_cli.data import data_options
 @click.option("--data", required=True, help="Images: a folder, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT.")
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache directory to write.")
-@click.option("--batch", default=32, show_default=True, type=int)
-@click.option("--shard-size", default=4096, show_default=True, type=int, help="Images (each with its flip) per shard.")
+@click.option("--batch", default=32, show_default=True, type=POSITIVE_INT)
+@click.option("--shard-size", default=4096, show_default=True, type=POSITIVE_INT,
+              help="Images (each with its flip) per shard.")
 @click.option(
     "--dtype",
     type=click.Choice(sorted(DTYPES)),
@@ -36,16 +39,18 @@ from d2it_cli.data import data_options
     show_default=True,
     help="all: every grain everywhere (needed by --grain-source random); used: only each region's own grain.",
 )
-@click.option("--workers", default=0, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the latent draws that measure the scale.")
+@click.option("--workers", default=0, show_default=True, type=NON_NEGATIVE_INT)
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of the latent draws that measure the scale.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
-@click.option("--device", help="cpu, cuda ... (default: CUDA when available; torchrun: the local GPU).")
+@click.option("--device", type=DEVICE, help="cpu, cuda ... (default: CUDA when available; torchrun: the local GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def encode(obj, data_option, strict_data, quiet, **options):
     """Encode a dataset into a latent cache and store the latent scale (1/std) in the system record."""
     registry = obj["registry"]
+    outputs.claim_and_hold(options["out"], "encode", legacy=lambda f: (f / MANIFEST).is_file(), what="latent cache")
     dataset_options = data_options(options["data"], strict_data, data_option, registry)
     manifest = encode_cache(
         **options, options=dataset_options, progress=not quiet, announce=click.echo, registry=registry

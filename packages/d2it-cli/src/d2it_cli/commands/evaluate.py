@@ -9,6 +9,8 @@ import click
 from d2it import system as systems
 from d2it.io import atomic_write_text
 from d2it.progress import on_terminal
+from d2it_cli import outputs
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.evaluation import protocols
 from d2it_cli.evaluation.extractor import INCEPTION
@@ -16,6 +18,7 @@ from d2it_cli.evaluation.protocols import PRESETS, protocol
 from d2it_cli.evaluation.recon import RECON_METRICS, evaluate_recon
 from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics, reference_stats, score
 from d2it_cli.generation import SampleSettings
+from d2it_cli.outputs import check_file_target
 from d2it_cli.table import format_table
 
 
@@ -33,9 +36,10 @@ def _run_options(fn):
     fn = click.option("--quiet", is_flag=True, help="No progress bars.")(fn)
     fn = click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
                       help="Image decoding worker processes.")(fn)
-    fn = click.option("--seed", default=2020, show_default=True, type=int,
+    fn = click.option("--seed", default=2020, show_default=True, type=SEED,
                       help="Seed of the metrics' random subsets (IS splits, KID).")(fn)
-    fn = click.option("--device", default=None, help="Device for the networks (default: CUDA when available).")(fn)
+    fn = click.option("--device", default=None, type=DEVICE,
+                      help="Device for the networks (default: CUDA when available).")(fn)
     fn = click.option("--batch", "batch_size", default=64, show_default=True, type=click.IntRange(min=1),
                       help="Images per feature-extraction batch.")(fn)
     return fn
@@ -110,6 +114,7 @@ def eval_group():
 def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_size, feature_extractor,
         inception_weights, batch_size, device, seed, workers, quiet):
     """Score generated images against a reference set with torch-fidelity."""
+    check_file_target(out)
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
                          image_size)
     doc = score(samples, ref, parse_metrics(metric_names), obj["registry"], settings, num=num, sets=sets)
@@ -128,6 +133,7 @@ def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_
 def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor, inception_weights, batch_size,
         device, seed, workers, quiet):
     """Precompute reference statistics (mean, covariance, features) once, for `eval gen --ref`."""
+    check_file_target(out)
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
                          image_size)
     meta = reference_stats(data, out, settings, num=num, keep_features=not no_features)
@@ -152,6 +158,7 @@ def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor,
 def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as_json, feature_extractor,
           inception_weights, batch_size, device, seed, workers, quiet):
     """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
+    check_file_target(out)
     names = parse_metrics(metric_names, RECON_METRICS)
     if lpips_weights:
         sets = (*sets, f"lpips.weights={lpips_weights}")
@@ -169,9 +176,11 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 @click.option("--steps", default=None, type=click.IntRange(min=1),
               help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250).")
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=float, help="Classifier-free guidance (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float, help="Grain predictor guidance.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@click.option("--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT,
+              help="Classifier-free guidance (1 = off).")
+@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
+              help="Grain predictor guidance.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Sampling seed.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per batch and shard.")
 @click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE",
@@ -180,8 +189,9 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--eval-batch", default=64, show_default=True, type=click.IntRange(min=1),
               help="Images per feature-extraction batch.")
-@click.option("--metric-seed", default=2020, show_default=True, type=int, help="Seed of IS splits and KID subsets.")
-@click.option("--device", default=None, help="Device (default: CUDA when available; torchrun: one GPU per rank).")
+@click.option("--metric-seed", default=2020, show_default=True, type=SEED, help="Seed of IS splits and KID subsets.")
+@click.option("--device", default=None, type=DEVICE,
+              help="Device (default: CUDA when available; torchrun: one GPU per rank).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_extractor_options
 @click.pass_obj
@@ -189,6 +199,7 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
                      batch, classes_uniform, sets, out, as_json, eval_batch, metric_seed, device, quiet,
                      feature_extractor, inception_weights):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
+    outputs.claim_and_hold(out, "eval sample-and-score")
     num, names = protocol(preset, num, metric_names)
     sampling = SampleSettings(num=num, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
                               cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch)

@@ -4,6 +4,8 @@ import json
 
 import click
 
+from d2it_cli.commands.params import POSITIVE_FLOAT, POSITIVE_INT
+
 SD_VAE_NAMES = ("sd-vae-ft-ema", "sd-vae-ft-mse")
 
 
@@ -43,7 +45,8 @@ def import_group():
     help="The VAE: a Hub name (downloaded once, needs a connection), a diffusers AutoencoderKL folder "
     "or an LDM checkpoint. Without it the system generates latents only.",
 )
-@click.option("--num-heads", type=int, default=None, help="Attention heads, for a width none of DiT's sizes has.")
+@click.option("--num-heads", type=POSITIVE_INT, default=None,
+              help="Attention heads, for a width none of DiT's sizes has.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="System directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
@@ -66,13 +69,13 @@ def import_dit_command(obj, checkpoint, vae, num_heads, out, as_json):
 )
 @click.option(
     "--latent-scale",
-    type=float,
+    type=POSITIVE_FLOAT,
     default=None,
     help="Latent scale (default the folder's scaling_factor; 0.18215 for LDM checkpoints).",
 )
 @click.option("--backbone", default="dit-xl", show_default=True, help="Backbone of a new system.")
-@click.option("--image-size", default=256, show_default=True, type=int, help="Image size of a new system.")
-@click.option("--num-classes", default=1000, show_default=True, type=int, help="Classes of a new system.")
+@click.option("--image-size", default=256, show_default=True, type=POSITIVE_INT, help="Image size of a new system.")
+@click.option("--num-classes", default=1000, show_default=True, type=POSITIVE_INT, help="Classes of a new system.")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE", help="Options of a new system.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj

@@ -4,6 +4,7 @@ import sys
 
 import click
 
+from d2it_cli.commands.params import POSITIVE_INT, SEED
 from d2it_cli.data.pack import pack_folder
 
 
@@ -12,9 +13,9 @@ from d2it_cli.data.pack import pack_folder
     "--data", "root", required=True, type=click.Path(file_okay=False), help="ImageFolder tree or flat folder."
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the shards.")
-@click.option("--shard-size", default=1000, show_default=True, type=int, help="Images per tar shard.")
+@click.option("--shard-size", default=1000, show_default=True, type=POSITIVE_INT, help="Images per tar shard.")
 @click.option("--prefix", default="train", show_default=True, help="Shard name prefix.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the one-off sample shuffle.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the one-off sample shuffle.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the folder order (shards then hold one class each).")
 @click.option("--quiet", is_flag=True)
 def pack(root, out, shard_size, prefix, seed, no_shuffle, quiet):

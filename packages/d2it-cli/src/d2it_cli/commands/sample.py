@@ -4,7 +4,8 @@ import json
 
 import click
 
-from d2it_cli import generation
+from d2it_cli import generation, outputs
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 
 
@@ -20,14 +21,14 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
 @click.option("--set", "sets", multiple=True, metavar="sampler.OPTION=VALUE",
               help="Override a sampler option, e.g. --set sampler.spacing=karras.")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=float,
+@click.option("--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT,
               help="Classifier-free guidance scale (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=float,
+@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
               help="Guidance scale of the grain predictor.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Samples per batch (and per shard).")
-@click.option("--device", default=None, help="Device (default: CUDA when available).")
+@click.option("--device", default=None, type=DEVICE, help="Device (default: CUDA when available).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--npz", is_flag=True,
               help="Also write samples.npz (arr_0 uint8 NHWC, as the ADM evaluation suite reads).")
@@ -38,6 +39,7 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
 def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, sets, cfg_scale, grain_cfg_scale, seed,
            batch, device, out, npz, no_resume, as_json, quiet):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
+    outputs.claim_and_hold(out, "sample")
     settings = generation.SampleSettings(
         num=num, classes=generation.parse_classes(class_list), classes_uniform=classes_uniform, seed=seed, steps=steps,
         sampler=sampler, cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch,

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from d2it import system as systems
+from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, OPEN_UNIT_INTERVAL, POSITIVE_INT
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
 from d2it_cli.thresholds import measure_thresholds
@@ -22,16 +23,21 @@ from d2it_cli.thresholds import measure_thresholds
     help="Model directory: its VAE's coder is used and the thresholds are stored in its d2it.json.",
 )
 @click.option(
-    "--ratio", default=0.5, show_default=True, type=float, help="Share r of regions coded finer than coarsest."
+    "--ratio",
+    default=0.5,
+    show_default=True,
+    type=OPEN_UNIT_INTERVAL,
+    help="Share r of regions coded finer than coarsest.",
 )
-@click.option("--image-size", type=int, help="Image size (default: the system's, else 256).")
-@click.option("--grains", default=2, show_default=True, type=int, help="Number of grains (without --system).")
+@click.option("--image-size", type=POSITIVE_INT, help="Image size (default: the system's, else 256).")
+@click.option("--grains", default=2, show_default=True, type=click.IntRange(min=2),
+              help="Number of grains (without --system).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file for percentiles and thresholds.")
-@click.option("--batch", default=64, show_default=True, type=int)
-@click.option("--limit", type=int, help="Use only the first N images.")
-@click.option("--workers", default=0, show_default=True, type=int)
+@click.option("--batch", default=64, show_default=True, type=POSITIVE_INT)
+@click.option("--limit", type=POSITIVE_INT, help="Use only the first N images.")
+@click.option("--workers", default=0, show_default=True, type=NON_NEGATIVE_INT)
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
-@click.option("--device", help="cpu, cuda ... (default: CUDA when available).")
+@click.option("--device", type=DEVICE, help="cpu, cuda ... (default: CUDA when available).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def thresholds(obj, data_option, strict_data, quiet, **options):

@@ -1,13 +1,23 @@
 """`d2it train dvae|grain|content`: the trainers of both stages on one engine (single process or torchrun + DDP)."""
 
 import json
+from pathlib import Path
 
 import click
 
+from d2it_cli.commands.params import (
+    DEVICE,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    UNIT_INTERVAL,
+)
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
 from d2it_cli.engine import Trainer, dist
-from d2it_cli.engine.loop import PRECISIONS
+from d2it_cli.engine.loop import NAN_POLICIES, PRECISIONS, seed_everything
 from d2it_cli.engine.parts import train_config
 from d2it_cli.engine.stage1 import DVAETask
 from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask
@@ -27,13 +37,15 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
     def decorate(fn):
         options = [
             click.option(
-                "--batch", default=batch, show_default=True, type=int, help="Images per process per micro-batch."
+                "--batch", default=batch, show_default=True, type=POSITIVE_INT,
+                help="Images per process per micro-batch."
             ),
             click.option(
-                "--grad-accum", default=1, show_default=True, type=int, help="Micro-batches per optimizer step."
+                "--grad-accum", default=1, show_default=True, type=POSITIVE_INT,
+                help="Micro-batches per optimizer step."
             ),
-            click.option("--steps", type=int, help="Optimizer steps to train for (overrides --epochs)."),
-            click.option("--epochs", type=float, help="Epochs to train for."),
+            click.option("--steps", type=POSITIVE_INT, help="Optimizer steps to train for (overrides --epochs)."),
+            click.option("--epochs", type=POSITIVE_FLOAT, help="Epochs to train for."),
             click.option(
                 "--warmup", default=warmup, show_default=True, help="Linear warm-up: steps, or epochs as '0.5ep'."
             ),
@@ -55,33 +67,43 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 multiple=True,
                 help="Tracker for scalars and previews: none, tensorboard, wandb (repeatable; extras d2it-cli[NAME]).",
             ),
-            click.option("--log-every", default=50, show_default=True, type=int, help="Steps between log lines."),
+            click.option("--log-every", default=50, show_default=True, type=POSITIVE_INT,
+                         help="Steps between log lines."),
             click.option(
                 "--sample-every",
                 default=sample_every,
                 show_default=True,
-                type=int,
+                type=NON_NEGATIVE_INT,
                 help="Steps between preview grids (0 = never).",
             ),
-            click.option("--ckpt-every", default=1000, show_default=True, type=int, help="Steps between checkpoints."),
-            click.option("--keep", type=int, help="Keep only the newest N checkpoints."),
+            click.option("--ckpt-every", default=1000, show_default=True, type=NON_NEGATIVE_INT,
+                         help="Steps between checkpoints."),
+            click.option("--keep", type=POSITIVE_INT, help="Keep only the newest N checkpoints."),
             click.option("--ema/--no-ema", default=ema, show_default=True, help="Keep an EMA of the weights."),
-            click.option("--ema-decay", default=ema_decay, show_default=True, type=float),
-            click.option("--max-grad-norm", type=float, help="Clip gradients to this norm."),
-            click.option("--seed", default=0, show_default=True, type=int),
+            click.option("--ema-decay", default=ema_decay, show_default=True, type=UNIT_INTERVAL),
+            click.option("--max-grad-norm", type=POSITIVE_FLOAT, help="Clip gradients to this norm."),
+            click.option("--seed", default=0, show_default=True, type=SEED),
             click.option(
                 "--run-dir",
                 type=click.Path(file_okay=False),
                 help="Logs, checkpoints, previews (default SYSTEM/runs/<trainer>).",
             ),
             click.option(
-                "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
+                "--device", type=DEVICE,
+                help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
             ),
             click.option("--quiet", is_flag=True, help="No progress bar."),
             click.option("--compile", is_flag=True, help="torch.compile the model (eager fallback with a warning)."),
             click.option("--grad-checkpointing", is_flag=True, help="Recompute block activations in backward."),
             click.option("--tf32/--no-tf32", default=True, show_default=True, help="TF32 matmuls on CUDA."),
             click.option("--channels-last", is_flag=True, help="NHWC memory format for convolutions."),
+            click.option(
+                "--nan-policy",
+                type=click.Choice(NAN_POLICIES),
+                default="stop",
+                show_default=True,
+                help="On a non-finite loss: stop (naming the step and the last good checkpoint) or skip the step.",
+            ),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -118,11 +140,13 @@ def train():
 )
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE (e.g. shuffle_buffer=5000), repeatable.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
-@click.option("--lr", type=float, help="Learning rate (default 4.5e-6 x global batch).")
-@click.option("--disc-start", default=50001, show_default=True, type=int, help="Step at which the GAN loss starts.")
-@click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=float,
+@click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (default 4.5e-6 x global batch).")
+@click.option("--disc-start", default=50001, show_default=True, type=NON_NEGATIVE_INT,
+              help="Step at which the GAN loss starts.")
+@click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=NON_NEGATIVE_FLOAT,
               help="Weight of the regularizer's loss (default: its loss_weight option, e.g. kl 1e-6).")
-@click.option("--perceptual-weight", default=1.0, show_default=True, type=float, help="LPIPS weight (0 = no LPIPS).")
+@click.option("--perceptual-weight", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
+              help="LPIPS weight (0 = no LPIPS).")
 @click.option("--learn-logvar/--fixed-logvar", default=True, show_default=True,
               help="Train the reconstruction log-variance (KL VAEs). LDM declares it learnable but leaves it out of "
                    "its optimizer, so --fixed-logvar (0) is what LDM's released training did.")
@@ -147,7 +171,8 @@ def dvae(
 ):
     """Stage 1: train the DVAE on images; writes SYSTEM/vae.safetensors at the end."""
     registry = obj["registry"]
-    config = train_config(system_dir, "dvae", kwargs)
+    config = train_config(system_dir, "dvae", kwargs, data=data)
+    seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     options = data_options(data, strict_data, data_option, registry)
     loss_options = {
         "disc_start": disc_start,
@@ -170,13 +195,14 @@ def dvae(
 @train.command()
 @SYSTEM
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Latent cache from d2it encode.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="AdamW learning rate (constant).")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--lr", default=1e-4, show_default=True, type=POSITIVE_FLOAT, help="AdamW learning rate (constant).")
+@click.option("--weight-decay", default=0.0, show_default=True, type=NON_NEGATIVE_FLOAT)
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=1000)
 @click.pass_obj
 def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     """Stage 2: train the grain transformer on cached grain maps; writes SYSTEM/grain.safetensors."""
-    config = train_config(system_dir, "grain", kwargs)
+    config = train_config(system_dir, "grain", kwargs, data=str(Path(cache).resolve()))
+    seed_everything(config.seed)  # before any module is built
     task = GrainTask.open(system_dir, cache, registry=obj["registry"], lr=lr, weight_decay=weight_decay)
     _fit(task, config, "grain", system_dir)
 
@@ -184,8 +210,8 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
 @train.command()
 @SYSTEM
 @click.option("--cache", required=True, type=click.Path(file_okay=False), help="Latent cache from d2it encode.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="AdamW learning rate (constant).")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--lr", default=1e-4, show_default=True, type=POSITIVE_FLOAT, help="AdamW learning rate (constant).")
+@click.option("--weight-decay", default=0.0, show_default=True, type=NON_NEGATIVE_FLOAT)
 @click.option(
     "--grain-source",
     type=click.Choice(GRAIN_SOURCES),
@@ -194,14 +220,20 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     help="gt: the cached grain maps; random: each region fine with probability --fine-ratio (ablation).",
 )
 @click.option(
-    "--fine-ratio", default=0.5, show_default=True, type=float, help="Fine probability for --grain-source random."
+    "--fine-ratio",
+    default=0.5,
+    show_default=True,
+    type=UNIT_INTERVAL,
+    help="Fine probability for --grain-source random.",
 )
-@click.option("--sample-steps", default=50, show_default=True, type=int, help="Sampling steps of the preview grids.")
+@click.option("--sample-steps", default=50, show_default=True, type=POSITIVE_INT,
+              help="Sampling steps of the preview grids.")
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=5000)
 @click.pass_obj
 def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):
     """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
-    config = train_config(system_dir, "content", kwargs)
+    config = train_config(system_dir, "content", kwargs, data=str(Path(cache).resolve()))
+    seed_everything(config.seed)  # before any module is built
     task = ContentTask.open(
         system_dir,
         cache,

@@ -16,6 +16,7 @@ import torch.distributed as torch_dist
 from PIL import Image
 
 from d2it.errors import DataError
+from d2it_cli.decode import open_rgb
 
 log = logging.getLogger("d2it.data")
 
@@ -52,8 +53,12 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1) if torch.rand(()) < 0.5 else x
 
 
-def _images_under(directory: str, extensions, prefix: str = "") -> list[str]:
+def _images_under(directory: str, extensions, prefix: str = "", _above: tuple = ()) -> list[str]:
     """Image files under `directory`, recursively, sorted, as paths relative to the listed root (os.scandir only)."""
+    real = os.path.realpath(directory)
+    if real in _above:  # a symbolic link back to a folder above: the walk would never end
+        raise DataError(f"{directory} is a symbolic link loop (it leads back to {real}); remove the link")
+    _above = (*_above, real)
     files, dirs = [], []
     with os.scandir(directory) as entries:
         for e in entries:
@@ -65,7 +70,7 @@ def _images_under(directory: str, extensions, prefix: str = "") -> list[str]:
                 files.append(e.name)
     out = [prefix + name for name in sorted(files)]
     for name in sorted(dirs):
-        out.extend(_images_under(os.path.join(directory, name), extensions, prefix + name + "/"))
+        out.extend(_images_under(os.path.join(directory, name), extensions, prefix + name + "/", _above))
     return out
 
 
@@ -139,9 +144,7 @@ class FolderDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> torch.Tensor:
         """The image at `index`, resized and centre-cropped, in [-1, 1] (no flip)."""
         path = self.path(index)
-        with Image.open(path) as im:
-            im.load()
-            image = im.convert("RGB")
+        image = open_rgb(path)  # EXIF rotation, 16-bit, palette, CMYK and alpha handled
         return to_tensor(center_crop(image, self.image_size))
 
     def __getitem__(self, index: int):

@@ -27,6 +27,8 @@ from d2it_cli.data.folder import random_flip
 
 log = logging.getLogger("d2it.data")
 
+MAX_LEADING_FAILURES = 1000  # undecodable samples before the first good one that mean the data is wrong
+
 
 @attrs.define
 class StreamSetup:
@@ -100,11 +102,20 @@ class StreamDataset(torch.utils.data.IterableDataset):
             if self.setup.shuffle:
                 random.Random(self.setup.seed * 7919 + epoch).shuffle(order)
             if len(order) >= slots:
-                for unit in order[slot::slots]:
-                    yield from self.read(unit)
+                mine = itertools.chain.from_iterable(self.read(unit) for unit in order[slot::slots])
             else:
                 shared = itertools.chain.from_iterable(self.read(u) for u in order)
-                yield from itertools.islice(shared, slot, None, slots)
+                mine = itertools.islice(shared, slot, None, slots)
+            count = 0
+            for raw in mine:
+                count += 1
+                yield raw
+            if count == 0 and self.setup.endless:  # an endless stream of nothing would hang the trainer
+                raise DataError(f"reader {slot} of {slots} found no samples in its shards of {self.describe_units()}")
+
+    def describe_units(self) -> str:
+        """The units in words for errors."""
+        return f"{len(self.units())} unit(s)"
 
     def __iter__(self):
         slot, slots, worker, workers = self._slot()
@@ -117,17 +128,24 @@ class StreamDataset(torch.utils.data.IterableDataset):
         numbered = itertools.islice(enumerate(self.raw_stream(slot, slots)), skip, None)
         if s.shuffle and self.shuffle_buffer > 1:
             numbered = _shuffled(numbered, self.shuffle_buffer, random.Random(s.seed * 1_000_003 + slot * 7 + skip))
+        decoded = 0
         for serial, raw in numbered:
             try:
                 x, label = self.decode(raw)
             except (OSError, ValueError, SyntaxError, KeyError) as exc:
                 if self.strict:
                     raise DataError(f"{self.describe(raw)} cannot be decoded ({exc})") from None
+                if decoded == 0 and self.skipped >= MAX_LEADING_FAILURES:  # nothing readable: do not spin forever
+                    raise DataError(
+                        f"reader {slot} of {slots} could not decode any of the first {self.skipped} samples of "
+                        f"{self.describe_units()} (the last: {exc})"
+                    ) from None
                 self.skipped += 1
                 log.warning(
                     "skipped corrupt %s (%s); %d skipped so far in this process", self.describe(raw), exc, self.skipped
                 )
                 continue
+            decoded += 1
             if self.train:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed((s.seed * 1_000_003 + slot) * 1_000_033 + serial)

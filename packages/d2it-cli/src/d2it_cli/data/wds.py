@@ -89,6 +89,9 @@ class WdsDataset(StreamDataset):
 
         yield from webdataset.tariterators.tarfile_samples([{"url": url}], handler=report)
 
+    def describe_units(self):
+        return f"wds:{self.pattern}"
+
     def describe(self, raw):
         return f"sample {raw.get('__key__')} of {raw.get('__url__')}"
 

@@ -7,6 +7,7 @@ into place only when every file is complete, so an interrupted write leaves the 
 checkpoint (and the pointer to it) intact.
 """
 
+import errno
 import os
 import random
 import re
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2it import io
-from d2it.errors import CheckpointError
+from d2it import checks, io
+from d2it.errors import CheckpointError, ConfigError
 from d2it_cli.engine import dist
 
 CKPT_DIR = "checkpoints"
@@ -92,7 +93,10 @@ def latest_checkpoint(run_dir) -> Path | None:
     root = checkpoint_root(run_dir)
     pointer = root / LATEST
     if pointer.is_file():
-        target = root / pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()
+        if not STEP_RE.match(name):  # never follow a pointer out of the run's checkpoints folder
+            raise CheckpointError(f"{pointer} names {name[:80]!r}, which is not a checkpoint of this run (step-N)")
+        target = root / name
         if (target / STATE).is_file():
             return target
     found = list_checkpoints(run_dir)
@@ -117,16 +121,31 @@ def resolve_resume(resume: str, run_dir) -> Path:
 
 
 def clean_temporaries(run_dir):
-    """Remove half-written checkpoint directories left by an interrupted run (rank 0)."""
+    """Remove half-written checkpoints and hidden temporary files left by an interrupted run (rank 0)."""
     root = checkpoint_root(run_dir)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith(".") and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
+    for folder in (Path(run_dir), root):
+        io.clean_temporary_files(folder)
 
 
 def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:
-    """Write checkpoint `step` on every rank (collective): rank 0 writes weights and state, each rank its RNG."""
+    """Write checkpoint `step` on every rank (collective); a full disk leaves the previous checkpoint in place."""
+    try:
+        return _save_checkpoint(run_dir, step, weights, state, keep)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        shutil.rmtree(checkpoint_root(run_dir) / f".{step_name(step)}.tmp", ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        where = exc.filename or checkpoint_root(run_dir) / step_name(step)
+        intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"no space left writing {where}; {intact}") from None
+
+
+def _save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:
     root = checkpoint_root(run_dir)
     name = step_name(step)
     tmp = root / f".{name}.tmp"
@@ -157,13 +176,38 @@ def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | 
     return final
 
 
+def check_state(state, where) -> dict:
+    """The training state of a checkpoint, refused when an entry the trainer reads has the wrong type or range."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"training state {where} is not a dictionary (a {type(state).__name__})")
+    try:
+        checks.field(state, "step", f"training state {where}", low=0, integer=True)
+        for key in ("world_size", "batch", "grad_accum"):
+            checks.field(state, key, f"training state {where}", low=1, integer=True, optional=key == "world_size")
+        checks.field(state, "seed", f"training state {where}", low=0, integer=True)
+        checks.field(state, "optimizers", f"training state {where}", types=(dict,))
+        checks.field(state, "ema", f"training state {where}", types=(dict,), optional=True)
+        checks.field(state, "global_batch", f"training state {where}", low=1, integer=True, optional=True)
+        checks.field(state, "data", f"training state {where}", types=(dict,), optional=True)
+        for key in ("task", "data_source"):
+            checks.field(state, key, f"training state {where}", types=(str,), optional=True)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    for name, opt in state["optimizers"].items():
+        if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(
+            opt.get("param_groups"), list
+        ):
+            raise CheckpointError(f"training state {where} has a damaged state for optimizer {name!r}")
+    return state
+
+
 def load_checkpoint(path, need_rng: bool = True) -> tuple[dict, dict, dict | None]:
     """(weights {part: tensors}, state, this rank's RNG state) of a checkpoint directory.
 
     Without `need_rng`, a rank the checkpoint has no RNG state for (another world size) gets None.
     """
     path = Path(path)
-    state = io.load_state(path / STATE)
+    state = check_state(io.load_state(path / STATE), path / STATE)
     weights = {}
     for f in sorted(path.glob("*.safetensors")):
         weights[f.stem], _ = io.load_safetensors(f)

@@ -122,3 +122,20 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_true(flag) -> bool:
+    """Whether a device bool holds on every rank (one host sync)."""
+    value = flag.detach().to(torch.int32).reshape(())
+    if is_distributed():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def min_int(value) -> int:
+    """The smallest of an int64 device scalar over all ranks (one host sync)."""
+    value = value.detach().reshape(()).clone()
+    if is_distributed():
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())

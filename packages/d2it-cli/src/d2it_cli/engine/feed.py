@@ -70,7 +70,7 @@ class GlobalOrder:
     def permutation(self, epoch: int) -> list[int]:
         """The order of epoch `epoch`."""
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            g = torch.Generator().manual_seed((self.seed * 7919 + epoch) % 2**64)
             self._perm = (epoch, torch.randperm(self.size, generator=g).tolist())
         return self._perm[1]
 

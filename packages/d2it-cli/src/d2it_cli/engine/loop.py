@@ -10,6 +10,7 @@ of the checkpoint, so a resumed run repeats the losses of an uninterrupted one e
 import abc
 import json
 import math
+import random
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from d2it import io
-from d2it.errors import CheckpointError, ConfigError
+from d2it.errors import CheckpointError, ConfigError, D2itError
 from d2it.progress import progress_bar
 from d2it.system import eval_mode
 from d2it_cli.engine import checkpoint as ckpt
@@ -28,12 +29,16 @@ from d2it_cli.engine import dist, progress
 from d2it_cli.engine.ema import EMA
 from d2it_cli.engine.fastpaths import autocast, configure_tf32, maybe_compile, set_grad_checkpointing, to_channels_last
 from d2it_cli.engine.feed import Feed, GlobalOrder, SeededItems, item_seed  # noqa: F401 - re-exported
+from d2it_cli.locks import FolderLock
 from d2it_cli.trackers import check_trackers, open_trackers
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "train.json"
 PREVIEW_DIR = "samples"  # preview grids, one per --sample-every steps
 PRECISIONS = ("auto", "fp32", "bf16")
+NAN_POLICIES = ("stop", "skip-step")
+MAX_SKIPPED = 10  # consecutive skipped steps after which --nan-policy skip-step gives up
+NO_STEP = 2**62  # "no non-finite step yet" in the device-side record
 
 
 @attrs.define
@@ -64,6 +69,8 @@ class TrainConfig:
     tf32: bool = True
     channels_last: bool = False
     report_to: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    nan_policy: str = "stop"
+    data_source: str | None = None  # what the run trains on (--data, or the cache), checked on resume
 
     def validate(self):
         """Raise ConfigError for impossible settings."""
@@ -79,8 +86,22 @@ class TrainConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.log_every < 1:
             raise ConfigError("--log-every must be at least 1")
+        if self.keep is not None and self.keep < 1:
+            raise ConfigError(f"--keep must be at least 1, got {self.keep}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ConfigError(f"--max-grad-norm must be a finite number > 0, got {self.max_grad_norm}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}")
         parse_warmup(self.warmup, 1)
         check_trackers(self.report_to)
+
+
+def seed_everything(seed: int, rank: int = 0):
+    """Seed torch, numpy and python for this rank; call it before any module is built (e.g. a discriminator)."""
+    base = (int(seed) * 1000 + int(rank)) % 2**64  # seeds may use all 64 bits
+    torch.manual_seed(base)
+    np.random.seed(base % 2**32)
+    random.seed(base)
 
 
 def derive_batch(global_batch: int, world: int, batch: int, where="the checkpoint") -> tuple[int, int]:
@@ -116,6 +137,9 @@ def to_device(batch, device):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
 
+
+class TrainingDiverged(D2itError):
+    """The loss or the weights became non-finite; nothing was written from the diverged state."""
 
 
 class Task(abc.ABC):
@@ -206,8 +230,7 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------------
     def _setup(self):
         cfg = self.config
-        torch.manual_seed(cfg.seed * 1000 + dist.rank())
-        np.random.seed((cfg.seed * 1000 + dist.rank()) % 2**32)
+        seed_everything(cfg.seed, dist.rank())
         if self.device.type == "cuda":
             configure_tf32(cfg.tf32)
         modules = self.task.modules()
@@ -262,7 +285,7 @@ class Trainer:
         """Read the checkpoint early: keep its global batch, deriving this run's micro-batch and accumulation."""
         cfg = self.config
         self.resume_path = ckpt.resolve_resume(cfg.resume, self.run_dir)
-        state = io.load_state(self.resume_path / ckpt.STATE)
+        state = ckpt.check_state(io.load_state(self.resume_path / ckpt.STATE), self.resume_path / ckpt.STATE)
         if state.get("seed") != cfg.seed:
             raise CheckpointError(
                 f"checkpoint {self.resume_path} used --seed {state.get('seed')}; resume with the same value"
@@ -283,6 +306,25 @@ class Trainer:
     def _resume(self):
         path = self.resume_path
         weights, state, rng = ckpt.load_checkpoint(path, need_rng=False)
+        task = state.get("task")
+        if task is not None and task != self.task.name:
+            raise CheckpointError(
+                f"checkpoint {path} was written by `d2it train {task}`, not `d2it train {self.task.name}`; "
+                "resume it with the trainer that wrote it"
+            )
+        if task is None:
+            foreign = sorted(set(weights) - set(self.task.modules()))
+            if foreign:
+                raise CheckpointError(
+                    f"checkpoint {path} was written by another trainer (it holds weights for {foreign[0]!r}, "
+                    f"not for `d2it train {self.task.name}`)"
+                )
+        source, given = state.get("data_source"), self.config.data_source
+        if source is not None and given is not None and source != given:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on {source}, this run is given {given}; "
+                "resume with the same data or start a new run directory"
+            )
         modules = self.task.modules()
         for name, m in modules.items():
             if name not in weights:
@@ -309,7 +351,7 @@ class Trainer:
         if rng is not None and state.get("world_size") == dist.world_size():
             ckpt.restore_rng(rng)
         else:  # another number of ranks: fresh per-rank streams, seeded by the step
-            torch.manual_seed((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step)
+            torch.manual_seed(((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step) % 2**64)
             np.random.seed(((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step) % 2**32)
         return path
 
@@ -330,12 +372,15 @@ class Trainer:
             "batch": self.config.batch,
             "grad_accum": self.config.grad_accum,
             "seed": self.config.seed,
+            "task": self.task.name,
+            **({"data_source": self.config.data_source} if self.config.data_source is not None else {}),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "ema": {k: e.state_dict() for k, e in self.ema.items()},
         }
 
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current step (all ranks)."""
+        """Write a checkpoint of the current step (all ranks), never from non-finite weights."""
+        self.check_finite_weights()
         weights = {k: m.state_dict() for k, m in self.task.modules().items()} if dist.is_main() else {}
         return ckpt.save_checkpoint(
             self.run_dir, self.step, weights, self._state() if dist.is_main() else {}, keep=self.config.keep
@@ -371,20 +416,26 @@ class Trainer:
         io.atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     def fit(self) -> list[dict]:
-        """Train to the configured length; returns the logged records (rank 0).
+        """Train to the configured length, holding the run directory's lock (rank 0); returns the logged records."""
+        lock = FolderLock(self.run_dir, "run directory").acquire() if dist.is_main() else None
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
 
-        One optimizer step is: `_forward_backward` (accumulated micro-batches), `_optimizer_step`
-        (gradient averaging of auxiliary modules, clipping, the step), `_update_ema`, then `_log`,
-        `_maybe_preview` and `_maybe_checkpoint`.
-        """
+    def _fit(self) -> list[dict]:
+        """The loop. One optimizer step is `_forward_backward` (accumulated micro-batches), `_optimizer_step`
+        (gradient averaging of auxiliary modules, clipping, the finite-loss guard, the step), `_update_ema`,
+        then `_log`, `_maybe_preview` and `_maybe_checkpoint`."""
         self._start()
         batches = self.feed.batches(self.data_state)
         try:
             while self.step < self.total_steps:
                 lr_factor = self._set_lr()
-                self._forward_backward(batches)
-                self._optimizer_step()
-                self._update_ema()
+                step_sums = self._forward_backward(batches)
+                if self._optimizer_step(step_sums):
+                    self._update_ema()
                 self.step += 1
                 self._log(lr_factor)
                 self._maybe_preview()
@@ -392,6 +443,7 @@ class Trainer:
         finally:
             batches.close()  # stops the data-loader workers now rather than at garbage collection
             self._close()
+        self.check_finite_weights()
         if dist.is_main():
             self.task.finish(self)
         dist.barrier()
@@ -399,29 +451,35 @@ class Trainer:
 
     def _start(self):
         """Set up modules and optimizers, resume, and open the log, trackers and progress output (rank 0)."""
-        if self.config.resume:
+        cfg = self.config
+        if cfg.resume:
             self._plan_resume()
         self._setup()
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_temporaries(self.run_dir)
         dist.barrier()
-        resumed = self._resume() if self.config.resume else None
+        resumed = self._resume() if cfg.resume else None
         if dist.is_main():
             self._write_config()
             if resumed is not None:
                 self._trim_log()
         self._log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
         self._trackers = self._open_trackers() if dist.is_main() else []
-        self._lines = progress.lines_enabled(self.config.quiet)
+        self._lines = progress.lines_enabled(cfg.quiet)
         self._bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
             desc=f"train {self.task.name}",
-            enabled=not self.config.quiet and dist.is_main(),
+            enabled=not cfg.quiet and dist.is_main(),
             dynamic_ncols=True,
         )
         self._sums, self._count, self._images, self._t0 = {}, 0, 0, time.perf_counter()
+        # finite-loss guard: a device-side record of the first bad step, read (one host sync) on the CPU every
+        # step and on GPUs at log intervals and before anything is written
+        self._first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=self.device)
+        self._every_step = self.device.type != "cuda" or cfg.nan_policy == "skip-step"
+        self._skipped_in_a_row = 0
 
     def _close(self):
         self._bar.close()
@@ -430,25 +488,28 @@ class Trainer:
         for tracker in self._trackers:
             tracker.close()
 
-    def _accumulate(self, key: str, value):
-        self._sums[key] = self._sums.get(key, 0) + value
-
-    def _forward_backward(self, batches):
-        """Forward and backward of `grad_accum` micro-batches; DDP syncs gradients on the last one only."""
+    def _forward_backward(self, batches) -> dict:
+        """Forward and backward of `grad_accum` micro-batches (DDP syncs on the last); their mean log values."""
         cfg = self.config
         main = self.wrapped[self.main_name]
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
+        step_sums: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
             batch = to_device(next(batches), self.device)
             skip_sync = dist.is_distributed() and micro < cfg.grad_accum - 1 and hasattr(main, "no_sync")
             with main.no_sync() if skip_sync else nullcontext():
                 logs = self.task.micro_step(self, batch, self.step, 1.0 / cfg.grad_accum)
             for k, v in logs.items():
-                self._accumulate(k, torch.as_tensor(v, dtype=torch.float64).detach().to(self.device) / cfg.grad_accum)
+                v = torch.as_tensor(v, dtype=torch.float64).detach().to(self.device)
+                step_sums[k] = step_sums.get(k, 0) + v / cfg.grad_accum
+        return step_sums
 
-    def _optimizer_step(self):
-        """Average the auxiliary modules' gradients across ranks, clip, and step every optimizer."""
+    def _optimizer_step(self, step_sums: dict) -> bool:
+        """Average the auxiliary modules' gradients, clip, guard against a non-finite loss, and step.
+
+        Returns False when `--nan-policy skip-step` skipped this step.
+        """
         aux = [m for name, m in self.task.modules().items() if name != self.main_name]
         if dist.is_distributed():
             for m in aux:
@@ -457,12 +518,36 @@ class Trainer:
             for name, opt in self.optimizers.items():
                 params = [p for g in opt.param_groups for p in g["params"]]
                 norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-                self._accumulate(f"grad_norm_{name}", norm.detach().double())
-        for opt in self.optimizers.values():
-            opt.step()
+                step_sums[f"grad_norm_{name}"] = norm.detach().double()
+        skip = self._guard(step_sums)
+        if skip:
+            self._sums["skipped_steps"] = self._sums.get("skipped_steps", 0) + 1.0
+        else:
+            for k, v in step_sums.items():
+                self._sums[k] = self._sums.get(k, 0) + v
+            for opt in self.optimizers.values():
+                opt.step()
         if dist.is_distributed():
             for m in aux:  # e.g. batch-norm statistics: rank 0's, as DDP does for the main module
                 dist.broadcast_buffers(m)
+        return not skip
+
+    def _guard(self, step_sums: dict) -> bool:
+        """Record (device-side) the first step with a non-finite value; True when this step is to be skipped."""
+        finite = self._all_finite(step_sums.values())
+        if self.config.nan_policy == "skip-step":
+            skip = not dist.all_true(finite)
+            self._skipped_in_a_row = self._skipped_in_a_row + 1 if skip else 0
+            if self._skipped_in_a_row > MAX_SKIPPED:
+                self._first_bad.fill_(self.step + 1 - MAX_SKIPPED)
+                self.raise_if_diverged(f"{MAX_SKIPPED} steps in a row were skipped")
+            return skip
+        seen = finite | (self._first_bad < NO_STEP)
+        bad_step = torch.full_like(self._first_bad, self.step + 1)
+        self._first_bad = torch.where(seen, self._first_bad, bad_step)
+        if self._every_step:
+            self.raise_if_diverged()
+        return False
 
     def _update_ema(self):
         for name, ema in self.ema.items():
@@ -475,6 +560,7 @@ class Trainer:
         self._bar.update(1)
         if self.step % self.config.log_every and self.step != self.total_steps:
             return
+        self.raise_if_diverged()
         values = dist.all_reduce_mean({k: float(v) / self._count for k, v in self._sums.items()})
         elapsed = time.perf_counter() - self._t0
         record = {
@@ -512,8 +598,49 @@ class Trainer:
         if (every and self.step % every == 0) or self.step == self.total_steps:
             self.save_checkpoint()
 
+    # -- the finite-loss guard -------------------------------------------------------------------
+    def _all_finite(self, values) -> torch.Tensor:
+        """A device bool: every value is finite (no host sync)."""
+        flags = [torch.isfinite(torch.as_tensor(v)).all() for v in values]
+        if not flags:
+            return torch.ones((), dtype=torch.bool, device=self.device)
+        return torch.stack([f.to(self.device) for f in flags]).all()
+
+    def _last_good(self) -> str:
+        try:
+            last = ckpt.latest_checkpoint(self.run_dir)
+        except CheckpointError:
+            last = None
+        return f"the last good checkpoint is {last}" if last else "no checkpoint had been written"
+
+    def raise_if_diverged(self, why: str = ""):
+        """Stop (all ranks) when a step's loss was non-finite, naming the step and the last good checkpoint."""
+        first = dist.min_int(self._first_bad)
+        if first >= NO_STEP:
+            return
+        reason = why or f"the loss became non-finite at step {first}"
+        raise TrainingDiverged(
+            f"training diverged: {reason}; nothing was written from the diverged weights and {self._last_good()} "
+            "(resume from it with a lower --lr or a --max-grad-norm, or train with --nan-policy skip-step)"
+        )
+
+    def check_finite_weights(self):
+        """Refuse to write anything when a loss was non-finite or any weight (or EMA copy) is NaN or infinite."""
+        if hasattr(self, "_first_bad"):
+            self.raise_if_diverged()
+        tensors = [t for m in self.task.modules().values() for t in (*m.parameters(), *m.buffers())]
+        tensors += [t for e in self.ema.values() for t in e.shadow.values()]
+        floats = [t for t in tensors if t.is_floating_point()]
+        if floats and not dist.all_true(self._all_finite(floats)):
+            raise TrainingDiverged(
+                f"training diverged: the weights hold NaN or infinite values at step {self.step} although the loss "
+                f"was finite; nothing was written from them and {self._last_good()} (lower --lr or set --max-grad-norm)"
+            )
+
     def write_preview(self) -> Path | None:
         """Write the task's preview for the current step (rank 0 only); its path on rank 0."""
+        if hasattr(self, "_first_bad"):
+            self.raise_if_diverged()
         path = None
         if dist.is_main():
             path = self.run_dir / PREVIEW_DIR / f"{ckpt.step_name(self.step)}.png"

@@ -32,7 +32,6 @@ def save_part(directory, part: str, state: dict):
 
 
 # the TrainConfig fields every `d2it train` command takes as options
-# the TrainConfig fields every `d2it train` command takes as options
 ENGINE_KEYS = (
     "batch",
     "grad_accum",
@@ -57,15 +56,21 @@ ENGINE_KEYS = (
     "tf32",
     "channels_last",
     "report_to",
+    "nan_policy",
 )
 
 
-def train_config(system_dir, trainer: str, kwargs: dict) -> TrainConfig:
-    """A TrainConfig from the shared options (popped from `kwargs`); run directory default SYSTEM/runs/<trainer>."""
+def train_config(system_dir, trainer: str, kwargs: dict, data: str | None = None) -> TrainConfig:
+    """A validated TrainConfig from the shared options (popped from `kwargs`); run directory SYSTEM/runs/<trainer>.
+
+    `data` names what the run trains on (the --data value or the cache folder); resuming with other data is refused.
+    """
     run_dir = kwargs.pop("run_dir", None) or Path(system_dir) / "runs" / trainer
-    values = {k: kwargs.pop(k) for k in ENGINE_KEYS}
-    if values["steps"] is not None:
+    values = {k: kwargs.pop(k) for k in ENGINE_KEYS if k in kwargs}
+    if values.get("steps") is not None:
         values["epochs"] = None
     if values["workers"] is None:
         values["workers"] = default_workers()
-    return TrainConfig(run_dir=run_dir, **values)
+    config = TrainConfig(run_dir=run_dir, data_source=data, **values)
+    config.validate()  # before anything is loaded or built
+    return config

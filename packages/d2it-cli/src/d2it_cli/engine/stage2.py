@@ -1,5 +1,7 @@
 """Stage 2: the grain transformer and the content transformer, trained on a latent cache."""
 
+import math
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -22,10 +24,24 @@ BETAS = (0.9, 0.999)
 GRAIN_SOURCES = ("gt", "random")
 
 
-def open_cache(path, system) -> LatentCache:
-    """The cache at `path`, refused unless the system's DVAE weights produced it and its labels fit the system."""
+def open_cache(path, system, system_dir=None) -> LatentCache:
+    """The cache at `path`, refused unless the system's DVAE weights produced it and its labels fit the system.
+
+    The latent scale lives with the cache: when the system record disagrees (a run of `d2it encode`
+    stopped between writing the manifest and updating d2it.json), the record is brought in line.
+    """
     cache = LatentCache(path, random_flip=True)
     cache.check(state_sha256(system.vae.state_dict()))
+    scale = cache.manifest.get("latent_scale")
+    if scale is not None and not math.isclose(scale, system.record.latent_scale, rel_tol=1e-9):
+        if system_dir is not None and dist.is_main():
+            systems.update_record(system_dir, latent_scale=float(scale))
+            print(
+                f"note: {system_dir} had latent scale {system.record.latent_scale:.6g}, the cache {path} "
+                f"{scale:.6g} (measured with these DVAE weights); the record now holds the cache's",
+                file=sys.stderr,
+            )
+        system.with_record(latent_scale=float(scale))
     if cache.num_classes > system.record.num_classes:
         raise DataError(
             f"latent cache {path} has {cache.num_classes} classes but the system was built for "
@@ -79,7 +95,7 @@ class GrainTask(Task):
     def open(cls, system_dir, cache, *, registry=None, **options):
         """The task for a model directory's grain predictor on the latent cache at `cache`."""
         system = load_system(system_dir, "grain", registry)
-        return cls(system, open_cache(cache, system), system_dir, **options)
+        return cls(system, open_cache(cache, system, system_dir), system_dir, **options)
 
     def modules(self):
         return {"grain": self.system.grain}
@@ -168,7 +184,7 @@ class ContentTask(Task):
         """The task for a model directory's content transformer on the latent cache at `cache`."""
         _check_grain_source(options.get("grain_source", "gt"), options.get("fine_ratio", 0.5))
         system = load_system(system_dir, "content", registry)
-        return cls(system, open_cache(cache, system), system_dir, **options)
+        return cls(system, open_cache(cache, system, system_dir), system_dir, **options)
 
     def modules(self):
         return {"content": self.system.content}

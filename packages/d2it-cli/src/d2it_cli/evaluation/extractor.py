@@ -2,7 +2,9 @@
 
 import hashlib
 import socket
+import tempfile
 import urllib.error
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,7 +39,7 @@ def _download(url: str, dst: Path):
 
 
 def check_plain(path, what: str = "feature extractor weights") -> Path:
-    """Refuse a missing file or one that is not plain tensors (torch-fidelity itself loads it unrestricted)."""
+    """Refuse a missing file or one that is not plain tensors."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} {path} do not exist")
@@ -46,6 +48,23 @@ def check_plain(path, what: str = "feature extractor weights") -> Path:
     except Exception as exc:  # torch raises several types for foreign or truncated files
         raise DataError(f"{what} {path} are not a plain state dict ({type(exc).__name__})") from None
     return path
+
+
+@contextmanager
+def plain_copy(path):
+    """A private copy of `path` rewritten from its tensors alone (loaded with weights_only=True).
+
+    torch-fidelity loads its extractor weights with `weights_only=False`; it is handed this copy,
+    which holds nothing but the tensors we read, so a pickle planted in `path` never runs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign, truncated or malicious files
+        raise DataError(f"feature extractor weights {path} are not a plain state dict ({type(exc).__name__})") from None
+    with tempfile.TemporaryDirectory(prefix="d2it-weights-") as tmp:
+        copy = Path(tmp) / "weights.pt"
+        torch.save(state, copy)
+        yield copy
 
 
 def resolve_weights(name: str, weights=None) -> Path | None:
@@ -84,8 +103,13 @@ class Extractor:
         self.cls = extractor_class(name)
         self.layers = sorted(set(layers))
         self.weights_path = resolve_weights(name, weights)
-        kwargs = {"feature_extractor_weights_path": str(self.weights_path) if self.weights_path else None}
-        self.module = create_feature_extractor(name, self.layers, cuda=False, verbose=False, **kwargs)
+        if self.weights_path is None:
+            self.module = create_feature_extractor(name, self.layers, cuda=False, verbose=False)
+        else:
+            with plain_copy(self.weights_path) as plain:
+                self.module = create_feature_extractor(
+                    name, self.layers, cuda=False, verbose=False, feature_extractor_weights_path=str(plain)
+                )
         self.module.to(device)
         self.device = torch.device(device)
         if self.weights_path is not None:

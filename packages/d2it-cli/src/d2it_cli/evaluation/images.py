@@ -1,7 +1,6 @@
 """Image sets for evaluation: PNG/JPEG folders and ADM-style .npz files, served as uint8 CHW tensors."""
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,8 @@ from torch_fidelity.utils import glob_samples_paths
 
 from d2it.errors import DataError
 from d2it_cli.data.folder import center_crop
+from d2it_cli.decode import to_rgb
+from d2it_cli.npz import load_npz
 
 IMAGE_EXTS = "png,jpg,jpeg"
 RESIZE_POLICIES = ("none", "center-crop")
@@ -49,7 +50,7 @@ class ImageSet(Dataset):
             path = self.files[i]
             try:
                 with Image.open(path) as im:
-                    arr = self._crop(im.convert("RGB"))
+                    arr = self._crop(to_rgb(im, path))
             except _PIL_ERRORS as exc:
                 raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
             if arr.shape[:2] != self.image_size:
@@ -90,15 +91,12 @@ def _take(total: int, num: int | None, path, what: str) -> int:
 def open_npz(path, num=None, resize="none", image_size=None) -> ImageSet:
     """An ADM-style .npz (key arr_0: uint8 NHWC RGB); ADM reference batches' mu/sigma are kept in `extra`."""
     _check_policy(resize, image_size)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            if NPZ_KEY not in keys:
-                raise DataError(f"{path} has no array {NPZ_KEY!r} (ADM layout); it has {', '.join(keys) or 'none'}")
-            arr = data[NPZ_KEY]
-            extra = {k: np.asarray(data[k]) for k in ("mu", "sigma") if k in keys}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc})") from None
+    data = load_npz(path)
+    keys = list(data)
+    if NPZ_KEY not in keys:
+        raise DataError(f"{path} has no array {NPZ_KEY!r} (ADM layout); it has {', '.join(keys) or 'none'}")
+    arr = data[NPZ_KEY]
+    extra = {k: np.asarray(data[k]) for k in ("mu", "sigma") if k in keys}
     if arr.dtype != np.uint8:
         raise DataError(f"{path}: {NPZ_KEY} has dtype {arr.dtype}; expected uint8 images in [0, 255], NHWC")
     if arr.ndim != 4 or arr.shape[-1] != 3:

@@ -6,14 +6,17 @@ from pathlib import Path
 import attrs
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import kid_features_to_metric
-from torch_fidelity.metric_prc import prc_features_to_metric
 
 from d2it.errors import D2itError, DataError
 from d2it.spec import ComponentSpec
-from d2it_cli.evaluation.extractor import _download, check_plain
+
+
+def _fidelity(module: str, name: str):
+    """A torch-fidelity function, imported when a metric is computed (it pulls in torchvision; listing
+    the metric specs, as `d2it plugins` does, should not)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"torch_fidelity.{module}"), name)
 
 
 class FeatureSet:
@@ -27,7 +30,8 @@ class FeatureSet:
     def stats(self, layer: str) -> dict:
         """FID statistics (mean, covariance) of a layer, computed by torch-fidelity from its features."""
         if layer not in self._stats:
-            self._stats[layer] = fid_features_to_statistics(self.layer(layer, "FID statistics"))
+            to_statistics = _fidelity("metric_fid", "fid_features_to_statistics")
+            self._stats[layer] = to_statistics(self.layer(layer, "FID statistics"))
         return self._stats[layer]
 
     def set_stats(self, layer: str, mu, sigma):
@@ -85,7 +89,7 @@ class FID(FeatureMetric):
                 s1[k], s2[k] = s1[k].astype(np.float64), s2[k].astype(np.float64)
         if s1["mu"].shape != s2["mu"].shape:
             raise DataError(f"FID statistics have {s1['mu'].shape[0]} and {s2['mu'].shape[0]} dimensions")
-        value = fid_statistics_to_metric(s1, s2, False)["frechet_inception_distance"]
+        value = _fidelity("metric_fid", "fid_statistics_to_metric")(s1, s2, False)["frechet_inception_distance"]
         return {self.key: float(value)}
 
 
@@ -113,7 +117,8 @@ class ISC(FeatureMetric):
 
     def __call__(self, gen, ref, layer, seed):
         splits = min(self.config.splits, gen.count)
-        out = isc_features_to_metric(gen.layer(layer, "IS"), splits, self.config.shuffle, seed)
+        to_metric = _fidelity("metric_isc", "isc_features_to_metric")
+        out = to_metric(gen.layer(layer, "IS"), splits, self.config.shuffle, seed)
         return {"isc": out["inception_score_mean"], "isc_std": out["inception_score_std"]}
 
 
@@ -138,7 +143,7 @@ class KID(FeatureMetric):
         f1, f2 = gen.layer(layer, "KID"), ref.layer(layer, "KID")
         c = self.config
         size = min(c.subset_size, len(f1), len(f2))
-        out = kid_features_to_metric(
+        out = _fidelity("metric_kid", "kid_features_to_metric")(
             f1,
             f2,
             kid_subsets=c.subsets,
@@ -174,7 +179,7 @@ class PRC(FeatureMetric):
         k = self.config.neighborhood
         if min(len(f1), len(f2)) <= k:
             raise DataError(f"precision/recall with {k} neighbours needs more than {k} images per set")
-        out = prc_features_to_metric(
+        out = _fidelity("metric_prc", "prc_features_to_metric")(
             f1, f2, prc_neighborhood=k, prc_batch_size=self.config.batch_size, save_cpu_ram=True, verbose=False
         )
         return {"precision": out["precision"], "recall": out["recall"]}
@@ -190,7 +195,7 @@ class LpipsConfig:
 
 def _trunk_weights(net: str):
     """torchvision weights enum entry that lpips loads for a trunk."""
-    import torchvision.models as tvm  # torchvision imports slowly; only LPIPS needs it
+    import torchvision.models as tvm
 
     table = {
         "vgg": tvm.VGG16_Weights.IMAGENET1K_V1,
@@ -208,38 +213,34 @@ class LPIPS:
     pairwise = True
 
     def __init__(self, config: LpipsConfig, device="cpu"):
-        import lpips  # lpips imports slowly; only this metric needs it
+        from d2it.weights import hub_cache_path, hub_file, load_plain, lpips_network
 
         self.config = config
-        _trunk_weights(config.net)
-        if config.weights:
-            path = check_plain(config.weights, "LPIPS weights")
-            self.model = lpips.LPIPS(net=config.net, pretrained=False, pnet_rand=True, verbose=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        entry = _trunk_weights(config.net)
+        if config.weights:  # a full LPIPS state dict (trunk and linear layers)
+            if not Path(config.weights).is_file():
+                raise DataError(f"LPIPS weights {config.weights} do not exist")
+            state = load_plain(config.weights, "LPIPS weights")
+            self.model = lpips_network(config.net, trunk=None, linear=False)
             try:
                 self.model.load_state_dict(state)
             except RuntimeError as exc:
                 first = str(exc).splitlines()[0]
-                raise DataError(f"LPIPS weights {path} do not fit lpips net {config.net!r} ({first})") from None
-        else:
-            self._ensure_trunk()
-            self.model = lpips.LPIPS(net=config.net, verbose=False)
+                raise DataError(
+                    f"LPIPS weights {config.weights} do not fit lpips net {config.net!r} ({first})"
+                ) from None
+        else:  # torchvision's trunk from torch.hub's cache and lpips's linear layers, both as plain tensors
+            try:
+                trunk = hub_file(entry.url, f"LPIPS {config.net} trunk weights")
+            except D2itError:
+                raise D2itError(
+                    f"the LPIPS {config.net} trunk weights are not in torch's cache and cannot be downloaded; "
+                    f"fetch {entry.url} and put it at {hub_cache_path(entry.url)}, or pass --lpips-weights PATH "
+                    "(a full LPIPS state dict)"
+                ) from None
+            self.model = lpips_network(config.net, trunk=trunk)
         self.model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
-
-    def _ensure_trunk(self):
-        """Download torchvision's trunk weights with a bounded wait, or say how to get them offline."""
-        entry = _trunk_weights(self.config.net)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
-        if cached.is_file():
-            return
-        try:
-            _download(entry.url, cached)
-        except OSError as exc:
-            raise D2itError(
-                f"the LPIPS {self.config.net} trunk weights are not in torch's cache and cannot be downloaded ({exc}); "
-                f"fetch {entry.url} and put it at {cached}, or pass --lpips-weights PATH (a full LPIPS state dict)"
-            ) from None
 
     @torch.no_grad()
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Subset
 from d2it import system as systems
 from d2it.errors import D2itError, DataError
 from d2it.layout import fine_ratio
-from d2it_cli.data import open_dataset
+from d2it_cli.data import is_streaming, one_pass, open_dataset
 from d2it_cli.evaluation.extractor import Extractor, FeatureAccumulator
 from d2it_cli.evaluation.metrics import FeatureSet, psnr
 from d2it_cli.evaluation.scoring import Settings, extractor_class, make_metrics, versions
@@ -42,8 +42,10 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
     system = systems.load(system_dir, registry, parts=("vae",), device=settings.device)
     vae = system.vae.eval()
     dataset = open_dataset(data, record.image_size, train=False, registry=registry)
-    total = len(dataset)
-    if num is not None:
+    total = None if is_streaming(dataset) else len(dataset)
+    if total is None:  # a stream: read once in stored order, stop after --num
+        one_pass(dataset, 0, 1)
+    elif num is not None:
         if total < num:
             raise DataError(f"{data} holds {total} images, fewer than the {num} requested (--num)")
         dataset = Subset(dataset, range(num))
@@ -60,6 +62,10 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers)
     for batch in loader:
         images = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(settings.device).float()
+        if total is None and num is not None:
+            images = images[: num - count]
+            if not len(images):
+                break
         recon, grain_map = reconstruct(vae, images)
         recon = recon.float().clamp(-1, 1)
         count += images.shape[0]
@@ -72,6 +78,8 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
         if grain_map is not None and grains > 1:
             sums["fine"] += float(fine_ratio(grain_map)) * grain_map.numel()
             sums["regions"] += grain_map.numel()
+    if total is None and num is not None and count < num:
+        raise DataError(f"{data} holds {count} images, fewer than the {num} requested (--num)")
     values = {}
     if acc_in is not None:
         recon_set, input_set = FeatureSet(acc_out.features()), FeatureSet(acc_in.features())

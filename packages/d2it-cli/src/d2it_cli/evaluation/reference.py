@@ -50,7 +50,12 @@ def load_reference(path) -> Reference:
     tensors, metadata = load_safetensors(path)
     if META_KEY not in metadata:
         raise DataError(f"{path} is not a d2it reference statistics file (no {META_KEY} metadata)")
-    meta = json.loads(metadata[META_KEY])
+    try:
+        meta = json.loads(metadata[META_KEY])
+    except ValueError as exc:
+        raise DataError(f"{path} has damaged reference metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} has damaged reference metadata (not a JSON object)")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path} has reference format {meta.get('format')!r}; this d2it reads format {FORMAT}")
     stats, feats = {}, {}

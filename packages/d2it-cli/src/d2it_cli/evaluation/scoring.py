@@ -114,10 +114,20 @@ def resolve_reference(ref, extractor, layers, metrics, image_size, settings) -> 
     return Reference(features, meta, description)
 
 
+def check_reference(ref, settings: Settings):
+    """Open the reference cheaply (statistics file or image headers) so a bad one fails before any network runs."""
+    path = Path(ref)
+    if path.suffix == STATS_SUFFIX:
+        load_reference(path)
+    else:
+        open_images(ref, None, settings.resize, settings.image_size)
+
+
 def score(samples, ref, names, registry, settings: Settings, num=None, sets=()) -> dict:
     """Score generated images (folder or .npz) against `ref`; returns the full result document."""
     metrics = make_metrics(registry, names, sets, device=settings.device)
     images = open_images(samples, num, settings.resize, settings.image_size)
+    check_reference(ref, settings)
     extractor, layers = build_extractor(metrics, settings)
     reference = resolve_reference(ref, extractor, layers, metrics, images.image_size, settings)
     gen, gen_desc = images_features(images, extractor, settings)
