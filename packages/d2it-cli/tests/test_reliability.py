@@ -262,7 +262,7 @@ def test_resume_with_other_data_is_named(tmp_path):
     ],
 )
 def test_os_errors_become_one_sentence_naming_the_path(code, expected):
-    from d2it_cli.failures import sentence
+    from d2it_cli.commands.failures import sentence
 
     assert sentence(OSError(code, os.strerror(code), "/data/out/x.png")) == expected
 
@@ -281,7 +281,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a real bug")
 
-    monkeypatch.setattr("d2it_cli.commands.build.count_system", broken)
+    monkeypatch.setattr("d2it_cli.build.count_system", broken)
     with pytest.raises(ZeroDivisionError):
         main(["build", "--backbone", "dit-s", "--image-size", "32", "--set", "backbone.depth=1",
               "--set", "backbone.hidden_size=32", "--set", "backbone.num_heads=2"])

@@ -67,13 +67,3 @@ class FolderLock:
     def close(self):
         """Alias of `release` (for click's `Context.with_resource`)."""
         self.release()
-
-
-def hold(folder, what: str = "output folder"):
-    """Lock `folder` on rank 0 until the running click command finishes."""
-    import click
-
-    if not is_main_process():
-        return None
-    lock = FolderLock(folder, what)
-    return click.get_current_context().with_resource(lock)

@@ -11,7 +11,7 @@ from click.exceptions import NoArgsIsHelpError
 import d2it
 from d2it.errors import D2itError, PluginWarning
 from d2it.registry import Registry, use_registry
-from d2it_cli import failures
+from d2it_cli.commands import failures
 
 
 class D2itGroup(click.Group):

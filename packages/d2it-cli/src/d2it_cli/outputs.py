@@ -12,7 +12,7 @@ from pathlib import Path
 from d2it import checks
 from d2it.errors import ConfigError, D2itError
 from d2it.io import atomic_write_text
-from d2it_cli.locks import LOCK_NAME, hold, is_main_process
+from d2it_cli.locks import LOCK_NAME
 
 MARKER = ".d2it-output.json"
 
@@ -88,13 +88,6 @@ def record(folder, files, command: str = ""):
     names = sorted({os.path.relpath(Path(f), folder) if Path(f).is_absolute() else str(f) for f in files})
     doc.update(command=command or doc.get("command", ""), files=names)
     atomic_write_text(folder / MARKER, json.dumps(doc, indent=2) + "\n")
-
-
-def claim_and_hold(folder, command: str, legacy=None, what: str = "output folder"):
-    """On rank 0: `claim` the folder and lock it until the running click command ends."""
-    if is_main_process():
-        claim(folder, command, legacy)
-        hold(folder, what)
 
 
 def check_file_target(path, option: str = "--out"):

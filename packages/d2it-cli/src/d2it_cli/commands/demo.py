@@ -5,7 +5,7 @@ import time
 import click
 
 from d2it.errors import D2itError
-from d2it_cli import outputs
+from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.commands.params import DEVICE, SEED
 from d2it_cli.demo import run_demo
 
@@ -51,7 +51,7 @@ class ClickRunner:
 @click.pass_context
 def demo(ctx, out, device, quick, seed, quiet, overrides):
     """Build, train (DVAE, grain, content) and sample D²iT on synthetic data; report in OUT/index.html."""
-    outputs.claim_and_hold(out, "demo")
+    claim_and_hold(out, "demo")
     start = time.perf_counter()
     index = run_demo(ClickRunner(ctx.find_root().command), out, device=device, quick=quick, seed=seed, quiet=quiet,
                      overrides=overrides)

@@ -2,9 +2,9 @@
 
 import click
 
-from d2it_cli import outputs
 from d2it_cli.cache import DTYPES, MANIFEST, VERSIONS, encode_cache
 from d2it_cli.cache_layout import MODES
+from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
@@ -50,7 +50,7 @@ from d2it_cli.data import data_options
 def encode(obj, data_option, strict_data, quiet, **options):
     """Encode a dataset into a latent cache and store the latent scale (1/std) in the system record."""
     registry = obj["registry"]
-    outputs.claim_and_hold(options["out"], "encode", legacy=lambda f: (f / MANIFEST).is_file(), what="latent cache")
+    claim_and_hold(options["out"], "encode", legacy=lambda f: (f / MANIFEST).is_file(), what="latent cache")
     dataset_options = data_options(options["data"], strict_data, data_option, registry)
     manifest = encode_cache(
         **options, options=dataset_options, progress=not quiet, announce=click.echo, registry=registry

@@ -9,7 +9,7 @@ import click
 from d2it import system as systems
 from d2it.io import atomic_write_text
 from d2it.progress import on_terminal
-from d2it_cli import outputs
+from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.evaluation import protocols
@@ -199,7 +199,7 @@ def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sam
                      batch, classes_uniform, sets, out, as_json, eval_batch, metric_seed, device, quiet,
                      feature_extractor, inception_weights):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
-    outputs.claim_and_hold(out, "eval sample-and-score")
+    claim_and_hold(out, "eval sample-and-score")
     num, names = protocol(preset, num, metric_names)
     sampling = SampleSettings(num=num, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
                               cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch)

@@ -4,7 +4,8 @@ import json
 
 import click
 
-from d2it_cli import generation, outputs
+from d2it_cli import generation
+from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 
@@ -39,7 +40,7 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
 def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, sets, cfg_scale, grain_cfg_scale, seed,
            batch, device, out, npz, no_resume, as_json, quiet):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
-    outputs.claim_and_hold(out, "sample")
+    claim_and_hold(out, "sample")
     settings = generation.SampleSettings(
         num=num, classes=generation.parse_classes(class_list), classes_uniform=classes_uniform, seed=seed, steps=steps,
         sampler=sampler, cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch,
