@@ -300,3 +300,14 @@ def test_latent_scale_lives_with_the_cache(tiny_system, tmp_path, run_cli, capsy
                      "--quiet", "--workers", "0", "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert systems.read_record(tiny_system)[0].latent_scale == pytest.approx(scale, rel=1e-12)
+
+
+def test_readers_share_a_cache_but_block_its_writer(tiny_system, tmp_path):
+    from badinput.conftest import run_main
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with FolderLock(cache, "latent cache", shared=True), FolderLock(cache, "latent cache", shared=True):
+        result = run_main(["encode", "--system", tiny_system, "--data", "synthetic:4", "--out", cache, "--overwrite"])
+    assert result.code == 2 and len(result.error_lines()) == 1
+    assert f"latent cache {cache} is in use by process" in result.error_lines()[0]

@@ -15,6 +15,7 @@ from d2it_cli.engine.loop import seed_everything
 from d2it_cli.engine.parts import engine_options, load_vae, train_config
 from d2it_cli.engine.stage1 import DVAETask, preview_batch
 from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask, open_cache
+from d2it_cli.locks import hold
 
 SYSTEM = click.option(
     "--system",
@@ -127,6 +128,7 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     config = train_config(system_dir, "grain", kwargs, data=str(Path(cache).resolve()))
     seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     system = _stage2_system(system_dir, obj["registry"], "grain")
+    hold(cache, "latent cache", shared=True)  # no `encode --overwrite` while we read it
     task = GrainTask(system, open_cache(cache, system, system_dir), system_dir, lr=lr, weight_decay=weight_decay)
     trainer = Trainer(task, config)
     _report(trainer.fit(), trainer, "grain", system_dir)
@@ -159,6 +161,7 @@ def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, 
     config = train_config(system_dir, "content", kwargs, data=str(Path(cache).resolve()))
     seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     system = _stage2_system(system_dir, obj["registry"], "content")
+    hold(cache, "latent cache", shared=True)
     task = ContentTask(
         system,
         open_cache(cache, system, system_dir),
