@@ -300,3 +300,33 @@ def test_latent_scale_lives_with_the_cache(tiny_system, tmp_path, run_cli, capsy
                      "--quiet", "--workers", "0", "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert systems.read_record(tiny_system)[0].latent_scale == pytest.approx(scale, rel=1e-12)
+
+
+def test_readers_share_a_cache_but_block_its_writer(tiny_system, tmp_path):
+    from badinput.conftest import run_main
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with FolderLock(cache, "latent cache", shared=True), FolderLock(cache, "latent cache", shared=True):
+        result = run_main(["encode", "--system", tiny_system, "--data", "synthetic:4", "--out", cache, "--overwrite"])
+    assert result.code == 2 and len(result.error_lines()) == 1
+    assert f"latent cache {cache} is in use by process" in result.error_lines()[0]
+
+
+def test_sampling_stops_on_non_finite_images_before_writing(tmp_path, monkeypatch):
+    import types
+
+    from test_sample import FakeSystem
+
+    from d2it_cli import generation
+
+    def nan_images(system, classes, **kwargs):
+        images = torch.zeros(len(classes), 3, 16, 16)
+        images[0, 0, 0, 0] = float("nan")
+        return types.SimpleNamespace(images=images, grain_maps=None, latents=torch.zeros(len(classes), 4, 2, 2))
+
+    monkeypatch.setattr(generation, "_generate", nan_images)
+    with pytest.raises(D2itError, match="non-finite images in shard 0"):
+        generation.sample_shards(FakeSystem(), 2, tmp_path / "out", batch=2, steps=1, progress=False)
+    assert not list((tmp_path / "out" / "shards").glob("shard-*.npz"))
+    assert not (tmp_path / "out" / "samples.npz").exists()

@@ -28,16 +28,19 @@ def is_main_process() -> bool:
 class FolderLock:
     """An exclusive advisory lock on a folder (created if missing), held until `release` or the process ends."""
 
-    def __init__(self, folder, what: str = "folder"):
-        self.folder, self.what = Path(folder), what
+    def __init__(self, folder, what: str = "folder", shared: bool = False):
+        self.folder, self.what, self.shared = Path(folder), what, shared
         self.path = self.folder / LOCK_NAME
         self.fd = None
 
     def acquire(self) -> "FolderLock":
+        """Take the lock (shared: many readers, no writer), or raise FolderBusyError naming the holder."""
+        if self.shared and not self.folder.is_dir():
+            return self  # nothing to protect: the reader reports the missing folder itself
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
             os.close(fd)
@@ -48,8 +51,9 @@ class FolderLock:
                 f"{self.what} {self.folder} is in use by process {pid} on {host}; "
                 "wait for it to finish or stop it (one writer per folder)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        if not self.shared:  # readers leave the writer's line alone
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
         return self
 

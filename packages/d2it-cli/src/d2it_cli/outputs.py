@@ -11,7 +11,7 @@ from pathlib import Path
 
 from d2it import checks
 from d2it.errors import ConfigError, D2itError
-from d2it.io import atomic_write_text
+from d2it.io import atomic_write_text, clean_temporary_files
 from d2it_cli.locks import LOCK_NAME
 
 MARKER = ".d2it-output.json"
@@ -48,6 +48,7 @@ def claim(folder, command: str, legacy=None) -> Path:
     if folder.exists() and not folder.is_dir():
         raise ForeignFolderError(f"{folder} is a file, not a folder")
     if folder.is_dir() and read_marker(folder) is not None:
+        clean_temporary_files(folder)  # `.NAME.XXXX.tmp` files a killed run of ours left behind
         return folder
     if folder.is_dir():
         entries = _entries(folder)

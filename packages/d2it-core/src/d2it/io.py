@@ -91,7 +91,10 @@ def load_state(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"training state {path} cannot be read ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        if "weights_only" in first or "Weights only" in first:  # torch's long advice is not for this file
+            first = "it is damaged or holds pickled Python objects"
+        raise CheckpointError(f"training state {path} cannot be read ({type(exc).__name__}: {first})") from None
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:

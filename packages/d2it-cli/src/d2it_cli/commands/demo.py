@@ -33,7 +33,8 @@ class ClickRunner:
         """True when the subcommand at `path` (e.g. ["train", "content"]) takes `option`."""
         cmd = self.cli
         for name in path:
-            cmd = getattr(cmd, "commands", {}).get(name)
+            # get_command, not .commands: the built-in commands are imported lazily
+            cmd = cmd.get_command(click.Context(cmd), name) if isinstance(cmd, click.Group) else None
             if cmd is None:
                 return False
         return any(option in p.opts for p in cmd.params)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from d2it_cli.commands.claims import hold
 from d2it_cli.commands.params import (
     DEVICE,
     NON_NEGATIVE_FLOAT,
@@ -203,6 +204,7 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     """Stage 2: train the grain transformer on cached grain maps; writes SYSTEM/grain.safetensors."""
     config = train_config(system_dir, "grain", kwargs, data=str(Path(cache).resolve()))
     seed_everything(config.seed)  # before any module is built
+    hold(cache, "latent cache", shared=True)  # no `encode --overwrite` while we read it
     task = GrainTask.open(system_dir, cache, registry=obj["registry"], lr=lr, weight_decay=weight_decay)
     _fit(task, config, "grain", system_dir)
 
@@ -234,6 +236,7 @@ def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, 
     """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
     config = train_config(system_dir, "content", kwargs, data=str(Path(cache).resolve()))
     seed_everything(config.seed)  # before any module is built
+    hold(cache, "latent cache", shared=True)
     task = ContentTask.open(
         system_dir,
         cache,
