@@ -325,8 +325,9 @@ def test_sampling_stops_on_non_finite_images_before_writing(tmp_path, monkeypatc
         images[0, 0, 0, 0] = float("nan")
         return types.SimpleNamespace(images=images, grain_maps=None, latents=torch.zeros(len(classes), 4, 2, 2))
 
-    monkeypatch.setattr(generation, "_generate", nan_images)
+    monkeypatch.setattr(generation, "generate", nan_images)
+    settings = generation.SampleSettings(num=2, batch=2, steps=1)
     with pytest.raises(D2itError, match="non-finite images in shard 0"):
-        generation.sample_shards(FakeSystem(), 2, tmp_path / "out", batch=2, steps=1, progress=False)
+        generation.sample_to_dir(FakeSystem(), tmp_path / "out", settings, progress=False)
     assert not list((tmp_path / "out" / "shards").glob("shard-*.npz"))
     assert not (tmp_path / "out" / "samples.npz").exists()
