@@ -84,9 +84,10 @@ def _pytest(session, env, *args):
 
 @nox.session
 def lint(session):
-    """ruff over the whole repository."""
-    session.install("ruff")
+    """ruff over the whole repository: lint rules and formatting (pinned, so formatting is stable)."""
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session(venv_backend="none")

@@ -430,7 +430,9 @@ def summarise(result: dict) -> tuple[list[list[str]], dict]:
     for name in ("D²iT-XL", "DiT-XL/2"):
         u = after(name).get("utilisation")
         targets[f"{name} training utilisation >= {TARGET_UTIL:.0%}"] = {
-            "value": u, "met": u is not None and u >= TARGET_UTIL}
+            "value": u,
+            "met": u is not None and u >= TARGET_UTIL,
+        }
     dense, sparse = after("D²iT-XL"), after("D²iT-XL sparse")
     if "images_per_s" in dense and "images_per_s" in sparse:
         gmac_ratio = train["D²iT-XL sparse"]["gmacs_per_image"] / train["D²iT-XL"]["gmacs_per_image"]

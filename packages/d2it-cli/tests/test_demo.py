@@ -98,11 +98,16 @@ def test_timing_table_and_index(tmp_path):
     png = tmp_path / "figs" / "a.png"
     png.parent.mkdir()
     png.write_bytes(b"\x89PNG")
-    index = write_index(tmp_path, "t <demo>", "intro", steps,
-                        [Section("S & T", text="words", figures=[Figure(png, "cap")], tables=[(["a"], [[1.5]])])])
+    index = write_index(
+        tmp_path,
+        "t <demo>",
+        "intro",
+        steps,
+        [Section("S & T", text="words", figures=[Figure(png, "cap")], tables=[(["a"], [[1.5]])])],
+    )
     page = index.read_text()
     assert 'src="figs/a.png"' in page and "S &amp; T" in page and "t &lt;demo&gt;" in page
-    assert "<td class=\"num\">1.5</td>" in page
+    assert '<td class="num">1.5</td>' in page
 
 
 def test_loss_figures_from_logs(tmp_path):

@@ -32,8 +32,22 @@ def run(cli, *args):
 
 
 def gen(cli, samples, ref, weights, *extra):
-    return run(cli, "eval", "gen", "--samples", samples, "--ref", ref, "--feature-extractor", TINY,
-               "--inception-weights", weights, "--batch", 16, *extra)
+    return run(
+        cli,
+        "eval",
+        "gen",
+        "--samples",
+        samples,
+        "--ref",
+        ref,
+        "--feature-extractor",
+        TINY,
+        "--inception-weights",
+        weights,
+        "--batch",
+        16,
+        *extra,
+    )
 
 
 def test_gen_writes_provenance_and_npz_equals_png(tmp_path, cli, weights):
@@ -43,8 +57,19 @@ def test_gen_writes_provenance_and_npz_equals_png(tmp_path, cli, weights):
     folder = write_pngs(arr, tmp_path / "pngs")
     metrics = "fid,isc,kid,prc"
     sets = ("--set", "kid.subset_size=20", "--set", "isc.splits=4")
-    res = gen(cli, tmp_path / "s.npz", tmp_path / "r.npz", weights, "--metrics", metrics, *sets,
-              "--out", tmp_path / "a.json", "--seed", 7)
+    res = gen(
+        cli,
+        tmp_path / "s.npz",
+        tmp_path / "r.npz",
+        weights,
+        "--metrics",
+        metrics,
+        *sets,
+        "--out",
+        tmp_path / "a.json",
+        "--seed",
+        7,
+    )
     assert res.exit_code == 0, res.output
     assert "fid" in res.output and "precision" in res.output
     doc = json.loads((tmp_path / "a.json").read_text())
@@ -54,8 +79,9 @@ def test_gen_writes_provenance_and_npz_equals_png(tmp_path, cli, weights):
     assert doc["resize"]["policy"] == "none" and doc["reference"]["pixel_sha256"]
     assert {"torch", "torch-fidelity", "d2it-cli"} <= set(doc["versions"])
     assert set(doc["metrics"]) >= {"fid", "isc", "kid", "precision", "recall"}
-    res = gen(cli, folder, tmp_path / "r.npz", weights, "--metrics", metrics, *sets, "--out", tmp_path / "b.json",
-              "--seed", 7)
+    res = gen(
+        cli, folder, tmp_path / "r.npz", weights, "--metrics", metrics, *sets, "--out", tmp_path / "b.json", "--seed", 7
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "b.json").read_text())["metrics"] == doc["metrics"]
 
@@ -110,8 +136,19 @@ def test_ref_then_gen_and_mismatch_refusals(tmp_path, cli, weights):
     np.savez(tmp_path / "r.npz", make_images(seed=4))
     np.savez(tmp_path / "s.npz", make_images(seed=5, shift=10))
     stats = tmp_path / "r.safetensors"
-    res = run(cli, "eval", "ref", "--data", tmp_path / "r.npz", "--out", stats, "--feature-extractor", TINY,
-              "--inception-weights", weights)
+    res = run(
+        cli,
+        "eval",
+        "ref",
+        "--data",
+        tmp_path / "r.npz",
+        "--out",
+        stats,
+        "--feature-extractor",
+        TINY,
+        "--inception-weights",
+        weights,
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(stats.with_suffix(".json").read_text())["count"] == 40
     direct = gen(cli, tmp_path / "s.npz", tmp_path / "r.npz", weights, "--metrics", "fid,prc", "--json")
@@ -125,8 +162,20 @@ def test_ref_then_gen_and_mismatch_refusals(tmp_path, cli, weights):
     np.savez(tmp_path / "big.npz", make_images(seed=6, size=32))
     res = gen(cli, tmp_path / "big.npz", stats, weights, "--metrics", "fid")
     assert res.exit_code == 2 and "16x16 images but the samples are 32x32" in res.output
-    res = run(cli, "eval", "ref", "--data", tmp_path / "r.npz", "--out", tmp_path / "nofeat.safetensors",
-              "--feature-extractor", TINY, "--inception-weights", weights, "--no-features")
+    res = run(
+        cli,
+        "eval",
+        "ref",
+        "--data",
+        tmp_path / "r.npz",
+        "--out",
+        tmp_path / "nofeat.safetensors",
+        "--feature-extractor",
+        TINY,
+        "--inception-weights",
+        weights,
+        "--no-features",
+    )
     assert res.exit_code == 0, res.output
     res = gen(cli, tmp_path / "s.npz", tmp_path / "nofeat.safetensors", weights, "--metrics", "kid")
     assert res.exit_code == 2 and "no features" in res.output
@@ -147,12 +196,45 @@ def test_gen_without_inception_weights_offline_says_how_to_get_them(tmp_path, cl
 
 
 TINY_SYSTEM = [
-    "--vae", "dvae-kl", "--backbone", "dit-s", "--refine", "window16", "--image-size", "32", "--num-classes", "1",
-    "--set", "vae.base_width=8", "--set", "vae.norm_groups=4", "--set", "vae.num_res_blocks=1",
-    "--set", "vae.attn_levels=0", "--set", "vae.mid_attn=false", "--set", "vae.channel_mult=1,1,1,1,1",
-    "--set", "vae.decoder_mult=1,1,1,1", "--set", "backbone.depth=1", "--set", "backbone.hidden_size=32",
-    "--set", "backbone.num_heads=2", "--set", "backbone.refine_depth=1", "--set", "grain.depth=1",
-    "--set", "grain.hidden_size=32", "--set", "grain.num_heads=2", "--no-count",
+    "--vae",
+    "dvae-kl",
+    "--backbone",
+    "dit-s",
+    "--refine",
+    "window16",
+    "--image-size",
+    "32",
+    "--num-classes",
+    "1",
+    "--set",
+    "vae.base_width=8",
+    "--set",
+    "vae.norm_groups=4",
+    "--set",
+    "vae.num_res_blocks=1",
+    "--set",
+    "vae.attn_levels=0",
+    "--set",
+    "vae.mid_attn=false",
+    "--set",
+    "vae.channel_mult=1,1,1,1,1",
+    "--set",
+    "vae.decoder_mult=1,1,1,1",
+    "--set",
+    "backbone.depth=1",
+    "--set",
+    "backbone.hidden_size=32",
+    "--set",
+    "backbone.num_heads=2",
+    "--set",
+    "backbone.refine_depth=1",
+    "--set",
+    "grain.depth=1",
+    "--set",
+    "grain.hidden_size=32",
+    "--set",
+    "grain.num_heads=2",
+    "--no-count",
 ]
 
 
@@ -170,9 +252,27 @@ def test_recon_reports_rfid_lpips_psnr_fine_ratio(tmp_path, cli, weights, tiny_s
 
     torch.manual_seed(0)
     torch.save(lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).state_dict(), tmp_path / "lpips.pth")
-    res = run(cli, "eval", "recon", "--system", tiny_system, "--data", "synthetic:24", "--feature-extractor", TINY,
-              "--inception-weights", weights, "--lpips-weights", tmp_path / "lpips.pth", "--set", "lpips.net=alex",
-              "--batch", 8, "--out", tmp_path / "recon.json")
+    res = run(
+        cli,
+        "eval",
+        "recon",
+        "--system",
+        tiny_system,
+        "--data",
+        "synthetic:24",
+        "--feature-extractor",
+        TINY,
+        "--inception-weights",
+        weights,
+        "--lpips-weights",
+        tmp_path / "lpips.pth",
+        "--set",
+        "lpips.net=alex",
+        "--batch",
+        8,
+        "--out",
+        tmp_path / "recon.json",
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "recon.json").read_text())
     m = doc["metrics"]
@@ -193,9 +293,31 @@ def test_sample_and_score_is_sharded_and_resumable(tmp_path, cli, weights, tiny_
     monkeypatch.setattr(generation, "generate", counting)
     np.savez(tmp_path / "r.npz", make_images(n=12, size=32, seed=8))
     out = tmp_path / "run"
-    args = ["eval", "sample-and-score", "--system", tiny_system, "--ref", tmp_path / "r.npz", "--num", 12,
-            "--metrics", "fid", "--steps", 2, "--batch", 4, "--device", "cpu", "--feature-extractor", TINY,
-            "--inception-weights", weights, "--out", out, "--quiet"]
+    args = [
+        "eval",
+        "sample-and-score",
+        "--system",
+        tiny_system,
+        "--ref",
+        tmp_path / "r.npz",
+        "--num",
+        12,
+        "--metrics",
+        "fid",
+        "--steps",
+        2,
+        "--batch",
+        4,
+        "--device",
+        "cpu",
+        "--feature-extractor",
+        TINY,
+        "--inception-weights",
+        weights,
+        "--out",
+        out,
+        "--quiet",
+    ]
     res = run(cli, *args)
     assert res.exit_code == 0, res.output
     assert len(calls) == 3 and len(list((out / "shards").glob("shard-*.npz"))) == 3

@@ -128,8 +128,19 @@ def test_fid_equals_torch_fidelity(tmp_path, registry):
     sets = ("kid.subset_size=20", "isc.splits=4")
     ours = score(str(a), str(b), ["fid", "kid", "isc"], registry, settings(), sets=sets)
     theirs = torch_fidelity.calculate_metrics(
-        input1=str(a), input2=str(b), fid=True, kid=True, isc=True, feature_extractor=TINY, cuda=False, cache=False,
-        verbose=False, batch_size=16, save_cpu_ram=True, kid_subset_size=20, isc_splits=4,
+        input1=str(a),
+        input2=str(b),
+        fid=True,
+        kid=True,
+        isc=True,
+        feature_extractor=TINY,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        batch_size=16,
+        save_cpu_ram=True,
+        kid_subset_size=20,
+        isc_splits=4,
     )
     assert ours["metrics"]["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6, abs=1e-9)
     assert ours["metrics"]["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6, abs=1e-9)

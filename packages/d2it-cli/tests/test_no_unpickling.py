@@ -61,8 +61,12 @@ def planted(tmp_path, monkeypatch):
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(hub))
     marker = tmp_path / "pwned"
-    urls = [tvm.VGG16_Weights.IMAGENET1K_V1.url, tvm.AlexNet_Weights.IMAGENET1K_V1.url,
-            tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1.url, URL_INCEPTION_V3]
+    urls = [
+        tvm.VGG16_Weights.IMAGENET1K_V1.url,
+        tvm.AlexNet_Weights.IMAGENET1K_V1.url,
+        tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1.url,
+        URL_INCEPTION_V3,
+    ]
     paths = [d2it.weights.hub_cache_path(u) for u in urls]
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -112,8 +116,21 @@ def test_planted_pickle_through_the_command_line(planted, tiny_system, tmp_path)
 
     for argv in (
         ["eval", "recon", "--system", tiny_system, "--data", "synthetic:4", "--metrics", "lpips", "--batch", "4"],
-        ["train", "dvae", "--system", tiny_system, "--data", "synthetic:4", "--steps", "1", "--batch", "2",
-         "--run-dir", tmp_path / "run", "--quiet"],
+        [
+            "train",
+            "dvae",
+            "--system",
+            tiny_system,
+            "--data",
+            "synthetic:4",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--run-dir",
+            tmp_path / "run",
+            "--quiet",
+        ],
     ):
         with pytest.raises(SystemExit) as info:
             main([str(a) for a in argv])

@@ -136,8 +136,12 @@ def test_second_writer_is_refused_naming_pid_and_host(tmp_path):
 
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     holder = subprocess.run(
-        [sys.executable, "-c", "import sys; from d2it_cli.locks import FolderLock; FolderLock(sys.argv[1]).acquire()",
-         str(tmp_path / "out")],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from d2it_cli.locks import FolderLock; FolderLock(sys.argv[1]).acquire()",
+            str(tmp_path / "out"),
+        ],
         check=True,
     )
     assert holder.returncode == 0
@@ -148,8 +152,10 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_live_holder_in_another_process_gives_exit_2(tmp_path, tiny_system):
-    code = ("import sys, time; from d2it_cli.locks import FolderLock; FolderLock(sys.argv[1]).acquire(); "
-            "print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from d2it_cli.locks import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -169,8 +175,21 @@ def test_live_holder_in_another_process_gives_exit_2(tmp_path, tiny_system):
 # ---------------------------------------------------------------------------------------------- outputs
 def test_sample_reruns_replace_exactly_our_outputs(tiny_system, tmp_path, run_cli):
     out = tmp_path / "out"
-    first = run_cli("sample", "--system", tiny_system, "--out", out, "--num", "3", "--steps", "1", "--batch", "3",
-                    "--npz", "--quiet")
+    first = run_cli(
+        "sample",
+        "--system",
+        tiny_system,
+        "--out",
+        out,
+        "--num",
+        "3",
+        "--steps",
+        "1",
+        "--batch",
+        "3",
+        "--npz",
+        "--quiet",
+    )
     assert first.exit_code == 0, first.output
     (out / "notes.txt").write_text("mine")
     (out / "samples" / "keep.txt").write_text("mine too")
@@ -283,8 +302,21 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
     monkeypatch.setattr("d2it_cli.build.count_system", broken)
     with pytest.raises(ZeroDivisionError):
-        main(["build", "--backbone", "dit-s", "--image-size", "32", "--set", "backbone.depth=1",
-              "--set", "backbone.hidden_size=32", "--set", "backbone.num_heads=2"])
+        main(
+            [
+                "build",
+                "--backbone",
+                "dit-s",
+                "--image-size",
+                "32",
+                "--set",
+                "backbone.depth=1",
+                "--set",
+                "backbone.hidden_size=32",
+                "--set",
+                "backbone.num_heads=2",
+            ]
+        )
 
 
 def test_latent_scale_lives_with_the_cache(tiny_system, tmp_path, run_cli, capsys):
@@ -292,12 +324,31 @@ def test_latent_scale_lives_with_the_cache(tiny_system, tmp_path, run_cli, capsy
     from d2it import system as systems
 
     cache = tmp_path / "cache"
-    assert run_cli("encode", "--system", tiny_system, "--data", "synthetic:4", "--out", cache, "--batch", "4",
-                   "--quiet").exit_code == 0
+    assert (
+        run_cli(
+            "encode", "--system", tiny_system, "--data", "synthetic:4", "--out", cache, "--batch", "4", "--quiet"
+        ).exit_code
+        == 0
+    )
     scale = json.loads((cache / "manifest.json").read_text())["latent_scale"]
     systems.update_record(tiny_system, latent_scale=1.0)  # as if encode had been killed before its last write
-    result = run_cli("train", "grain", "--system", tiny_system, "--cache", cache, "--steps", "1", "--batch", "2",
-                     "--quiet", "--workers", "0", "--run-dir", tmp_path / "run")
+    result = run_cli(
+        "train",
+        "grain",
+        "--system",
+        tiny_system,
+        "--cache",
+        cache,
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--quiet",
+        "--workers",
+        "0",
+        "--run-dir",
+        tmp_path / "run",
+    )
     assert result.exit_code == 0, result.output
     assert systems.read_record(tiny_system)[0].latent_scale == pytest.approx(scale, rel=1e-12)
 

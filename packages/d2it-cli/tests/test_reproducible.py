@@ -9,9 +9,31 @@ from pathlib import Path
 
 def _train(system, run_dir):
     d2it = Path(sys.executable).with_name("d2it")
-    cmd = [str(d2it) if d2it.exists() else shutil.which("d2it"), "train", "dvae", "--system", str(system),
-           "--data", "synthetic:8", "--steps", "4", "--batch", "2", "--disc-start", "0", "--lpips-random",
-           "--log-every", "1", "--quiet", "--seed", "5", "--device", "cpu", "--run-dir", str(run_dir)]
+    cmd = [
+        str(d2it) if d2it.exists() else shutil.which("d2it"),
+        "train",
+        "dvae",
+        "--system",
+        str(system),
+        "--data",
+        "synthetic:8",
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--disc-start",
+        "0",
+        "--lpips-random",
+        "--log-every",
+        "1",
+        "--quiet",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--run-dir",
+        str(run_dir),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 

@@ -194,7 +194,7 @@ def test_sample_without_npz_and_uniform_classes(tiny_system, tmp_path, run_cli):
     out = tmp_path / "out"
     result = _sample(run_cli, tiny_system, out, "--classes-uniform", "--sampler", "ddim", "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["num"] == 5 and not (out / "samples.npz").exists()
     assert sorted(p.name[-10:] for p in (out / "samples").glob("*.png")) == sorted(
         f"_class{c}.png"[-10:] for c in [0, 1, 2, 3, 0]

@@ -53,7 +53,7 @@ def split_sampler_sets(sets, *, others: str | None = None) -> tuple[dict, list[s
     """
     sampler_sets, rest = {}, []
     for item in sets or ():
-        (slot, options), = parse_sets([item]).items()
+        ((slot, options),) = parse_sets([item]).items()
         if slot == "sampler":
             sampler_sets.update(options)
         elif others is None:

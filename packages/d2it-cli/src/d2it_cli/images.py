@@ -17,8 +17,16 @@ COARSE_RGB = (40, 90, 255)
 FINE_RGB = (255, 40, 40)
 # a perceptually ordered dark-to-bright ramp (close to matplotlib's "inferno") for heatmaps
 HEAT_RAMP = np.array(
-    [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39),
-     (252, 255, 164)],
+    [
+        (0, 0, 4),
+        (40, 11, 84),
+        (101, 21, 110),
+        (159, 42, 99),
+        (212, 72, 66),
+        (245, 125, 21),
+        (250, 193, 39),
+        (252, 255, 164),
+    ],
     dtype=np.float64,
 )
 # line colours for the series of a plot
@@ -305,6 +313,7 @@ def plot_curves(
     if not lines:
         draw.text((left + 8, top + ph // 2), "no data", fill=(120, 120, 120), font=font)
     else:
+
         def ty(v):
             return math.log10(v) if log_y else v
 

@@ -156,8 +156,24 @@ def bad_files(tiny_system_template, tmp_path_factory):
     # a plain DiT without a VAE
     cli = make_cli(load_registry())
     novae = root / "novae"
-    args = ["build", "--backbone", "dit-s", "--image-size", "32", "--num-classes", "4", "--no-count", "--out", novae,
-            "--set", "backbone.depth=1", "--set", "backbone.hidden_size=32", "--set", "backbone.num_heads=2"]
+    args = [
+        "build",
+        "--backbone",
+        "dit-s",
+        "--image-size",
+        "32",
+        "--num-classes",
+        "4",
+        "--no-count",
+        "--out",
+        novae,
+        "--set",
+        "backbone.depth=1",
+        "--set",
+        "backbone.hidden_size=32",
+        "--set",
+        "backbone.num_heads=2",
+    ]
     assert run_main(args).code == 0
     p["novae"] = str(novae)
     del cli
@@ -203,8 +219,27 @@ def bad_files(tiny_system_template, tmp_path_factory):
 
     # a run with a checkpoint, and tampered copies
     run = root / "run"
-    r = run_main(["train", "grain", "--system", cache_sys, "--cache", cache, "--steps", "1", "--batch", "2",
-                  "--run-dir", run, "--quiet", "--device", "cpu", "--sample-every", "0"])
+    r = run_main(
+        [
+            "train",
+            "grain",
+            "--system",
+            cache_sys,
+            "--cache",
+            cache,
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--run-dir",
+            run,
+            "--quiet",
+            "--device",
+            "cpu",
+            "--sample-every",
+            "0",
+        ]
+    )
     assert r.code == 0, r.err
     p["run"] = str(run)
     ckpt = next((run / "checkpoints").glob("step-*"))

@@ -4,8 +4,10 @@ import pytest
 
 from conftest import probe
 
-TINY = ("--backbone dit-s --image-size 32 --no-count --set backbone.depth=1 --set backbone.hidden_size=32 "
-        "--set backbone.num_heads=2")
+TINY = (
+    "--backbone dit-s --image-size 32 --no-count --set backbone.depth=1 --set backbone.hidden_size=32 "
+    "--set backbone.num_heads=2"
+)
 D2IT = "--vae dvae-kl --refine window16 --set vae.base_width=8 --set vae.norm_groups=4 --set vae.attn_levels=0"
 
 PROBES = [

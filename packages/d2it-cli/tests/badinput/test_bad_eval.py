@@ -40,20 +40,26 @@ PROBES = [
     probe("ref-data-renamed-npy", "eval ref --data {renamed_npz} --out {tmp}/r.safetensors", "renamed.npz"),
     probe("ref-num-0", f"{REF} --num 0", "--num"),
     probe("ref-seed-huge", f"{REF} --seed 18446744073709551616", "--seed"),
-    probe("ref-out-under-file", "eval ref --data {good_npz} --out {file}/r.safetensors --feature-extractor vgg16",
-          "afile"),
+    probe(
+        "ref-out-under-file", "eval ref --data {good_npz} --out {file}/r.safetensors --feature-extractor vgg16", "afile"
+    ),
     probe("recon-system-missing", "eval recon --system {missing} --data synthetic:4", "does not exist"),
     probe("recon-system-no-vae", "eval recon --system {novae} --data synthetic:4 --metrics psnr", "VAE"),
-    probe("recon-system-bad-json", "eval recon --system {sys_badjson} --data synthetic:4 --metrics psnr",
-          "d2it.json"),
+    probe("recon-system-bad-json", "eval recon --system {sys_badjson} --data synthetic:4 --metrics psnr", "d2it.json"),
     probe("recon-unknown-metric", "eval recon --system {sys} --data synthetic:4 --metrics ssim", "ssim"),
     probe("recon-data-missing", "eval recon --system {sys} --data {missing} --metrics psnr", "does-not-exist"),
     probe("recon-num-0", f"{RECON} --num 0", "--num"),
     probe("recon-device", f"{RECON} --device xpu9", "--device"),
-    probe("recon-lpips-weights-missing", "eval recon --system {sys} --data synthetic:4 --metrics lpips "
-          "--lpips-weights {missing}", "does-not-exist"),
-    probe("recon-lpips-weights-bad", "eval recon --system {sys} --data synthetic:4 --metrics lpips "
-          "--lpips-weights {bad_weights}", "weights.pth"),
+    probe(
+        "recon-lpips-weights-missing",
+        "eval recon --system {sys} --data synthetic:4 --metrics lpips --lpips-weights {missing}",
+        "does-not-exist",
+    ),
+    probe(
+        "recon-lpips-weights-bad",
+        "eval recon --system {sys} --data synthetic:4 --metrics lpips --lpips-weights {bad_weights}",
+        "weights.pth",
+    ),
     probe("sas-no-num", "eval sample-and-score --system {sys} --ref {good_npz} --out {tmp}/s", "--num"),
     probe("sas-preset", f"{SAS} --preset fid-1k", "--preset"),
     probe("sas-cfg-nan", f"{SAS} --cfg-scale nan", "--cfg-scale"),
@@ -64,12 +70,22 @@ PROBES = [
     probe("sas-metric-seed-huge", f"{SAS} --metric-seed 18446744073709551616", "--metric-seed"),
     probe("sas-eval-batch-0", f"{SAS} --eval-batch 0", "--eval-batch"),
     probe("sas-device", f"{SAS} --device cuda", "--device"),
-    probe("sas-no-vae", "eval sample-and-score --system {novae} --ref {good_npz} --num 2 --steps 1 --out {tmp}/s "
-          "--metrics fid --feature-extractor vgg16", "no VAE"),
-    probe("sas-nan-scale", "eval sample-and-score --system {sys_nanscale} --ref {good_npz} --num 2 --steps 1 "
-          "--out {tmp}/s", "latent_scale"),
-    probe("sas-out-foreign", "eval sample-and-score --system {sys} --ref {good_npz} --num 2 --steps 1 "
-          "--out {userdir}", "not written by d2it"),
+    probe(
+        "sas-no-vae",
+        "eval sample-and-score --system {novae} --ref {good_npz} --num 2 --steps 1 --out {tmp}/s "
+        "--metrics fid --feature-extractor vgg16",
+        "no VAE",
+    ),
+    probe(
+        "sas-nan-scale",
+        "eval sample-and-score --system {sys_nanscale} --ref {good_npz} --num 2 --steps 1 --out {tmp}/s",
+        "latent_scale",
+    ),
+    probe(
+        "sas-out-foreign",
+        "eval sample-and-score --system {sys} --ref {good_npz} --num 2 --steps 1 --out {userdir}",
+        "not written by d2it",
+    ),
     probe("sas-out-file", "eval sample-and-score --system {sys} --ref {good_npz} --num 2 --out {file}", "afile"),
     probe("eval-unknown-subcommand", "eval score", "score"),
     probe("demo-device", "demo --out {tmp}/d --device cuda:1", "--device"),

@@ -44,8 +44,9 @@ PROBES = [
     probe("system-bad-sampler-steps", "sample --system {sys_badsteps} --out {tmp}/o --num 1 --steps 1", "steps"),
     probe("system-nan-beta", "sample --system {sys_nanbeta} --out {tmp}/o --num 1 --steps 1", "beta_end"),
     probe("system-no-weights", "sample --system {sys_noweights} --out {tmp}/o --num 1 --steps 1", "safetensors"),
-    probe("system-truncated-weights", "sample --system {sys_truncweights} --out {tmp}/o --num 1 --steps 1",
-          "safetensors"),
+    probe(
+        "system-truncated-weights", "sample --system {sys_truncweights} --out {tmp}/o --num 1 --steps 1", "safetensors"
+    ),
     probe("out-is-a-file", "sample --system {sys} --out {file} --num 1 --steps 1", "afile"),
     probe("out-under-a-file", "sample --system {sys} --out {file}/o --num 1 --steps 1", "afile"),
     probe("out-foreign-folder", "sample --system {sys} --out {userdir} --num 1 --steps 1", "not written by d2it"),

@@ -155,8 +155,9 @@ def inside(folder, name, where: str):
     return Path(folder) / name
 
 
-def field(doc: dict, key: str, where: str, *, types=None, low=None, high=None, integer=False, choices=None,
-          optional=False):
+def field(
+    doc: dict, key: str, where: str, *, types=None, low=None, high=None, integer=False, choices=None, optional=False
+):
     """`doc[key]` checked for presence, JSON type, numeric range or membership; errors name `where` and the key."""
     if key not in doc or doc[key] is None:
         if optional:

@@ -77,8 +77,10 @@ def load_trunk(model, state: dict, where: str):
                 if key not in state:
                     raise CheckpointError(f"{where} lacks tensor {key!r} of the LPIPS trunk")
                 if tuple(state[key].shape) != tuple(tensor.shape):
-                    raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, "
-                                          f"the LPIPS trunk needs {tuple(tensor.shape)}")
+                    raise CheckpointError(
+                        f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                        f"the LPIPS trunk needs {tuple(tensor.shape)}"
+                    )
                 with torch.no_grad():
                     tensor.copy_(state[key])
 

@@ -413,9 +413,7 @@ SAMPLERS = [
     ComponentSpec("ddim", "sampler", DDIMSampler, DDIMConfig, summary="DDIM sampling (eta = 0: deterministic)"),
     ComponentSpec("euler", "sampler", EulerSampler, EulerConfig, summary="Euler on the probability-flow ODE"),
     ComponentSpec("heun", "sampler", HeunSampler, HeunConfig, summary="Heun (2nd order) on the PF ODE"),
-    ComponentSpec(
-        "dpmpp-2m", "sampler", DPMPP2MSampler, DPMPP2MConfig, summary="DPM-Solver++(2M), few-step default"
-    ),
+    ComponentSpec("dpmpp-2m", "sampler", DPMPP2MSampler, DPMPP2MConfig, summary="DPM-Solver++(2M), few-step default"),
     ComponentSpec(
         "dpmpp-2m-sde",
         "sampler",

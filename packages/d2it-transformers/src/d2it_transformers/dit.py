@@ -484,6 +484,7 @@ def sincos_table(embed_dim: int, grid) -> torch.Tensor:
 # Configs and the name -> factory table
 # ---------------------------------------------------------------------------------------------
 
+
 @attrs.frozen
 class DiTConfig:
     """Options of a DiT backbone: depth None = the size's `blocks`, minus refine_depth when routed."""

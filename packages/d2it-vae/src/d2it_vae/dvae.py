@@ -269,6 +269,8 @@ _MODEL_KEYS = (
     "base_width", "channel_mult", "num_res_blocks", "attn_levels", "mid_attn", "decoder_mult",
     "decoder_attn_levels", "latent_channels", "norm_groups", "dropout",
 )  # fmt: skip
+
+
 def _create_part(kind: str, name: str, candidates: dict, **context):
     """Create a registered part with those candidate options that its config accepts."""
     registry = default_registry()
@@ -304,9 +306,7 @@ def make_vae_f8(config: VAEF8Config, *, image_size: int, regularizer_options: di
     """Factory of `vae-f8`: the standard LDM KL-f8 autoencoder (one grain, no position embedding)."""
     kwargs = {key: getattr(config, key) for key in _MODEL_KEYS}
     regularizer = _regularizer(config, regularizer_options)
-    return DynamicVAE(
-        image_size, regularizer, None, grains=1, pos_embed=False, quant_conv=config.quant_conv, **kwargs
-    )
+    return DynamicVAE(image_size, regularizer, None, grains=1, pos_embed=False, quant_conv=config.quant_conv, **kwargs)
 
 
 VAES = [

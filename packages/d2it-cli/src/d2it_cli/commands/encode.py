@@ -22,8 +22,9 @@ from d2it_cli.data import data_options
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache directory to write.")
 @click.option("--batch", default=32, show_default=True, type=POSITIVE_INT)
-@click.option("--shard-size", default=4096, show_default=True, type=POSITIVE_INT,
-              help="Images (each with its flip) per shard.")
+@click.option(
+    "--shard-size", default=4096, show_default=True, type=POSITIVE_INT, help="Images (each with its flip) per shard."
+)
 @click.option(
     "--dtype",
     type=click.Choice(sorted(DTYPES)),
@@ -40,8 +41,9 @@ from d2it_cli.data import data_options
     help="all: every grain everywhere (needed by --grain-source random); used: only each region's own grain.",
 )
 @click.option("--workers", default=0, show_default=True, type=NON_NEGATIVE_INT)
-@click.option("--seed", default=0, show_default=True, type=SEED,
-              help="Seed of the latent draws that measure the scale.")
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Seed of the latent draws that measure the scale."
+)
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache.")
 @click.option("--device", type=DEVICE, help="cpu, cuda ... (default: CUDA when available; torchrun: the local GPU).")

@@ -24,41 +24,74 @@ from d2it_cli.table import format_table
 
 def _extractor_options(fn):
     """--inception-weights and the hidden --feature-extractor."""
-    fn = click.option("--feature-extractor", default=INCEPTION, show_default=True, hidden=True,
-                      help="torch-fidelity feature extractor name (testing).")(fn)
-    fn = click.option("--inception-weights", type=click.Path(dir_okay=False),
-                      help="Local feature-extractor weights (default: torch-fidelity's cache, else download).")(fn)
+    fn = click.option(
+        "--feature-extractor",
+        default=INCEPTION,
+        show_default=True,
+        hidden=True,
+        help="torch-fidelity feature extractor name (testing).",
+    )(fn)
+    fn = click.option(
+        "--inception-weights",
+        type=click.Path(dir_okay=False),
+        help="Local feature-extractor weights (default: torch-fidelity's cache, else download).",
+    )(fn)
     return fn
 
 
 def _run_options(fn):
     """--batch --device --seed --workers --quiet."""
     fn = click.option("--quiet", is_flag=True, help="No progress bars.")(fn)
-    fn = click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
-                      help="Image decoding worker processes.")(fn)
-    fn = click.option("--seed", default=2020, show_default=True, type=SEED,
-                      help="Seed of the metrics' random subsets (IS splits, KID).")(fn)
-    fn = click.option("--device", default=None, type=DEVICE,
-                      help="Device for the networks (default: CUDA when available).")(fn)
-    fn = click.option("--batch", "batch_size", default=64, show_default=True, type=click.IntRange(min=1),
-                      help="Images per feature-extraction batch.")(fn)
+    fn = click.option(
+        "--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Image decoding worker processes."
+    )(fn)
+    fn = click.option(
+        "--seed",
+        default=2020,
+        show_default=True,
+        type=SEED,
+        help="Seed of the metrics' random subsets (IS splits, KID).",
+    )(fn)
+    fn = click.option(
+        "--device", default=None, type=DEVICE, help="Device for the networks (default: CUDA when available)."
+    )(fn)
+    fn = click.option(
+        "--batch",
+        "batch_size",
+        default=64,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Images per feature-extraction batch.",
+    )(fn)
     return fn
 
 
 def _resize_options(fn):
     """--resize and --image-size."""
     fn = click.option("--image-size", type=click.IntRange(min=1), help="Target size for --resize center-crop.")(fn)
-    fn = click.option("--resize", type=click.Choice(["none", "center-crop"]), default="none", show_default=True,
-                      help="none: use images as they are; center-crop: ADM's resize + centre crop to --image-size.")(fn)
+    fn = click.option(
+        "--resize",
+        type=click.Choice(["none", "center-crop"]),
+        default="none",
+        show_default=True,
+        help="none: use images as they are; center-crop: ADM's resize + centre crop to --image-size.",
+    )(fn)
     return fn
 
 
-def _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize="none",
-              image_size=None) -> Settings:
+def _settings(
+    feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize="none", image_size=None
+) -> Settings:
     return Settings(
-        extractor=feature_extractor, weights=inception_weights, batch_size=batch_size,
-        device=str(systems.torch_device(device)), seed=seed, workers=workers, resize=resize,
-        image_size=image_size, progress=on_terminal(not quiet),
+        extractor=feature_extractor,
+        weights=inception_weights,
+        batch_size=batch_size,
+        device=str(systems.torch_device(device)),
+        seed=seed,
+        workers=workers,
+        resize=resize,
+        image_size=image_size,
+        progress=on_terminal(not quiet),
     )
 
 
@@ -97,12 +130,18 @@ def eval_group():
 
 
 @eval_group.command("gen")
-@click.option("--samples", required=True, type=click.Path(),
-              help="Folder of PNGs or ADM-style .npz (arr_0 uint8 NHWC).")
-@click.option("--ref", required=True, type=click.Path(),
-              help="Reference: image folder, .npz (ADM reference batches' mu/sigma are used) or `d2it eval ref` stats.")
-@click.option("--metrics", "metric_names", default=",".join(GEN_METRICS), show_default=True,
-              help="Comma-separated metrics.")
+@click.option(
+    "--samples", required=True, type=click.Path(), help="Folder of PNGs or ADM-style .npz (arr_0 uint8 NHWC)."
+)
+@click.option(
+    "--ref",
+    required=True,
+    type=click.Path(),
+    help="Reference: image folder, .npz (ADM reference batches' mu/sigma are used) or `d2it eval ref` stats.",
+)
+@click.option(
+    "--metrics", "metric_names", default=",".join(GEN_METRICS), show_default=True, help="Comma-separated metrics."
+)
 @click.option("--num", type=click.IntRange(min=1), help="Use the first N samples (error when there are fewer).")
 @click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
@@ -111,12 +150,30 @@ def eval_group():
 @_extractor_options
 @_run_options
 @click.pass_obj
-def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_size, feature_extractor,
-        inception_weights, batch_size, device, seed, workers, quiet):
+def gen(
+    obj,
+    samples,
+    ref,
+    metric_names,
+    num,
+    sets,
+    out,
+    as_json,
+    resize,
+    image_size,
+    feature_extractor,
+    inception_weights,
+    batch_size,
+    device,
+    seed,
+    workers,
+    quiet,
+):
     """Score generated images against a reference set with torch-fidelity."""
     check_file_target(out)
-    settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
-                         image_size)
+    settings = _settings(
+        feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize, image_size
+    )
     doc = score(samples, ref, parse_metrics(metric_names), obj["registry"], settings, num=num, sets=sets)
     _report(doc, out, as_json)
 
@@ -130,24 +187,46 @@ def gen(obj, samples, ref, metric_names, num, sets, out, as_json, resize, image_
 @_extractor_options
 @_run_options
 @click.pass_obj
-def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor, inception_weights, batch_size,
-        device, seed, workers, quiet):
+def ref(
+    obj,
+    data,
+    out,
+    num,
+    no_features,
+    resize,
+    image_size,
+    feature_extractor,
+    inception_weights,
+    batch_size,
+    device,
+    seed,
+    workers,
+    quiet,
+):
     """Precompute reference statistics (mean, covariance, features) once, for `eval gen --ref`."""
     check_file_target(out)
-    settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize,
-                         image_size)
+    settings = _settings(
+        feature_extractor, inception_weights, batch_size, device, seed, workers, quiet, resize, image_size
+    )
     meta = reference_stats(data, out, settings, num=num, keep_features=not no_features)
     h, w = meta["image_size"]
-    click.echo(f"wrote {out}: {meta['count']} images of {w}x{h}, layers {', '.join(meta['layers'])}, "
-               f"extractor {meta['extractor']['name']} (weights sha256 {meta['extractor']['weights_sha256'][:16]}…)")
+    click.echo(
+        f"wrote {out}: {meta['count']} images of {w}x{h}, layers {', '.join(meta['layers'])}, "
+        f"extractor {meta['extractor']['name']} (weights sha256 {meta['extractor']['weights_sha256'][:16]}…)"
+    )
 
 
 @eval_group.command("recon")
 @click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Model directory or hf://REPO.")
 @click.option("--data", required=True, help="Image folder, 'synthetic' or 'synthetic:N'.")
 @click.option("--num", type=click.IntRange(min=1), help="Use the first N images (rFID-10K: 10000).")
-@click.option("--metrics", "metric_names", default=",".join(RECON_METRICS), show_default=True,
-              help="Comma-separated: rfid, lpips, psnr.")
+@click.option(
+    "--metrics",
+    "metric_names",
+    default=",".join(RECON_METRICS),
+    show_default=True,
+    help="Comma-separated: rfid, lpips, psnr.",
+)
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), help="A full LPIPS state dict (offline use).")
 @click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
@@ -155,8 +234,24 @@ def ref(obj, data, out, num, no_features, resize, image_size, feature_extractor,
 @_extractor_options
 @_run_options
 @click.pass_obj
-def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as_json, feature_extractor,
-          inception_weights, batch_size, device, seed, workers, quiet):
+def recon(
+    obj,
+    system_dir,
+    data,
+    num,
+    metric_names,
+    lpips_weights,
+    sets,
+    out,
+    as_json,
+    feature_extractor,
+    inception_weights,
+    batch_size,
+    device,
+    seed,
+    workers,
+    quiet,
+):
     """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
     check_file_target(out)
     names = parse_metrics(metric_names, RECON_METRICS)
@@ -173,39 +268,101 @@ def recon(obj, system_dir, data, num, metric_names, lpips_weights, sets, out, as
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="fid-10k (FFHQ) or fid-50k (ImageNet, +IS, P/R).")
 @click.option("--num", type=click.IntRange(min=1), help="Number of samples (overrides the preset).")
 @click.option("--metrics", "metric_names", default=None, help="Comma-separated metrics (overrides the preset).")
-@click.option("--steps", default=None, type=click.IntRange(min=1),
-              help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250).")
+@click.option(
+    "--steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250).",
+)
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT,
-              help="Classifier-free guidance (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
-              help="Grain predictor guidance.")
+@click.option(
+    "--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT, help="Classifier-free guidance (1 = off)."
+)
+@click.option(
+    "--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT, help="Grain predictor guidance."
+)
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Sampling seed.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per batch and shard.")
 @click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
-@click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE",
-              help="Override a metric option, or a sampler option as sampler.OPTION=VALUE.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SLOT.OPTION=VALUE",
+    help="Override a metric option, or a sampler option as sampler.OPTION=VALUE.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (resumable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--eval-batch", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Images per feature-extraction batch.")
+@click.option(
+    "--eval-batch",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per feature-extraction batch.",
+)
 @click.option("--metric-seed", default=2020, show_default=True, type=SEED, help="Seed of IS splits and KID subsets.")
-@click.option("--device", default=None, type=DEVICE,
-              help="Device (default: CUDA when available; torchrun: one GPU per rank).")
+@click.option(
+    "--device", default=None, type=DEVICE, help="Device (default: CUDA when available; torchrun: one GPU per rank)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_extractor_options
 @click.pass_obj
-def sample_and_score(obj, system_dir, ref, preset, num, metric_names, steps, sampler, cfg_scale, grain_cfg_scale, seed,
-                     batch, classes_uniform, sets, out, as_json, eval_batch, metric_seed, device, quiet,
-                     feature_extractor, inception_weights):
+def sample_and_score(
+    obj,
+    system_dir,
+    ref,
+    preset,
+    num,
+    metric_names,
+    steps,
+    sampler,
+    cfg_scale,
+    grain_cfg_scale,
+    seed,
+    batch,
+    classes_uniform,
+    sets,
+    out,
+    as_json,
+    eval_batch,
+    metric_seed,
+    device,
+    quiet,
+    feature_extractor,
+    inception_weights,
+):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
     claim_and_hold(out, "eval sample-and-score")
     num, names = protocol(preset, num, metric_names)
-    sampling = SampleSettings(num=num, classes_uniform=classes_uniform, seed=seed, steps=steps, sampler=sampler,
-                              cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch)
-    settings = Settings(extractor=feature_extractor, weights=inception_weights, batch_size=eval_batch, seed=metric_seed,
-                        progress=on_terminal(not quiet))
-    doc = protocols.sample_and_score(system_dir, ref, out, sampling, names, settings, sets=sets, preset=preset,
-                                     registry=obj["registry"], device=device, progress=not quiet)
+    sampling = SampleSettings(
+        num=num,
+        classes_uniform=classes_uniform,
+        seed=seed,
+        steps=steps,
+        sampler=sampler,
+        cfg_scale=cfg_scale,
+        grain_cfg_scale=grain_cfg_scale,
+        batch=batch,
+    )
+    settings = Settings(
+        extractor=feature_extractor,
+        weights=inception_weights,
+        batch_size=eval_batch,
+        seed=metric_seed,
+        progress=on_terminal(not quiet),
+    )
+    doc = protocols.sample_and_score(
+        system_dir,
+        ref,
+        out,
+        sampling,
+        names,
+        settings,
+        sets=sets,
+        preset=preset,
+        registry=obj["registry"],
+        device=device,
+        progress=not quiet,
+    )
     if doc is not None:  # rank 0
         _report(doc, Path(out) / "metrics.json", as_json)

@@ -45,8 +45,9 @@ def import_group():
     help="The VAE: a Hub name (downloaded once, needs a connection), a diffusers AutoencoderKL folder "
     "or an LDM checkpoint. Without it the system generates latents only.",
 )
-@click.option("--num-heads", type=POSITIVE_INT, default=None,
-              help="Attention heads, for a width none of DiT's sizes has.")
+@click.option(
+    "--num-heads", type=POSITIVE_INT, default=None, help="Attention heads, for a width none of DiT's sizes has."
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="System directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj

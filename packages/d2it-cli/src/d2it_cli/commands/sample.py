@@ -11,44 +11,98 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
 
 
 @click.command()
-@click.option("--system", "system_dir", required=True, type=SYSTEM_DIR,
-              help="Trained model directory.")
+@click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Trained model directory.")
 @click.option("--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of samples.")
 @click.option("--class", "class_list", default=None, metavar="I,J,...", help="Class indices, cycled over the samples.")
-@click.option("--classes-uniform", is_flag=True,
-              help="Spread the samples evenly over all classes (default: random classes).")
-@click.option("--steps", default=None, type=click.IntRange(min=1),
-              help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250, dpmpp-2m 25).")
+@click.option(
+    "--classes-uniform", is_flag=True, help="Spread the samples evenly over all classes (default: random classes)."
+)
+@click.option(
+    "--steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250, dpmpp-2m 25).",
+)
 @click.option("--sampler", default=None, help="Sampler component (default: the system's).")
-@click.option("--set", "sets", multiple=True, metavar="sampler.OPTION=VALUE",
-              help="Override a sampler option, e.g. --set sampler.spacing=karras.")
-@click.option("--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT,
-              help="Classifier-free guidance scale (1 = off).")
-@click.option("--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
-              help="Guidance scale of the grain predictor.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="sampler.OPTION=VALUE",
+    help="Override a sampler option, e.g. --set sampler.spacing=karras.",
+)
+@click.option(
+    "--cfg-scale",
+    default=1.5,
+    show_default=True,
+    type=NON_NEGATIVE_FLOAT,
+    help="Classifier-free guidance scale (1 = off).",
+)
+@click.option(
+    "--grain-cfg-scale",
+    default=1.0,
+    show_default=True,
+    type=NON_NEGATIVE_FLOAT,
+    help="Guidance scale of the grain predictor.",
+)
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Samples per batch (and per shard).")
+@click.option(
+    "--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Samples per batch (and per shard)."
+)
 @click.option("--device", default=None, type=DEVICE, help="Device (default: CUDA when available).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--npz", is_flag=True,
-              help="Also write samples.npz (arr_0 uint8 NHWC, as the ADM evaluation suite reads).")
+@click.option(
+    "--npz", is_flag=True, help="Also write samples.npz (arr_0 uint8 NHWC, as the ADM evaluation suite reads)."
+)
 @click.option("--no-resume", is_flag=True, help="Discard finished shards from an earlier run instead of reusing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_obj
-def sample(obj, system_dir, num, class_list, classes_uniform, steps, sampler, sets, cfg_scale, grain_cfg_scale, seed,
-           batch, device, out, npz, no_resume, as_json, quiet):
+def sample(
+    obj,
+    system_dir,
+    num,
+    class_list,
+    classes_uniform,
+    steps,
+    sampler,
+    sets,
+    cfg_scale,
+    grain_cfg_scale,
+    seed,
+    batch,
+    device,
+    out,
+    npz,
+    no_resume,
+    as_json,
+    quiet,
+):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
     claim_and_hold(out, "sample")
     settings = generation.SampleSettings(
-        num=num, classes=generation.parse_classes(class_list), classes_uniform=classes_uniform, seed=seed, steps=steps,
-        sampler=sampler, cfg_scale=cfg_scale, grain_cfg_scale=grain_cfg_scale, batch=batch,
+        num=num,
+        classes=generation.parse_classes(class_list),
+        classes_uniform=classes_uniform,
+        seed=seed,
+        steps=steps,
+        sampler=sampler,
+        cfg_scale=cfg_scale,
+        grain_cfg_scale=grain_cfg_scale,
+        batch=batch,
     )
     sampler_sets, _ = generation.split_sampler_sets(sets)
-    summary = generation.sample_images(system_dir, out, settings, sampler_sets=sampler_sets,
-                                       registry=(obj or {}).get("registry"), device=device, progress=not quiet,
-                                       resume=not no_resume, npz=npz)
+    summary = generation.sample_images(
+        system_dir,
+        out,
+        settings,
+        sampler_sets=sampler_sets,
+        registry=(obj or {}).get("registry"),
+        device=device,
+        progress=not quiet,
+        resume=not no_resume,
+        npz=npz,
+    )
     if summary is None:  # not rank 0
         return
     if as_json:

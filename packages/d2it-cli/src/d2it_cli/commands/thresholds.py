@@ -30,8 +30,9 @@ from d2it_cli.thresholds import measure_thresholds
     help="Share r of regions coded finer than coarsest.",
 )
 @click.option("--image-size", type=POSITIVE_INT, help="Image size (default: the system's, else 256).")
-@click.option("--grains", default=2, show_default=True, type=click.IntRange(min=2),
-              help="Number of grains (without --system).")
+@click.option(
+    "--grains", default=2, show_default=True, type=click.IntRange(min=2), help="Number of grains (without --system)."
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file for percentiles and thresholds.")
 @click.option("--batch", default=64, show_default=True, type=POSITIVE_INT)
 @click.option("--limit", type=POSITIVE_INT, help="Use only the first N images.")

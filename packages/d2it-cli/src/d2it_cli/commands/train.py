@@ -38,12 +38,18 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
     def decorate(fn):
         options = [
             click.option(
-                "--batch", default=batch, show_default=True, type=POSITIVE_INT,
-                help="Images per process per micro-batch."
+                "--batch",
+                default=batch,
+                show_default=True,
+                type=POSITIVE_INT,
+                help="Images per process per micro-batch.",
             ),
             click.option(
-                "--grad-accum", default=1, show_default=True, type=POSITIVE_INT,
-                help="Micro-batches per optimizer step."
+                "--grad-accum",
+                default=1,
+                show_default=True,
+                type=POSITIVE_INT,
+                help="Micro-batches per optimizer step.",
             ),
             click.option("--steps", type=POSITIVE_INT, help="Optimizer steps to train for (overrides --epochs)."),
             click.option("--epochs", type=POSITIVE_FLOAT, help="Epochs to train for."),
@@ -68,8 +74,9 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 multiple=True,
                 help="Tracker for scalars and previews: none, tensorboard, wandb (repeatable; extras d2it-cli[NAME]).",
             ),
-            click.option("--log-every", default=50, show_default=True, type=POSITIVE_INT,
-                         help="Steps between log lines."),
+            click.option(
+                "--log-every", default=50, show_default=True, type=POSITIVE_INT, help="Steps between log lines."
+            ),
             click.option(
                 "--sample-every",
                 default=sample_every,
@@ -77,8 +84,13 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 type=NON_NEGATIVE_INT,
                 help="Steps between preview grids (0 = never).",
             ),
-            click.option("--ckpt-every", default=1000, show_default=True, type=NON_NEGATIVE_INT,
-                         help="Steps between checkpoints."),
+            click.option(
+                "--ckpt-every",
+                default=1000,
+                show_default=True,
+                type=NON_NEGATIVE_INT,
+                help="Steps between checkpoints.",
+            ),
             click.option("--keep", type=POSITIVE_INT, help="Keep only the newest N checkpoints."),
             click.option("--ema/--no-ema", default=ema, show_default=True, help="Keep an EMA of the weights."),
             click.option("--ema-decay", default=ema_decay, show_default=True, type=UNIT_INTERVAL),
@@ -90,8 +102,9 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 help="Logs, checkpoints, previews (default SYSTEM/runs/<trainer>).",
             ),
             click.option(
-                "--device", type=DEVICE,
-                help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU)."
+                "--device",
+                type=DEVICE,
+                help="cpu, cuda, cuda:1 ... (default: CUDA when available; torchrun: the local GPU).",
             ),
             click.option("--quiet", is_flag=True, help="No progress bar."),
             click.option("--compile", is_flag=True, help="torch.compile the model (eager fallback with a warning)."),
@@ -142,15 +155,27 @@ def train():
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE (e.g. shuffle_buffer=5000), repeatable.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (default 4.5e-6 x global batch).")
-@click.option("--disc-start", default=50001, show_default=True, type=NON_NEGATIVE_INT,
-              help="Step at which the GAN loss starts.")
-@click.option("--reg-weight", "--kl-weight", "reg_weight", default=None, type=NON_NEGATIVE_FLOAT,
-              help="Weight of the regularizer's loss (default: its loss_weight option, e.g. kl 1e-6).")
-@click.option("--perceptual-weight", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT,
-              help="LPIPS weight (0 = no LPIPS).")
-@click.option("--learn-logvar/--fixed-logvar", default=True, show_default=True,
-              help="Train the reconstruction log-variance (KL VAEs). LDM declares it learnable but leaves it out of "
-                   "its optimizer, so --fixed-logvar (0) is what LDM's released training did.")
+@click.option(
+    "--disc-start", default=50001, show_default=True, type=NON_NEGATIVE_INT, help="Step at which the GAN loss starts."
+)
+@click.option(
+    "--reg-weight",
+    "--kl-weight",
+    "reg_weight",
+    default=None,
+    type=NON_NEGATIVE_FLOAT,
+    help="Weight of the regularizer's loss (default: its loss_weight option, e.g. kl 1e-6).",
+)
+@click.option(
+    "--perceptual-weight", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT, help="LPIPS weight (0 = no LPIPS)."
+)
+@click.option(
+    "--learn-logvar/--fixed-logvar",
+    default=True,
+    show_default=True,
+    help="Train the reconstruction log-variance (KL VAEs). LDM declares it learnable but leaves it out of "
+    "its optimizer, so --fixed-logvar (0) is what LDM's released training did.",
+)
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), help="Local torchvision VGG16 weights for LPIPS.")
 @click.option("--lpips-random", is_flag=True, hidden=True, help="Random LPIPS trunk (tests; no download).")
 @engine_options(batch=8, ema=False, ema_decay=0.999, sample_every=1000)
@@ -228,8 +253,9 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     type=UNIT_INTERVAL,
     help="Fine probability for --grain-source random.",
 )
-@click.option("--sample-steps", default=50, show_default=True, type=POSITIVE_INT,
-              help="Sampling steps of the preview grids.")
+@click.option(
+    "--sample-steps", default=50, show_default=True, type=POSITIVE_INT, help="Sampling steps of the preview grids."
+)
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=5000)
 @click.pass_obj
 def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):

@@ -103,22 +103,78 @@ def plan_for(device: str, quick: bool) -> DemoPlan:
     if device.startswith("cuda"):
         # stage 2 is bound by data loading here, so the batches stay moderate and loading uses workers
         if quick:
-            return DemoPlan(image_size=64, num_images=2000, vae=SMALL_VAE, backbone=SMALL_BACKBONE, grain=SMALL_GRAIN,
-                            dvae_steps=1000, dvae_batch=32, grain_steps=500, grain_batch=64, content_steps=2000,
-                            content_batch=64, content_ema_decay=0.995, sample_num=64, sample_steps=100,
-                            sample_batch=64, log_every=25, workers=4)
-        return DemoPlan(image_size=64, num_images=4000, vae=SMALL_VAE, backbone=SMALL_BACKBONE, grain=SMALL_GRAIN,
-                        dvae_steps=3000, dvae_batch=32, grain_steps=1500, grain_batch=64, content_steps=6000,
-                        content_batch=64, content_ema_decay=0.998, sample_num=64, sample_steps=250, sample_batch=64,
-                        log_every=50, workers=4)
+            return DemoPlan(
+                image_size=64,
+                num_images=2000,
+                vae=SMALL_VAE,
+                backbone=SMALL_BACKBONE,
+                grain=SMALL_GRAIN,
+                dvae_steps=1000,
+                dvae_batch=32,
+                grain_steps=500,
+                grain_batch=64,
+                content_steps=2000,
+                content_batch=64,
+                content_ema_decay=0.995,
+                sample_num=64,
+                sample_steps=100,
+                sample_batch=64,
+                log_every=25,
+                workers=4,
+            )
+        return DemoPlan(
+            image_size=64,
+            num_images=4000,
+            vae=SMALL_VAE,
+            backbone=SMALL_BACKBONE,
+            grain=SMALL_GRAIN,
+            dvae_steps=3000,
+            dvae_batch=32,
+            grain_steps=1500,
+            grain_batch=64,
+            content_steps=6000,
+            content_batch=64,
+            content_ema_decay=0.998,
+            sample_num=64,
+            sample_steps=250,
+            sample_batch=64,
+            log_every=50,
+            workers=4,
+        )
     if quick:
-        return DemoPlan(image_size=64, vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN, num_images=256,
-                        dvae_steps=200, dvae_lr=2e-3, grain_steps=100, content_steps=300, sample_num=16,
-                        sample_steps=25, sampler="ddim", sample_batch=16, content_ema_decay=0.98,
-                        grain_ema_decay=0.95, log_every=10)
-    return DemoPlan(image_size=64, vae=TINY_VAE, backbone=TINY_BACKBONE, grain=TINY_GRAIN, num_images=512,
-                    dvae_steps=600, dvae_lr=2e-3, grain_steps=300, content_steps=1000, sample_num=32,
-                    sample_steps=50, sampler="ddim", log_every=20)
+        return DemoPlan(
+            image_size=64,
+            vae=TINY_VAE,
+            backbone=TINY_BACKBONE,
+            grain=TINY_GRAIN,
+            num_images=256,
+            dvae_steps=200,
+            dvae_lr=2e-3,
+            grain_steps=100,
+            content_steps=300,
+            sample_num=16,
+            sample_steps=25,
+            sampler="ddim",
+            sample_batch=16,
+            content_ema_decay=0.98,
+            grain_ema_decay=0.95,
+            log_every=10,
+        )
+    return DemoPlan(
+        image_size=64,
+        vae=TINY_VAE,
+        backbone=TINY_BACKBONE,
+        grain=TINY_GRAIN,
+        num_images=512,
+        dvae_steps=600,
+        dvae_lr=2e-3,
+        grain_steps=300,
+        content_steps=1000,
+        sample_num=32,
+        sample_steps=50,
+        sampler="ddim",
+        log_every=20,
+    )
 
 
 def override_plan(plan: DemoPlan, items) -> DemoPlan:
@@ -202,39 +258,181 @@ class Demo:
         """Every command from `build` to `sample`."""
         p, sysdir = self.plan, self.system_dir
         sets = [a for s in (*p.vae, *p.backbone, *p.refine, *p.grain) for a in ("--set", s)]
-        self.invoke("build", ["build", "--vae", "dvae-kl", "--backbone", "dit-s", "--refine", "window16", "--grain",
-                              "dgt-s", "--image-size", p.image_size, "--num-classes", p.num_classes, *sets,
-                              "--out", sysdir])
-        self.invoke("thresholds", ["thresholds", "--data", self.data, "--system", sysdir,
-                                   "--out", sysdir / "thresholds.json", "--device", self.device,
-                                   *(["--quiet"] if self.quiet else [])])
-        self.invoke("train dvae", ["train", "dvae", "--system", sysdir, "--data", self.data, "--steps", p.dvae_steps,
-                                   "--batch", p.dvae_batch, "--lr", p.dvae_lr, "--perceptual-weight", 0,
-                                   "--disc-start", p.dvae_steps + 1, "--log-every", p.log_every,
-                                   "--sample-every", p.dvae_steps, "--ckpt-every", p.dvae_steps, "--seed", self.seed,
-                                   *self.common()])
-        self.invoke("encode", ["encode", "--system", sysdir, "--data", self.data, "--out", self.cache_dir,
-                               "--batch", 64, "--overwrite", "--seed", self.seed, *self.common()])
-        self.invoke("train grain", ["train", "grain", "--system", sysdir, "--cache", self.cache_dir,
-                                    "--steps", p.grain_steps, "--batch", p.grain_batch,
-                                    "--ema-decay", p.grain_ema_decay,
-                                    "--log-every", p.log_every, "--sample-every", p.grain_steps,
-                                    "--ckpt-every", p.grain_steps, "--seed", self.seed, *self.stage2_lr("grain"),
-                                    *self.common()])
-        self.invoke("train content", ["train", "content", "--system", sysdir, "--cache", self.cache_dir,
-                                      "--steps", p.content_steps, "--batch", p.content_batch,
-                                      "--ema-decay", p.content_ema_decay, "--log-every", p.log_every,
-                                      "--sample-every", 0, "--ckpt-every", p.content_steps, "--seed", self.seed,
-                                      *self.stage2_lr("content"), *self.common()])
-        self.invoke("sample", ["sample", "--system", sysdir, "--num", p.sample_num, "--classes-uniform",
-                               "--steps", p.sample_steps, "--cfg-scale", p.cfg_scale, "--seed", self.seed,
-                               "--batch", p.sample_batch, "--out", self.samples_dir, "--npz", "--no-resume",
-                               *(["--sampler", p.sampler] if p.sampler else []),
-                               *self.common(workers=False)])
+        self.invoke(
+            "build",
+            [
+                "build",
+                "--vae",
+                "dvae-kl",
+                "--backbone",
+                "dit-s",
+                "--refine",
+                "window16",
+                "--grain",
+                "dgt-s",
+                "--image-size",
+                p.image_size,
+                "--num-classes",
+                p.num_classes,
+                *sets,
+                "--out",
+                sysdir,
+            ],
+        )
+        self.invoke(
+            "thresholds",
+            [
+                "thresholds",
+                "--data",
+                self.data,
+                "--system",
+                sysdir,
+                "--out",
+                sysdir / "thresholds.json",
+                "--device",
+                self.device,
+                *(["--quiet"] if self.quiet else []),
+            ],
+        )
+        self.invoke(
+            "train dvae",
+            [
+                "train",
+                "dvae",
+                "--system",
+                sysdir,
+                "--data",
+                self.data,
+                "--steps",
+                p.dvae_steps,
+                "--batch",
+                p.dvae_batch,
+                "--lr",
+                p.dvae_lr,
+                "--perceptual-weight",
+                0,
+                "--disc-start",
+                p.dvae_steps + 1,
+                "--log-every",
+                p.log_every,
+                "--sample-every",
+                p.dvae_steps,
+                "--ckpt-every",
+                p.dvae_steps,
+                "--seed",
+                self.seed,
+                *self.common(),
+            ],
+        )
+        self.invoke(
+            "encode",
+            [
+                "encode",
+                "--system",
+                sysdir,
+                "--data",
+                self.data,
+                "--out",
+                self.cache_dir,
+                "--batch",
+                64,
+                "--overwrite",
+                "--seed",
+                self.seed,
+                *self.common(),
+            ],
+        )
+        self.invoke(
+            "train grain",
+            [
+                "train",
+                "grain",
+                "--system",
+                sysdir,
+                "--cache",
+                self.cache_dir,
+                "--steps",
+                p.grain_steps,
+                "--batch",
+                p.grain_batch,
+                "--ema-decay",
+                p.grain_ema_decay,
+                "--log-every",
+                p.log_every,
+                "--sample-every",
+                p.grain_steps,
+                "--ckpt-every",
+                p.grain_steps,
+                "--seed",
+                self.seed,
+                *self.stage2_lr("grain"),
+                *self.common(),
+            ],
+        )
+        self.invoke(
+            "train content",
+            [
+                "train",
+                "content",
+                "--system",
+                sysdir,
+                "--cache",
+                self.cache_dir,
+                "--steps",
+                p.content_steps,
+                "--batch",
+                p.content_batch,
+                "--ema-decay",
+                p.content_ema_decay,
+                "--log-every",
+                p.log_every,
+                "--sample-every",
+                0,
+                "--ckpt-every",
+                p.content_steps,
+                "--seed",
+                self.seed,
+                *self.stage2_lr("content"),
+                *self.common(),
+            ],
+        )
+        self.invoke(
+            "sample",
+            [
+                "sample",
+                "--system",
+                sysdir,
+                "--num",
+                p.sample_num,
+                "--classes-uniform",
+                "--steps",
+                p.sample_steps,
+                "--cfg-scale",
+                p.cfg_scale,
+                "--seed",
+                self.seed,
+                "--batch",
+                p.sample_batch,
+                "--out",
+                self.samples_dir,
+                "--npz",
+                "--no-resume",
+                *(["--sampler", p.sampler] if p.sampler else []),
+                *self.common(workers=False),
+            ],
+        )
 
 
-def run_demo(runner: Runner, out, *, device: str | None = None, quick: bool = False, seed: int = 0,
-             quiet: bool = False, overrides=()) -> Path:
+def run_demo(
+    runner: Runner,
+    out,
+    *,
+    device: str | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    quiet: bool = False,
+    overrides=(),
+) -> Path:
     """Run the whole demo into `out` with `runner` and return the path of its index.html."""
     device = str(torch_device(device))
     out = Path(out)
@@ -252,9 +450,19 @@ def run_demo(runner: Runner, out, *, device: str | None = None, quick: bool = Fa
     demo.timings.append(StepTiming(name="report", command="(index.html)", seconds=time.perf_counter() - report_start))
     index = build_report(demo, failed=failure is not None)  # again, with the report's own time
     total = time.perf_counter() - start
-    (out / "timings.json").write_text(json.dumps({"total_seconds": round(total, 2), "device": device, "quick": quick,
-                                                 "plan": plan.summary(),
-                                                 "steps": [attrs.asdict(t) for t in demo.timings]}, indent=2) + "\n")
+    (out / "timings.json").write_text(
+        json.dumps(
+            {
+                "total_seconds": round(total, 2),
+                "device": device,
+                "quick": quick,
+                "plan": plan.summary(),
+                "steps": [attrs.asdict(t) for t in demo.timings],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if failure is not None:
         raise failure
     return index

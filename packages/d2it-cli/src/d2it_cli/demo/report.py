@@ -144,8 +144,19 @@ def write_index(out: Path, title: str, intro: str, steps: Sequence[StepTiming], 
 
 # -- the demo's figures -------------------------------------------------------------------------------
 # keys of a training log that are bookkeeping, not losses
-NOT_LOSSES = {"step", "epoch", "lr", "lr_factor", "images_per_s", "time", "fine_ratio", "d_weight", "logits_real",
-              "logits_fake", "reg"}
+NOT_LOSSES = {
+    "step",
+    "epoch",
+    "lr",
+    "lr_factor",
+    "images_per_s",
+    "time",
+    "fine_ratio",
+    "d_weight",
+    "logits_real",
+    "logits_fake",
+    "reg",
+}
 
 
 def _zoom(size: int) -> int:
@@ -189,14 +200,21 @@ def loss_figures(run_dirs: dict, out_dir: Path) -> tuple[list, list]:
         imgs.plot_curves(series, path, title=f"{name}: training losses", log_y=positive)
         figures.append(Figure(path, f"{name}: losses logged every few steps ({len(log)} points)"))
         last = log[-1]
-        finals.append([name, int(last["step"]), *(round(float(last.get(k, float("nan"))), 5) for k in ("loss",)),
-                       ", ".join(f"{k}={last[k]:.4g}" for k in keys[1:5] if k in last)])
+        finals.append(
+            [
+                name,
+                int(last["step"]),
+                *(round(float(last.get(k, float("nan"))), 5) for k in ("loss",)),
+                ", ".join(f"{k}={last[k]:.4g}" for k in keys[1:5] if k in last),
+            ]
+        )
     return figures, finals
 
 
 @torch.no_grad()
-def data_and_reconstructions(system_dir: Path, data: str, image_size: int, num_classes: int, per_class: int,
-                             out_dir: Path, device: str):
+def data_and_reconstructions(
+    system_dir: Path, data: str, image_size: int, num_classes: int, per_class: int, out_dir: Path, device: str
+):
     """Figures of the training data by class (with its entropy grain maps) and of DVAE reconstructions."""
 
     dataset = open_dataset(data, image_size, train=False)
@@ -212,23 +230,35 @@ def data_and_reconstructions(system_dir: Path, data: str, image_size: int, num_c
     grains = int(getattr(vae, "grains", 2))
     data_grid = class_rows(imgs.to_uint8(images), labels, grain_maps, num_classes, per_class, grains)
     imgs.save_png(data_grid, out_dir / "data_by_class.png")
-    figures.append(Figure(out_dir / "data_by_class.png",
-                          "Training images (synthetic data), one row per class, each with the grain map the DVAE's "
-                          "entropy coder assigns (blue coarse, red fine)."))
+    figures.append(
+        Figure(
+            out_dir / "data_by_class.png",
+            "Training images (synthetic data), one row per class, each with the grain map the DVAE's "
+            "entropy coder assigns (blue coarse, red fine).",
+        )
+    )
     n = min(8, count)
     zoom = _zoom(image_size)
     rows = [("input", imgs.to_uint8(images[:n])), ("reconstruction", imgs.to_uint8(out.recon[:n].clamp(-1, 1)))]
     rows.append(("grain map", imgs.grain_overlay(imgs.to_uint8(images[:n]), grain_maps[:n].astype(np.int64), grains)))
     if getattr(out, "entropy", None) is not None:
         bins = getattr(getattr(vae, "coder", None), "bins", None)
-        rows.append(("region entropy", imgs.entropy_heatmap(out.entropy[:n].cpu(), size=image_size,
-                                                            vmax=math.log(bins) if bins else None)))
+        rows.append(
+            (
+                "region entropy",
+                imgs.entropy_heatmap(out.entropy[:n].cpu(), size=image_size, vmax=math.log(bins) if bins else None),
+            )
+        )
     panel = imgs.vstack([imgs.label_image(imgs.make_grid(imgs.upscale(a, zoom), nrow=n), t) for t, a in rows])
     imgs.save_png(panel, out_dir / "reconstructions.png")
     l1 = float((out.recon.clamp(-1, 1).cpu() - images).abs().mean())
-    figures.append(Figure(out_dir / "reconstructions.png",
-                          f"DVAE: inputs, reconstructions (posterior mode; mean L1 {l1:.3f} on [-1, 1]), grain maps "
-                          "and region entropy (dark low, bright high)."))
+    figures.append(
+        Figure(
+            out_dir / "reconstructions.png",
+            f"DVAE: inputs, reconstructions (posterior mode; mean L1 {l1:.3f} on [-1, 1]), grain maps "
+            "and region entropy (dark low, bright high).",
+        )
+    )
     return figures, {"recon_l1": l1, "fine_ratio_data": fine_ratio(grain_maps)}
 
 
@@ -245,10 +275,12 @@ def sample_figures(samples_dir: Path, num_classes: int, grains: int, out_dir: Pa
     if grid is None:
         return [], {}
     imgs.save_png(grid, out_dir / "samples_by_class.png")
-    fig = Figure(out_dir / "samples_by_class.png",
-                 "Generated samples, one row per class: the grain transformer samples a grain map, the content "
-                 "transformer denoises multi-grained latents for it, the DVAE decodes them. Under each row: the "
-                 "sampled grain maps (blue coarse, red fine).")
+    fig = Figure(
+        out_dir / "samples_by_class.png",
+        "Generated samples, one row per class: the grain transformer samples a grain map, the content "
+        "transformer denoises multi-grained latents for it, the DVAE decodes them. Under each row: the "
+        "sampled grain maps (blue coarse, red fine).",
+    )
     stats = {"samples": int(len(images))}
     if maps is not None and len(maps):
         stats["fine_ratio_samples"] = fine_ratio(maps)
@@ -267,19 +299,31 @@ def build_report(demo, failed: bool = False) -> Path:
     if (demo.system_dir / systems.RECORD_FILE).is_file():
         record, _ = systems.read_record(demo.system_dir)
         comp = [[slot, name] for slot, name in record.slot_names().items()]
-        settings = [["image size", f"{plan.image_size}x{plan.image_size}"], ["training images", plan.num_images],
-                    ["classes", plan.num_classes], ["device", demo.device],
-                    ["latent scale", round(record.latent_scale, 4)],
-                    ["entropy thresholds", ", ".join(f"{t:.3f}" for t in record.thresholds) or "-"],
-                    ["DVAE steps x batch", f"{plan.dvae_steps} x {plan.dvae_batch}"],
-                    ["grain steps x batch", f"{plan.grain_steps} x {plan.grain_batch}"],
-                    ["content steps x batch", f"{plan.content_steps} x {plan.content_batch}"],
-                    ["sampling", f"{plan.sample_num} samples, {plan.sample_steps} DDPM steps, cfg {plan.cfg_scale}"]]
-        options = "; ".join(f"{k}: {', '.join(f'{o}={v}' for o, v in opts.items())}"
-                            for k, opts in (("vae", plan.vae), ("backbone", plan.backbone), ("grain", plan.grain))
-                            for opts in [dict(s.split('.', 1)[1].split('=', 1) for s in opts)] if opts)
-        sections.append(Section("System", text=html.escape(f"Overrides: {options}") if options else "",
-                                tables=[(["slot", "component"], comp), (["setting", "value"], settings)]))
+        settings = [
+            ["image size", f"{plan.image_size}x{plan.image_size}"],
+            ["training images", plan.num_images],
+            ["classes", plan.num_classes],
+            ["device", demo.device],
+            ["latent scale", round(record.latent_scale, 4)],
+            ["entropy thresholds", ", ".join(f"{t:.3f}" for t in record.thresholds) or "-"],
+            ["DVAE steps x batch", f"{plan.dvae_steps} x {plan.dvae_batch}"],
+            ["grain steps x batch", f"{plan.grain_steps} x {plan.grain_batch}"],
+            ["content steps x batch", f"{plan.content_steps} x {plan.content_batch}"],
+            ["sampling", f"{plan.sample_num} samples, {plan.sample_steps} DDPM steps, cfg {plan.cfg_scale}"],
+        ]
+        options = "; ".join(
+            f"{k}: {', '.join(f'{o}={v}' for o, v in opts.items())}"
+            for k, opts in (("vae", plan.vae), ("backbone", plan.backbone), ("grain", plan.grain))
+            for opts in [dict(s.split(".", 1)[1].split("=", 1) for s in opts)]
+            if opts
+        )
+        sections.append(
+            Section(
+                "System",
+                text=html.escape(f"Overrides: {options}") if options else "",
+                tables=[(["slot", "component"], comp), (["setting", "value"], settings)],
+            )
+        )
     grains = 2
     samples = []
     if (demo.samples_dir / "samples.npz").is_file():
@@ -288,33 +332,52 @@ def build_report(demo, failed: bool = False) -> Path:
     data_figs = []
     trained_vae = (demo.cache_dir / "manifest.json").is_file()  # encode ran, so the DVAE is trained
     if record is not None and trained_vae:
-        data_figs, d_stats = data_and_reconstructions(demo.system_dir, demo.data, plan.image_size, plan.num_classes,
-                                                      8, fig_dir, demo.device)
+        data_figs, d_stats = data_and_reconstructions(
+            demo.system_dir, demo.data, plan.image_size, plan.num_classes, 8, fig_dir, demo.device
+        )
         stats.update(d_stats)
     if samples or data_figs:
-        text = ("Compare each class's generated row with the same class's training row: the class sets the hue "
-                "and the preferred texture of the rectangles.")
+        text = (
+            "Compare each class's generated row with the same class's training row: the class sets the hue "
+            "and the preferred texture of the rectangles."
+        )
         if "fine_ratio_samples" in stats and "fine_ratio_data" in stats:
-            text += (f" Fine regions: {100 * stats['fine_ratio_data']:.0f}% in the data, "
-                     f"{100 * stats['fine_ratio_samples']:.0f}% in the sampled grain maps.")
-        sections.append(Section("Samples and data", text=html.escape(text) + GRAIN_LEGEND,
-                                figures=samples + data_figs[:1]))
+            text += (
+                f" Fine regions: {100 * stats['fine_ratio_data']:.0f}% in the data, "
+                f"{100 * stats['fine_ratio_samples']:.0f}% in the sampled grain maps."
+            )
+        sections.append(
+            Section("Samples and data", text=html.escape(text) + GRAIN_LEGEND, figures=samples + data_figs[:1])
+        )
     if len(data_figs) > 1:
         sections.append(Section("DVAE reconstructions", figures=data_figs[1:]))
     runs = {n: demo.system_dir / "runs" / n for n in ("dvae", "grain", "content")}
     curves, finals = loss_figures({f"train {k}": v for k, v in runs.items()}, fig_dir)
     if curves:
-        sections.append(Section("Training", figures=curves,
-                                tables=[(["run", "steps", "final loss", "other final values"], finals)]))
+        sections.append(
+            Section("Training", figures=curves, tables=[(["run", "steps", "final loss", "other final values"], finals)])
+        )
     previews = sorted((runs["grain"] / "samples").glob("*.png")) if runs["grain"].is_dir() else []
     if previews:
-        sections.append(Section("Grain transformer preview", figures=[
-            Figure(previews[-1], "Grain maps the trained grain transformer samples per class (training preview).")]))
-    links = [("system (d2it.json + safetensors)", demo.system_dir),
-             ("samples (PNGs, grid, samples.npz)", demo.samples_dir),
-             ("latent cache", demo.cache_dir), ("timings.json", out / "timings.json")]
-    items = "".join(f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>'
-                    for t, p in links if p.exists())
+        sections.append(
+            Section(
+                "Grain transformer preview",
+                figures=[
+                    Figure(
+                        previews[-1], "Grain maps the trained grain transformer samples per class (training preview)."
+                    )
+                ],
+            )
+        )
+    links = [
+        ("system (d2it.json + safetensors)", demo.system_dir),
+        ("samples (PNGs, grid, samples.npz)", demo.samples_dir),
+        ("latent cache", demo.cache_dir),
+        ("timings.json", out / "timings.json"),
+    ]
+    items = "".join(
+        f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>' for t, p in links if p.exists()
+    )
     sections.append(Section("Files", html=f"<ul>{items}</ul>"))
     status = "<p class='failed'>A step failed; the report shows what was produced before it.</p>" if failed else ""
     intro = (

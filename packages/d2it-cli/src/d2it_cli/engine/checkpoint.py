@@ -194,8 +194,10 @@ def check_state(state, where) -> dict:
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     for name, opt in state["optimizers"].items():
-        if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(
-            opt.get("param_groups"), list
+        if (
+            not isinstance(opt, dict)
+            or not isinstance(opt.get("state"), dict)
+            or not isinstance(opt.get("param_groups"), list)
         ):
             raise CheckpointError(f"training state {where} has a damaged state for optimizer {name!r}")
     return state

@@ -29,8 +29,18 @@ def protocol(preset: str | None, num: int | None, metric_names: str | None) -> t
 
 
 def sample_and_score(
-    system_dir, ref, out, sampling: SampleSettings, names, settings: Settings, *, sets=(), preset=None,
-    registry=None, device=None, progress=True,
+    system_dir,
+    ref,
+    out,
+    sampling: SampleSettings,
+    names,
+    settings: Settings,
+    *,
+    sets=(),
+    preset=None,
+    registry=None,
+    device=None,
+    progress=True,
 ) -> dict | None:
     """Sample into `out` (samples.npz; shards kept for a resume) on every rank, then score on rank 0.
 
@@ -49,8 +59,9 @@ def sample_and_score(
     dist.shutdown()
     if samples is None:
         return None
-    doc = score(str(samples.npz), ref, names, registry, attrs.evolve(settings, device=str(device)), num=sampling.num,
-                sets=sets)
+    doc = score(
+        str(samples.npz), ref, names, registry, attrs.evolve(settings, device=str(device)), num=sampling.num, sets=sets
+    )
     doc["sampling"] = {**samples.manifest, "preset": preset, "system_path": str(Path(system_dir).resolve())}
     if "grain_maps" in samples.arrays and len(samples.arrays["grain_maps"]):
         doc["metrics"]["fine_ratio"] = fine_ratio(samples.arrays["grain_maps"])

@@ -91,10 +91,18 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
     values["fine_ratio"] = sums["fine"] / sums["regions"] if sums["regions"] else None
     return {
         "metrics": values,
-        "system": {"path": os.path.abspath(system_dir), "vae": record.vae, "image_size": record.image_size,
-                   "thresholds": list(record.thresholds)},
-        "data": {"spec": str(data), "count": count, "available": total,
-                 "pixel_sha256": acc_in.pixel_sha256() if acc_in is not None else None},
+        "system": {
+            "path": os.path.abspath(system_dir),
+            "vae": record.vae,
+            "image_size": record.image_size,
+            "thresholds": list(record.thresholds),
+        },
+        "data": {
+            "spec": str(data),
+            "count": count,
+            "available": total,
+            "pixel_sha256": acc_in.pixel_sha256() if acc_in is not None else None,
+        },
         "feature_extractor": ({**extractor.describe(), "layers": {"rfid": layer}} if extractor else None),
         "metric_options": {n: m.options for n, m in metrics.items()},
         "reconstruction": "encode -> sample_latent(mode=True) -> decode, clamped to [-1, 1]",
