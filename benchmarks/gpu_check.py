@@ -31,6 +31,7 @@ from common import interleaved, machine, matmul_fn, rate  # noqa: E402
 
 from d2it.attention import math_attention, sdpa_attention, xformers_attention, xformers_available  # noqa: E402
 from d2it.counting import count  # noqa: E402
+from d2it.hostsync import HostTransfers, cuda_autocast, fake_cuda  # noqa: E402
 from d2it.registry import default_registry  # noqa: E402
 from d2it.system import SystemRecord  # noqa: E402
 from d2it_cli.engine.ema import EMA  # noqa: E402
@@ -38,6 +39,7 @@ from d2it_cli.engine.fastpaths import autocast, configure_tf32, make_adamw  # no
 from d2it_sampling.guidance import conditioned_model  # noqa: E402
 from d2it_sampling.pipeline import make_diffusion  # noqa: E402
 from d2it_sampling.samplers import sample_ddpm  # noqa: E402
+from d2it_transformers import sparse  # noqa: E402
 from d2it_transformers.regional import compile_blocks, compile_failures, uncompile  # noqa: E402
 
 NAMES = ["DiT-XL/2", "D²iT-XL", "D²iT-XL sparse"]  # the baseline first: two targets need it
@@ -142,20 +144,34 @@ def loop_ema_update(ema: EMA, module):
                 s.copy_(v)
 
 
-def count_syncs(device, fn) -> int | None:
-    """Host syncs made by `fn()`, counted in CUDA sync-debug mode (None off CUDA)."""
+def host_syncs(device, fn) -> list[str] | None:
+    """Where `fn()` made host syncs, in CUDA sync-debug mode: the innermost frames of each (None off CUDA)."""
     if device.type != "cuda":
         fn()
         return None
     torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
+    sites = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):  # the Python frames that called the syncing op, innermost first
+            frames = traceback.extract_stack()[:-1][-4:]
+            sites.append(" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = show
         torch.cuda.set_sync_debug_mode("warn")
         try:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return sites
+
+
+def count_syncs(device, fn) -> int | None:
+    """Host syncs made by `fn()`, counted in CUDA sync-debug mode (None off CUDA)."""
+    sites = host_syncs(device, fn)
+    return None if sites is None else len(sites)
 
 
 def fit_batch(before: dict, device, cap: int) -> int:
@@ -331,7 +347,9 @@ def train_model(name, sizes, device, precision, plan, clock, out_dir) -> dict:
     if best is not None:
         trainer.prepare(best["batch"])
         row["after"] = best
-        row["after"]["host_syncs_per_step"] = count_syncs(device, trainer.step)
+        sites = host_syncs(device, trainer.step)
+        row["after"]["host_syncs_per_step"] = None if sites is None else len(sites)
+        row["after"]["host_sync_sites"] = sites
         if name == "D²iT-XL":
             best["profile_top"] = profile_step(trainer.step, device, out_dir / "profile-d2it-xl-after.txt")
     torch.backends.cuda.enable_cudnn_sdp(default_cudnn)
@@ -374,13 +392,43 @@ def sample_model(model, sizes, device, precision, plan, clock) -> dict:
     return out
 
 
-def sparse_forward_syncs(sizes, device, precision) -> int | None:
-    """Host syncs of one sparse D²iT forward on a new grain map (expected: 1, the packing), after a warm-up one."""
-    model = build("D²iT-XL sparse", {**sizes, "routed_depth": 1, "refine_depth": 1}, device).train()
+def sparse_forward_syncs(sizes, device, precision) -> dict:
+    """Host syncs of one sparse D²iT forward on a new grain map (expected: 1, the packing), after a warm-up one.
+
+    On CUDA counted in sync-debug mode, with where each happened; on the CPU (the dry run) by the op log of
+    `d2it.hostsync` on fake CUDA tensors under bf16 autocast, the mechanism of the CPU tests.
+    """
+    small = {**sizes, "routed_depth": 1, "refine_depth": 1}
+    if device.type != "cuda":
+        return fake_cuda_forward_syncs(small)
+    model = build("D²iT-XL sparse", small, device).train()
     x, t, y, gm = inputs(model, 4, device)
     with autocast(device, precision):
         model(x, t, y, gm.clone())  # the first call also initialises CUDA libraries (their own syncs)
-        return count_syncs(device, lambda: model(x, t, y, gm.clone()))
+        sites = host_syncs(device, lambda: model(x, t, y, gm.clone()))
+    return {"count": len(sites), "sites": sites, "method": "CUDA sync-debug mode"}
+
+
+def fake_cuda_forward_syncs(sizes) -> dict:
+    """The sparse forward's host syncs on fake CUDA: the packing's `host_list` calls plus every logged transfer."""
+    model = build("D²iT-XL sparse", sizes, torch.device("cpu")).train()
+    args = inputs(model, 4, torch.device("cpu"))
+    real, lengths = sparse.host_list, []
+    sparse.host_list = lambda counts: lengths.append(real(counts)) or lengths[-1]
+    try:
+        with torch.no_grad():
+            model(*args)
+        sites = []
+        sparse.host_list = lambda counts: sites.append("host_list (the packing)") or lengths[0]
+        with fake_cuda() as mode:
+            model = build("D²iT-XL sparse", sizes, torch.device("cuda")).train()
+            x, t, y, gm = (mode.from_tensor(a).to("cuda") for a in args)
+            with cuda_autocast(torch.bfloat16), HostTransfers() as log:
+                model(x, t, y, gm.clone())
+    finally:
+        sparse.host_list = real
+    sites += log.events
+    return {"count": len(sites), "sites": sites, "method": "fake CUDA op log (d2it.hostsync), bf16 autocast"}
 
 
 def utilisation(row: dict, mm_rate: float) -> float:
@@ -466,8 +514,10 @@ def print_table(result: dict, rows, targets):
         for failure in row.get("compile_failures") or ([row["error"]] if "error" in row else []):
             print(f"{name}: {failure}")
     print(f"after: SDPA attention {result.get('attention_choice')}")
-    print(f"sparse forward host syncs (new grain map): {result.get('sparse_forward_syncs')}; "
-          f"{result['seconds']:.0f} s")  # fmt: skip
+    print(f"sparse forward host syncs (new grain map, {result.get('sync_count_method')}): "
+          f"{result.get('sparse_forward_syncs')}; {result['seconds']:.0f} s")  # fmt: skip
+    for site in result.get("sparse_forward_sync_sites") or ():
+        print(f"  sync at {site}")
 
 
 def main(argv=None):
@@ -512,7 +562,9 @@ def main(argv=None):
     result["matmul"] = {"n": mm_n, "dtype": str(half).removeprefix("torch."), "gmacs_per_s": mm_rate / 1e9}
     result["attention_choice"] = attention_choice(device, half)
     plan["cudnn"] = result["attention_choice"]["cudnn"]
-    result["sparse_forward_syncs"] = sparse_forward_syncs(sizes, device, precision)
+    syncs = sparse_forward_syncs(sizes, device, precision)
+    result["sparse_forward_syncs"], result["sparse_forward_sync_sites"] = syncs["count"], syncs["sites"]
+    result["sync_count_method"] = syncs["method"]
     free(device)
     result["train"] = {}
     for name in [n for n in NAMES if n in args.models.split(",")]:

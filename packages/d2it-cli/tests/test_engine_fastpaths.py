@@ -219,3 +219,6 @@ def test_gpu_check_dry_run(tmp_path):
     assert (tmp_path / "profile-d2it-xl-after.txt").read_text().strip()
     assert {"DiT-XL/2 training utilisation >= 45%", "D²iT-XL training utilisation >= 45%"} <= set(result["targets"])
     assert "MISS" in proc.stdout or "MET" in proc.stdout  # the one table was printed
+    # counted as the CPU tests count them (fake CUDA op log): the packing's one sync and nothing else
+    assert result["sparse_forward_syncs"] == 1, result["sparse_forward_sync_sites"]
+    assert "fake CUDA" in result["sync_count_method"]
