@@ -67,10 +67,11 @@ DEMO_PLAN = ("image_size=32", "num_images=128", "dvae_steps=60", "grain_steps=40
 
 def train_demo(workdir: Path) -> Path:
     """Train the CPU quick demo (with `DEMO_PLAN`) into `workdir` and return its system directory."""
+    from d2it_cli.commands.demo import ClickRunner
     from d2it_cli.demo import run_demo
     from d2it_cli.main import load_registry, make_cli
 
-    run_demo(make_cli(load_registry()), workdir, device="cpu", quick=True, quiet=True, overrides=DEMO_PLAN)
+    run_demo(ClickRunner(make_cli(load_registry())), workdir, device="cpu", quick=True, quiet=True, overrides=DEMO_PLAN)
     return workdir / "system"
 
 

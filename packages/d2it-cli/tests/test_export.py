@@ -75,3 +75,18 @@ def test_export_every_scores_each_checkpoint_once(grain_run, tmp_path, run_cli):
     # a second run finds every checkpoint scored and adds nothing
     assert run_cli("export", "--run", run, "--every", "--out", out, "--score", score).exit_code == 0
     assert len((out / "scores.jsonl").read_text().splitlines()) == 2
+
+
+def test_export_never_deletes_a_folder_it_did_not_write(grain_run, tmp_path, run_cli):
+    _, run = grain_run
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in user.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        result = run_cli("export", "--run", run, "--out", user, *extra)
+        assert result.exit_code == 2 and "holds no d2it system" in result.output, result.output
+        assert {p.name: p.read_bytes() for p in user.iterdir()} == before
+    every = run_cli("export", "--run", run, "--every", "--out", user)
+    assert every.exit_code == 2 and "not empty and was not written by d2it" in every.output
+    assert {p.name: p.read_bytes() for p in user.iterdir()} == before

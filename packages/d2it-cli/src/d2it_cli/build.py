@@ -7,6 +7,7 @@ from d2it.config import parse_sets
 from d2it.counting import count
 from d2it.errors import ConfigError
 from d2it.registry import default_registry
+from d2it_cli.outputs import system_target
 
 DEFAULT_GRAIN = "dgt-s"
 # slots that are part of the system record; "system" holds record-level numbers
@@ -60,14 +61,16 @@ def providers(system, registry) -> dict[str, str]:
     return {slot: f"{p['dist']} {p['version']}" for slot, p in systems.providers(system.record, registry).items()}
 
 
-def assemble(*, from_dir=None, out=None, count_macs: bool = True, registry=None, **choices) -> tuple:
+def assemble(*, from_dir=None, out=None, overwrite=False, count_macs: bool = True, registry=None, **choices) -> tuple:
     """Build a system from `choices` (as `record_from_options`; seeded, so weights repeat) or load `from_dir`;
-    count it (`count_macs`) and save it to `out`.
+    count it (`count_macs`) and save it to `out` (new or empty, or a system replaced with `overwrite`).
 
     Returns (system, the document `d2it build --json` prints: the record, each slot's provider,
     per-part parameters and GMACs, and their totals).
     """
     registry = registry or default_registry()
+    if out:
+        system_target(out, overwrite=overwrite)
     if from_dir:
         system = systems.load(from_dir, registry)
     else:

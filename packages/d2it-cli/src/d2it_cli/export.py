@@ -16,6 +16,7 @@ from d2it.errors import CheckpointError
 from d2it.io import save_safetensors
 from d2it_cli.engine import checkpoint as ckpt
 from d2it_cli.engine.loop import CONFIG_FILE
+from d2it_cli.outputs import system_target
 
 PARTS = ("vae", "grain", "content")  # checkpoint parts that are system parts (not the discriminator ...)
 
@@ -55,8 +56,7 @@ def select_checkpoints(run_dir, step="latest") -> list[tuple[int, Path]]:
 def export_checkpoint(checkpoint, out, *, system_dir, ema: bool = True, overwrite: bool = False) -> dict:
     """Write system directory `out` from `system_dir` with the checkpoint's parts; returns what was exported."""
     checkpoint, out, system_dir = Path(checkpoint), Path(out), Path(system_dir)
-    if (out / systems.RECORD_FILE).exists() and not overwrite:
-        raise CheckpointError(f"{out} already holds a system; pass --overwrite to replace it")
+    system_target(out, overwrite=overwrite)
     if out.resolve() == system_dir.resolve():
         raise CheckpointError(f"--out {out} is the run's own system directory; export somewhere else")
     weights, state, _ = ckpt.load_checkpoint(checkpoint, need_rng=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 from d2it import checks
 from d2it.errors import ConfigError, D2itError
 from d2it.io import atomic_write_text, clean_temporary_files
+from d2it.system import RECORD_FILE as SYSTEM_RECORD
 from d2it_cli.locks import LOCK_NAME
 
 MARKER = ".d2it-output.json"
@@ -89,6 +90,27 @@ def record(folder, files, command: str = ""):
     names = sorted({os.path.relpath(Path(f), folder) if Path(f).is_absolute() else str(f) for f in files})
     doc.update(command=command or doc.get("command", ""), files=names)
     atomic_write_text(folder / MARKER, json.dumps(doc, indent=2) + "\n")
+
+
+def system_target(folder, *, overwrite: bool = False, update: bool = False) -> Path:
+    """Check that a system directory may be written to `folder`, before any work: it is new, empty, or holds a
+    system (replaced only with `overwrite`, or updated in place with `update`). A folder holding anything
+    else is never written into, so a mistyped --out cannot mix weights into (or delete) a user's files.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ForeignFolderError(f"{folder} is a file, not a folder")
+    entries = _entries(folder) if folder.is_dir() else []
+    if not entries:
+        return folder
+    if not (folder / SYSTEM_RECORD).is_file():
+        raise ForeignFolderError(
+            f"{folder} is not empty and holds no d2it system (it holds {entries[0]!r}, no {SYSTEM_RECORD}); "
+            "choose a new or empty folder, nothing was changed"
+        )
+    if not (overwrite or update):
+        raise ForeignFolderError(f"{folder} already holds a system; pass --overwrite to replace it")
+    return folder
 
 
 def check_file_target(path, option: str = "--out"):

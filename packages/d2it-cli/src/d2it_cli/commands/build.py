@@ -24,6 +24,7 @@ from d2it_cli.table import format_table
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE", help="Override a component option.")
 @click.option("--from", "from_dir", type=SYSTEM_DIR, help="Load a saved model directory (or hf://OWNER/NAME).")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the model directory here.")
+@click.option("--overwrite", is_flag=True, help="Replace the system already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--no-count", is_flag=True, help="Skip MAC counting.")
 @click.pass_obj

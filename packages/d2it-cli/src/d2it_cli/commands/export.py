@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from d2it.errors import ConfigError
+from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.engine.checkpoint import step_name
 from d2it_cli.export import export_checkpoint, run_system, select_checkpoints
 
@@ -41,14 +42,14 @@ def export(ctx, run_dir, step, every, ema, out, system_dir, score_args, overwrit
         click.echo(f"exported step {origin['step']} ({_weights(origin)}) of {run_dir} to {target}")
         return
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_and_hold(out, "export --every", legacy=lambda f: (f / SCORES).is_file())
     done = _scored(out / SCORES)
     for number, path in chosen:
         target = out / step_name(number)
         if number in done:
             continue
         if not (target / "d2it.json").is_file() or overwrite:
-            origin = export_checkpoint(path, target, system_dir=system_dir, ema=ema, overwrite=True)
+            origin = export_checkpoint(path, target, system_dir=system_dir, ema=ema, overwrite=overwrite)
         else:
             origin = json.loads((target / "d2it.json").read_text())["extra"]["exported_from"]
         line = {"step": number, "system": str(target), "weights": origin["weights"]}

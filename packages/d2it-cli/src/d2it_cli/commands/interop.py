@@ -49,14 +49,17 @@ def import_group():
     "--num-heads", type=POSITIVE_INT, default=None, help="Attention heads, for a width none of DiT's sizes has."
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="System directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the system already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
-def import_dit_command(obj, checkpoint, vae, num_heads, out, as_json):
+def import_dit_command(obj, checkpoint, vae, num_heads, out, overwrite, as_json):
     """An official DiT checkpoint (256 or 512 px) with DiT's sampling: 250 DDPM steps, guidance on 3 channels."""
     from d2it_cli.interop import hub, import_dit
 
     vae_path = hub.resolve_vae(vae) if vae else None
-    system = import_dit(checkpoint, out, vae=vae_path, num_heads=num_heads, registry=(obj or {}).get("registry"))
+    system = import_dit(
+        checkpoint, out, vae=vae_path, num_heads=num_heads, overwrite=overwrite, registry=(obj or {}).get("registry")
+    )
     _done(system, out, as_json, "DiT")
 
 

@@ -4,8 +4,10 @@ import sys
 
 import click
 
+from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.commands.params import POSITIVE_INT, SEED
 from d2it_cli.data.pack import pack_folder
+from d2it_cli.data.wds import CLASSES_FILE
 
 
 @click.command()
@@ -25,6 +27,7 @@ def pack(root, out, shard_size, prefix, seed, no_shuffle, quiet):
         if not quiet and (sys.stdout.isatty() or done == total or done % 50 == 0):
             click.echo(f"pack: shard {done}/{total}", err=True)
 
+    claim_and_hold(out, "pack", legacy=lambda f: (f / CLASSES_FILE).is_file())
     result = pack_folder(
         root, out, shard_size=shard_size, prefix=prefix, seed=None if no_shuffle else seed, progress=progress
     )

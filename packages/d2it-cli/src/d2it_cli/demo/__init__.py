@@ -277,6 +277,7 @@ class Demo:
                 *sets,
                 "--out",
                 sysdir,
+                "--overwrite",  # a rerun of the demo starts over
             ],
         )
         self.invoke(

@@ -16,6 +16,7 @@ from d2it.io import load_into
 from d2it.registry import default_registry
 from d2it_cli.interop.sd_vae import load_sd_vae_into, read_sd_vae
 from d2it_cli.interop.weights import read_state_dict, require
+from d2it_cli.outputs import system_target
 
 # hidden size -> (size name, heads) of DiT's configs (DiT-S/B/L/XL)
 DIT_SIZES = {384: ("s", 6), 768: ("b", 12), 1024: ("l", 16), 1152: ("xl", 16)}
@@ -73,15 +74,19 @@ def dit_geometry(tensors: dict, path="checkpoint", num_heads: int | None = None)
     }
 
 
-def import_dit(checkpoint, out, *, vae=None, num_heads: int | None = None, registry=None) -> systems.System:
+def import_dit(
+    checkpoint, out, *, vae=None, num_heads: int | None = None, overwrite: bool = False, registry=None
+) -> systems.System:
     """Write a system directory `out` from an official DiT checkpoint (and optionally the SD VAE).
 
     checkpoint: DiT's `.pt` state dict (read with `weights_only=True`) or a `.safetensors` file.
     vae: a diffusers `AutoencoderKL` folder, an LDM checkpoint, a Hub name resolved by the caller
         (`resolve_vae`), or None for a latent-only system (image size from the latent size x 8).
+    overwrite: replace a system already in `out` (a folder holding anything else is refused).
     Returns the loaded system (on the CPU).
     """
     registry = registry or default_registry()
+    system_target(out, overwrite=overwrite)
     tensors = read_dit_checkpoint(checkpoint)
     geometry = dit_geometry(tensors, checkpoint, num_heads)
     if geometry["in_channels"] != 4:

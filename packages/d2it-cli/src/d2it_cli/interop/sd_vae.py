@@ -21,6 +21,7 @@ from d2it.errors import CheckpointError, ConfigError
 from d2it.io import load_into, load_safetensors
 from d2it.registry import default_registry
 from d2it_cli.interop.weights import read_state_dict, require
+from d2it_cli.outputs import system_target
 
 SD_LATENT_SCALE = 0.18215
 # the names `--vae` accepts for the VAEs DiT was evaluated with -> their Hub repositories
@@ -181,7 +182,7 @@ def import_sd_vae(
     registry = registry or default_registry()
     state = read_sd_vae(source)
     scale = state["latent_scale"] if latent_scale is None else float(latent_scale)
-    out = Path(out)
+    out = system_target(out, update=True)
     existing = (out / systems.RECORD_FILE).is_file()
     if existing:
         record, doc = systems.read_record(out)
