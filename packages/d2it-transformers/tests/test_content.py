@@ -7,8 +7,9 @@ from d2it.counting import count
 from d2it.errors import ConfigError, D2itError
 from d2it.layout import cell_grain, project_to_layout
 from d2it.registry import default_registry
-from d2it_transformers.content import REFINERS, DynamicContentTransformer, example_grain_map
+from d2it_transformers.content import DynamicContentTransformer, example_grain_map
 from d2it_transformers.dit import Attention
+from d2it_transformers.plugin import REFINERS
 from d2it_transformers.refine import RefineNet, WindowAttention, window_partition, window_reverse
 
 REFINER_NAMES = ["global", "none", "window16", "window2", "window4", "window8"]

@@ -12,8 +12,8 @@ from d2it.errors import ConfigError, D2itError
 from d2it.io import load_into
 from d2it.registry import default_registry
 from d2it.testing.backbone import BackboneConformance
+from d2it_transformers.plugin import BACKBONES
 from d2it_transformers.dit import (
-    BACKBONES,
     DiT,
     DiTBlock,
     FinalLayer,
@@ -68,6 +68,18 @@ def test_config_defaults(name):
     assert (config.hidden_size, config.num_heads, config.refine_depth) == (hidden, heads, refine)
     assert config.patch_size == int(patch or 2)
     assert config.depth is None and config.mlp_ratio == 4.0 and config.class_dropout == 0.1 and config.learn_sigma
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_summary_matches_the_config_defaults(name):
+    # the summaries are written out in the plugin (listing imports no model code), so check them here
+    spec = default_registry().get("backbone", name)
+    c = spec.make_config()
+    title = f"DiT-{name.removeprefix('dit-').split('/')[0].upper()}/{c.patch_size}"
+    assert spec.summary == (
+        f"{title}: width {c.hidden_size}, {c.num_heads} heads, depth {c.blocks} "
+        f"(D²iT: {c.blocks - c.refine_depth} + {c.refine_depth} RefineNet)"
+    )
 
 
 @pytest.mark.parametrize(

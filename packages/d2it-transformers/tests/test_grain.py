@@ -8,7 +8,8 @@ import torch
 from d2it.errors import ConfigError, DataError
 from d2it.registry import default_registry
 from d2it.testing.grain_predictor import GrainPredictorConformance
-from d2it_transformers.grain import GRAIN_PREDICTORS, cosine_schedule, unmasking_schedule
+from d2it_transformers.grain import cosine_schedule, unmasking_schedule
+from d2it_transformers.plugin import GRAIN_PREDICTORS
 
 TINY = {"depth": 2, "hidden_size": 32, "num_heads": 2, "steps": 4}
 

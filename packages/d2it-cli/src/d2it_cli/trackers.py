@@ -14,7 +14,6 @@ from PIL import Image
 
 from d2it.errors import ConfigError
 from d2it.registry import Registry, default_registry
-from d2it.spec import ComponentSpec
 
 NONE = "none"
 
@@ -113,24 +112,6 @@ def make_tensorboard(config: TensorBoardConfig, *, run_dir, task: str, settings:
 def make_wandb(config: WandbConfig, *, run_dir, task: str, settings: dict) -> WandbTracker:
     """Registry factory of the `wandb` tracker."""
     return WandbTracker(config, run_dir, task, settings)
-
-
-TRACKERS = [
-    ComponentSpec(
-        name="tensorboard",
-        kind="tracker",
-        factory=make_tensorboard,
-        config=TensorBoardConfig,
-        summary="TensorBoard event files under RUN_DIR/tensorboard (extra: d2it-cli[tensorboard])",
-    ),
-    ComponentSpec(
-        name="wandb",
-        kind="tracker",
-        factory=make_wandb,
-        config=WandbConfig,
-        summary="Weights & Biases run, online or offline via WANDB_MODE (extra: d2it-cli[wandb])",
-    ),
-]
 
 
 def check_trackers(names, registry: Registry | None = None) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Attention backends: `sdpa` (default), `math` (reference), `xformers` (CUDA, fp16/bf16) and `auto`.
 
 Every backend takes q, k, v of shape (B, heads, N, head_dim) and an optional mask (boolean, True =
-attend, or additive float) broadcastable to (B, heads, N, M), and returns (B, heads, N, head_dim).
+attend, or additive float) broadcastable to (B, heads, N, M), and returns (B, heads, N, head_dim). The registry entries (`ATTENTION`) are in `d2it.plugin`.
 """
 
 import importlib.util
@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from d2it.counting import counting, record_attention
 from d2it.errors import D2itError
-from d2it.spec import ComponentSpec
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -70,6 +69,21 @@ def auto_attention(q, k, v, mask=None):
 _XFORMERS = xformers_available()
 
 
+def make_auto(config=None):
+    """Factory of the `auto` backend."""
+    return auto_attention
+
+
+def make_sdpa(config=None):
+    """Factory of the `sdpa` backend."""
+    return sdpa_attention
+
+
+def make_math(config=None):
+    """Factory of the `math` backend."""
+    return math_attention
+
+
 def make_xformers(config=None):
     """Factory of the `xformers` backend: refuses clearly where it cannot run."""
     if not torch.cuda.is_available():
@@ -77,15 +91,3 @@ def make_xformers(config=None):
     if not _XFORMERS:
         raise D2itError("xformers is not installed; install it with pip install 'd2it-core[xformers]' or use 'sdpa'")
     return xformers_attention
-
-
-ATTENTION = [
-    ComponentSpec(
-        "auto", "attention", lambda c: auto_attention, summary="xformers on CUDA fp16/bf16 when installed, else sdpa"
-    ),
-    ComponentSpec("sdpa", "attention", lambda c: sdpa_attention, summary="torch scaled_dot_product_attention"),
-    ComponentSpec("math", "attention", lambda c: math_attention, summary="explicit softmax(QK^T)V reference"),
-    ComponentSpec(
-        "xformers", "attention", make_xformers, summary="xformers memory-efficient attention (CUDA, fp16/bf16)"
-    ),
-]

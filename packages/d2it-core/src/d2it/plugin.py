@@ -1,14 +1,26 @@
-"""d2it-core's built-in components: the attention backends (the table `ATTENTION` in `d2it.attention`)."""
+"""d2it-core's built-in components: the attention backends of `d2it.attention`."""
 
 from d2it.hookspecs import hookimpl
+from d2it.spec import ComponentSpec
 
-# Each hook imports its module when called, not at the top: loading the plugin (every `d2it` start)
-# then imports no model code until a component of that kind is asked for.
+# Factories are "module:attr" references, imported when a backend is built: listing components
+# (`d2it plugins`) then imports no torch.
+ATTENTION = [
+    ComponentSpec(
+        "auto", "attention", "d2it.attention:make_auto", summary="xformers on CUDA fp16/bf16 when installed, else sdpa"
+    ),
+    ComponentSpec("sdpa", "attention", "d2it.attention:make_sdpa", summary="torch scaled_dot_product_attention"),
+    ComponentSpec("math", "attention", "d2it.attention:make_math", summary="explicit softmax(QK^T)V reference"),
+    ComponentSpec(
+        "xformers",
+        "attention",
+        "d2it.attention:make_xformers",
+        summary="xformers memory-efficient attention (CUDA, fp16/bf16)",
+    ),
+]
 
 
 @hookimpl
 def d2it_attention():
     """The attention backends."""
-    from d2it.attention import ATTENTION
-
     return list(ATTENTION)

@@ -28,7 +28,6 @@ import torch
 
 from d2it.errors import ConfigError
 from d2it.progress import progress_bar
-from d2it.spec import ComponentSpec
 from d2it_sampling.spacings import make_spacing, parse_spacing
 
 
@@ -406,19 +405,3 @@ class DPMPP2MSDESampler(_FunctionSampler):
                 f"sampler dpmpp-2m-sde needs eta >= 0 and s_noise >= 0, got {config.eta}, {config.s_noise}"
             )
         self.order = 2 if config.eta == 0 else 0
-
-
-SAMPLERS = [
-    ComponentSpec("ddpm", "sampler", DDPMSampler, DDPMConfig, summary="ancestral DDPM sampling on respaced steps"),
-    ComponentSpec("ddim", "sampler", DDIMSampler, DDIMConfig, summary="DDIM sampling (eta = 0: deterministic)"),
-    ComponentSpec("euler", "sampler", EulerSampler, EulerConfig, summary="Euler on the probability-flow ODE"),
-    ComponentSpec("heun", "sampler", HeunSampler, HeunConfig, summary="Heun (2nd order) on the PF ODE"),
-    ComponentSpec("dpmpp-2m", "sampler", DPMPP2MSampler, DPMPP2MConfig, summary="DPM-Solver++(2M), few-step default"),
-    ComponentSpec(
-        "dpmpp-2m-sde",
-        "sampler",
-        DPMPP2MSDESampler,
-        DPMPP2MSDEConfig,
-        summary="DPM-Solver++(2M) SDE, multi-grained noise",
-    ),
-]

@@ -6,7 +6,6 @@ import attrs
 import torch
 
 from d2it.errors import ConfigError
-from d2it.spec import ComponentSpec
 
 
 @attrs.frozen
@@ -77,9 +76,3 @@ def make_linear(config: LinearConfig) -> torch.Tensor:
 def make_cosine(config: CosineConfig) -> torch.Tensor:
     """Registry factory of `cosine`."""
     return cosine_betas(config.num_timesteps, config.s, config.max_beta)
-
-
-SCHEDULES = [
-    ComponentSpec("linear", "schedule", make_linear, LinearConfig, summary="DDPM linear betas 1e-4 .. 0.02 (DiT)"),
-    ComponentSpec("cosine", "schedule", make_cosine, CosineConfig, summary="Improved-DDPM cosine alpha-bar schedule"),
-]

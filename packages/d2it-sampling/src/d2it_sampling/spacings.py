@@ -17,7 +17,6 @@ import torch
 from d2it.config import build_config
 from d2it.errors import ConfigError
 from d2it.registry import default_registry
-from d2it.spec import ComponentSpec
 from d2it_sampling.diffusion import space_timesteps
 
 
@@ -156,11 +155,3 @@ def make_spacing(text: str, registry=None):
     registry = registry or default_registry()
     spec = registry.get("spacing", name)
     return spec.factory(build_config(spec.config, options, where=f"spacing {name}"))
-
-
-SPACINGS = [
-    ComponentSpec("uniform", "spacing", make_uniform, UniformConfig, summary="evenly spaced (DiT respacing)"),
-    ComponentSpec("trailing", "spacing", make_trailing, TrailingConfig, summary="evenly spaced from T-1 down"),
-    ComponentSpec("log-snr", "spacing", make_log_snr, LogSNRConfig, aliases=("lambda",), summary="uniform in log-SNR"),
-    ComponentSpec("karras", "spacing", make_karras, KarrasConfig, summary="Karras et al. sigma ramp (rho)"),
-]

@@ -1,6 +1,6 @@
 """The Dynamic Content Transformer: the routed DiT backbone plus RefineNet, predicting multi-grained noise.
 
-Reading order: the content model -> configs -> `REFINERS`. The backbone (`d2it_transformers.dit.RoutedDiT`)
+Reading order: the content model -> configs -> factories (registered in `d2it_transformers.plugin`). The backbone (`d2it_transformers.dit.RoutedDiT`)
 turns one token per region into a rough prediction for every cell and a coarse prediction per region;
 RefineNet (`d2it_transformers.refine`, or its sparse form in `d2it_transformers.sparse`) corrects the rough
 prediction with window attention on the cell grid; the output follows the copied (neighbour-copy) layout.
@@ -12,7 +12,6 @@ from torch import nn
 
 from d2it.errors import ConfigError
 from d2it.layout import cell_grain, multigrain_noise, project_to_layout, upsample_codes
-from d2it.spec import ComponentSpec, EmptyConfig
 from d2it_transformers.dit import module_device
 from d2it_transformers.refine import RefineNet
 from d2it_transformers.sparse import SparseRefineNet
@@ -107,7 +106,7 @@ class DynamicContentTransformer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Configs and the name -> factory table
+# Configs and factories
 # ---------------------------------------------------------------------------------------------
 
 
@@ -159,38 +158,14 @@ def make_no_refiner(config, *, backbone, attention):
     return DynamicContentTransformer(_routed(backbone, "none"), None, "none")
 
 
-REFINERS = [
-    *(
-        ComponentSpec(
-            f"window{m}",
-            "refiner",
-            make_refiner(f"window{m}", m),
-            RefinerConfig,
-            summary=f"RefineNet with {m}x{m}-cell window attention",
-        )
-        for m in (16, 8, 4, 2)
-    ),
-    ComponentSpec(
-        "global", "refiner", make_refiner("global", None), RefinerConfig, summary="RefineNet with global attention"
-    ),
-    *(
-        ComponentSpec(
-            f"window{m}-sparse",
-            "refiner",
-            make_refiner(f"window{m}-sparse", m, sparse=True),
-            RefinerConfig,
-            summary=f"RefineNet with {m}x{m}-cell window attention on the fine cells only (packed, same weights)",
-        )
-        for m in (16, 8, 4, 2)
-    ),
-    ComponentSpec(
-        "global-sparse",
-        "refiner",
-        make_refiner("global-sparse", None, sparse=True),
-        RefinerConfig,
-        summary="RefineNet with global attention on the fine cells only (packed, same weights)",
-    ),
-    ComponentSpec(
-        "none", "refiner", make_no_refiner, EmptyConfig, summary="no RefineNet: the backbone's rough prediction"
-    ),
-]
+# one module-level factory per registered refiner, so `d2it_transformers.plugin` can name it lazily
+make_window16 = make_refiner("window16", 16)
+make_window8 = make_refiner("window8", 8)
+make_window4 = make_refiner("window4", 4)
+make_window2 = make_refiner("window2", 2)
+make_global = make_refiner("global", None)
+make_window16_sparse = make_refiner("window16-sparse", 16, sparse=True)
+make_window8_sparse = make_refiner("window8-sparse", 8, sparse=True)
+make_window4_sparse = make_refiner("window4-sparse", 4, sparse=True)
+make_window2_sparse = make_refiner("window2-sparse", 2, sparse=True)
+make_global_sparse = make_refiner("global-sparse", None, sparse=True)

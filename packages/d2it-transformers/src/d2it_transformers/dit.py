@@ -1,7 +1,8 @@
 """DiT (Peebles & Xie, 2023): embedders, adaLN-Zero blocks, the plain noise predictor and the routed backbone.
 
 Reading order follows DiT's `models.py`: embedders -> attention and block -> final layer -> models ->
-position embeddings -> configs -> the name -> factory table (`BACKBONES`).
+position embeddings -> configs -> the factory (registered, with one config per size, in
+`d2it_transformers.plugin`).
 """
 
 import math
@@ -17,7 +18,6 @@ from torch.utils.checkpoint import checkpoint
 from d2it.attention import sdpa_attention
 from d2it.errors import ConfigError, D2itError
 from d2it.layout import pool_codes, unit_cells
-from d2it.spec import ComponentSpec
 
 
 def modulate(x, shift, scale):
@@ -591,26 +591,3 @@ def make_backbone(config: DiTConfig, *, input_size, in_channels, num_classes, gr
         raise ConfigError(f"refine_depth must be at least 0, got {config.refine_depth}")
     depth = config.blocks - config.refine_depth if config.depth is None else config.depth
     return RoutedDiT(input_size=input_size, grains=grains, depth=depth, refine_depth=config.refine_depth, **common)
-
-
-def backbone_spec(name: str, config: type, aliases=()) -> ComponentSpec:
-    """The registry entry of one DiT size, its summary read from the config's defaults."""
-    c = config()
-    title = f"DiT-{name.removeprefix('dit-').split('/')[0].upper()}/{c.patch_size}"
-    summary = (
-        f"{title}: width {c.hidden_size}, {c.num_heads} heads, depth {c.blocks} "
-        f"(D²iT: {c.blocks - c.refine_depth} + {c.refine_depth} RefineNet)"
-    )
-    return ComponentSpec(name, "backbone", make_backbone, config, summary=summary, aliases=aliases)
-
-
-BACKBONES = [
-    backbone_spec("dit-s", DiTS2Config, aliases=("dit-s/2",)),
-    backbone_spec("dit-b", DiTB2Config, aliases=("dit-b/2",)),
-    backbone_spec("dit-l", DiTL2Config, aliases=("dit-l/2",)),
-    backbone_spec("dit-xl", DiTXL2Config, aliases=("dit-xl/2",)),
-    backbone_spec("dit-s/1", DiTS1Config),
-    backbone_spec("dit-b/1", DiTB1Config),
-    backbone_spec("dit-l/1", DiTL1Config),
-    backbone_spec("dit-xl/1", DiTXL1Config),
-]

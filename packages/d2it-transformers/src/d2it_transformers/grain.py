@@ -21,7 +21,6 @@ from torch import nn
 from d2it.config import coerce
 from d2it.errors import ConfigError, DataError
 from d2it.labels import check_classes
-from d2it.spec import ComponentSpec
 from d2it_transformers.dit import DiTBlock, FinalLayer, LabelEmbedder, get_2d_sincos_pos_embed, init_dit_weights
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +335,7 @@ class FixedConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Factories and the name -> spec table
+# Factories (registered in `d2it_transformers.plugin`)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -362,30 +361,3 @@ def make_all_coarse(config: FixedConfig, *, grid: int, grains: int, num_classes:
     """Factory of `all-coarse`."""
     _check_context(grid, grains, num_classes)
     return FixedGrainPredictor(grid, grains, num_classes, 0)
-
-
-GRAIN_PREDICTORS = [
-    ComponentSpec(
-        "dgt-s",
-        "grain_predictor",
-        make_grain_transformer,
-        GrainTransformerConfig,
-        summary="Dynamic Grain Transformer S (12 layers, 384 wide, 6 heads; MaskGIT over grain maps)",
-    ),
-    ComponentSpec(
-        "dgt-b",
-        "grain_predictor",
-        make_grain_transformer,
-        GrainTransformerBConfig,
-        summary="Dynamic Grain Transformer B (12 layers, 768 wide, 12 heads; MaskGIT over grain maps)",
-    ),
-    ComponentSpec(
-        "random",
-        "grain_predictor",
-        make_random,
-        RandomConfig,
-        summary="each region the finest grain with probability ratio, else the coarsest (the paper's Random)",
-    ),
-    ComponentSpec("all-fine", "grain_predictor", make_all_fine, FixedConfig, summary="every region the finest grain"),
-    ComponentSpec("all-coarse", "grain_predictor", make_all_coarse, FixedConfig, summary="every region coarsest"),
-]

@@ -16,7 +16,6 @@ from d2it.config import fields_of
 from d2it.errors import ConfigError, D2itError, DataError
 from d2it.layout import neighbour_copy
 from d2it.registry import default_registry
-from d2it.spec import ComponentSpec
 from d2it_vae.losses import VAELoss
 from d2it_vae.modules import Decoder, HierarchicalEncoder, IdentityConv
 
@@ -307,10 +306,3 @@ def make_vae_f8(config: VAEF8Config, *, image_size: int, regularizer_options: di
     kwargs = {key: getattr(config, key) for key in _MODEL_KEYS}
     regularizer = _regularizer(config, regularizer_options)
     return DynamicVAE(image_size, regularizer, None, grains=1, pos_embed=False, quant_conv=config.quant_conv, **kwargs)
-
-
-VAES = [
-    ComponentSpec("dvae-kl", "vae", make_dvae, DVAEConfig, summary="Dynamic VAE, F=8/16, KL posterior (D²iT stage 1)"),
-    ComponentSpec("dvae-vq", "vae", make_dvae, DVAEVQConfig, summary="Dynamic VAE, F=8/16, EMA vector quantizer"),
-    ComponentSpec("vae-f8", "vae", make_vae_f8, VAEF8Config, summary="LDM KL-f8 autoencoder, one grain"),
-]

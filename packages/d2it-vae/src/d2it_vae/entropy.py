@@ -16,7 +16,6 @@ from einops import rearrange
 from torch import nn
 
 from d2it.errors import ConfigError, D2itError, DataError
-from d2it.spec import ComponentSpec
 
 GRAY = (0.2989, 0.5870, 0.1140)
 _CHUNK = 1 << 24  # kernel-density elements per chunk (64 MiB of float32)
@@ -138,8 +137,3 @@ class EntropyCoder(nn.Module):
 def make_entropy_coder(config: EntropyConfig) -> EntropyCoder:
     """Factory of the `entropy` grain coder."""
     return EntropyCoder(config.region, config.bins, config.sigma, config.grains, config.fine_ratio)
-
-
-GRAIN_CODERS = [
-    ComponentSpec("entropy", "grain_coder", make_entropy_coder, EntropyConfig, summary="Shannon entropy of regions"),
-]

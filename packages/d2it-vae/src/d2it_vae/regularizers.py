@@ -22,7 +22,6 @@ from einops import rearrange
 from torch import nn
 
 from d2it.errors import ConfigError
-from d2it.spec import ComponentSpec
 
 
 def _distributed() -> bool:
@@ -290,10 +289,3 @@ def make_fsq(config: FSQConfig, *, channels: int) -> FiniteScalarQuantizer:
 def _check_weight(weight: float):
     if weight < 0:
         raise ConfigError(f"a regularizer's loss_weight must be >= 0, got {weight}")
-
-
-REGULARIZERS = [
-    ComponentSpec("kl", "regularizer", make_kl, KLConfig, summary="diagonal Gaussian posterior, KL to N(0, I)"),
-    ComponentSpec("vq", "regularizer", make_vq, VQConfig, summary="vector quantizer, EMA codebook, straight-through"),
-    ComponentSpec("fsq", "regularizer", make_fsq, FSQConfig, summary="finite scalar quantization, straight-through"),
-]

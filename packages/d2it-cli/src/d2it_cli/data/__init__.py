@@ -1,4 +1,4 @@
-"""Datasets: the registered `folder`, `synthetic`, `wds` and `hf` datasets, and `open_dataset` for `--data`."""
+"""Datasets: `folder`, `synthetic`, `wds` and `hf` (registered in `d2it_cli.plugin`) and `open_dataset` for `--data`."""
 
 import itertools
 import json
@@ -7,12 +7,11 @@ from pathlib import Path
 
 from d2it.errors import DataError
 from d2it.registry import Registry, default_registry
-from d2it.spec import ComponentSpec
-from d2it_cli.data.folder import FolderConfig, FolderDataset, make_folder
-from d2it_cli.data.hf import HfConfig, HfDataset, make_hf
+from d2it_cli.data.folder import FolderConfig, FolderDataset
+from d2it_cli.data.hf import HfConfig, HfDataset
 from d2it_cli.data.stream import StreamDataset, StreamSetup, is_streaming
-from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset, make_synthetic
-from d2it_cli.data.wds import WdsConfig, WdsDataset, make_wds
+from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset
+from d2it_cli.data.wds import WdsConfig, WdsDataset
 
 NAME_RE = re.compile(r"^([a-z][a-z0-9_.-]*):(.*)$")
 
@@ -98,40 +97,7 @@ def dataset_classes(dataset) -> int:
         n = len(getattr(dataset, "classes", []) or [0])
     return max(1, int(n))
 
-
-DATASETS = [
-    ComponentSpec(
-        "folder",
-        "dataset",
-        make_folder,
-        FolderConfig,
-        summary="PNG/JPEG/WebP images in class subfolders (ImageFolder layout) or a flat folder",
-    ),
-    ComponentSpec(
-        "synthetic",
-        "dataset",
-        make_synthetic,
-        SyntheticConfig,
-        summary="procedural images with smooth and detailed regions (no download)",
-    ),
-    ComponentSpec(
-        "wds",
-        "dataset",
-        make_wds,
-        WdsConfig,
-        summary="webdataset tar shards <key>.jpg|png|webp + <key>.cls, streamed (wds:/d/train-{000000..000127}.tar)",
-    ),
-    ComponentSpec(
-        "hf",
-        "dataset",
-        make_hf,
-        HfConfig,
-        summary="a Hugging Face datasets table: save_to_disk folder, local files or Hub name (hf:PATH[:split])",
-    ),
-]
-
 __all__ = [
-    "DATASETS",
     "FolderConfig",
     "FolderDataset",
     "HfConfig",

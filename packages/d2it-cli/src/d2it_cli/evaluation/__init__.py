@@ -6,6 +6,6 @@ and `metric(gen, ref, layer, seed)` maps two `FeatureSet`s to a dict of values. 
 `metric(a, b)` gives per-image distances of two image batches in [-1, 1] (context: `device`).
 """
 
-from d2it_cli.evaluation.metrics import METRICS, FeatureMetric, FeatureSet, psnr
+from d2it_cli.evaluation.metrics import FeatureMetric, FeatureSet, psnr
 
-__all__ = ["METRICS", "FeatureMetric", "FeatureSet", "psnr"]
+__all__ = ["FeatureMetric", "FeatureSet", "psnr"]

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from d2it.errors import D2itError, DataError
-from d2it.spec import ComponentSpec
 
 
 def _fidelity(module: str, name: str):
@@ -252,23 +251,3 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B,) peak signal-to-noise ratio in dB of images in [-1, 1], computed on [0, 1]."""
     mse = ((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
-METRICS = [
-    ComponentSpec("fid", "metric", FID, FidConfig, summary="Fréchet Inception distance (torch-fidelity)"),
-    ComponentSpec("isc", "metric", ISC, IscConfig, summary="Inception score (torch-fidelity)"),
-    ComponentSpec("kid", "metric", KID, KidConfig, summary="kernel Inception distance (torch-fidelity)"),
-    ComponentSpec(
-        "prc",
-        "metric",
-        PRC,
-        PrcConfig,
-        summary="improved precision and recall, k = 3 on pool features (torch-fidelity)",
-    ),
-    ComponentSpec(
-        "lpips", "metric", LPIPS, LpipsConfig, summary="learned perceptual image patch similarity (lpips package)"
-    ),
-    ComponentSpec(
-        "rfid", "metric", RFID, FidConfig, summary="FID between VAE reconstructions and their inputs (torch-fidelity)"
-    ),
-]
