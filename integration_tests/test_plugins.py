@@ -1,7 +1,19 @@
 """A third-party plugin installed from its folder, next to a broken one."""
 
 import json
+import subprocess
+import sys
 
+# `d2it plugins` in a fresh interpreter, reporting which modules it imported (last line of stderr)
+PROBE = """
+import json, sys
+from d2it_cli.main import main
+try:
+    main(["plugins"])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
 BROKEN_WARNING = "warning: d2it plugin d2it-broken-plugin 0.0.1 failed to load and was skipped"
 
 
@@ -11,6 +23,15 @@ def test_plugins_lists_the_example_with_its_version(d2it_cli):
     example = rows[("backbone", "example-tiny")]
     assert (example["provider"], example["version"]) == ("d2it-example-plugin", "0.3.0")
     assert rows[("backbone", "dit-xl")]["provider"] == "d2it-transformers"
+
+
+def test_listing_imports_none_of_the_example_components():
+    # the example names its factories and configs by "module:attr" references (the documented way), so
+    # `d2it plugins` imports its entry-point module but not its components, nor torch
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
+    modules = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert "example-trapezoid" in proc.stdout and "d2it_example_plugin" in modules
+    assert "d2it_example_plugin.components" not in modules and "torch" not in modules
 
 
 def test_broken_plugin_gives_one_warning_and_everything_works(d2it_cli):

@@ -12,7 +12,6 @@ from d2it.errors import ConfigError, D2itError
 from d2it.io import load_into
 from d2it.registry import default_registry
 from d2it.testing.backbone import BackboneConformance
-from d2it_transformers.plugin import BACKBONES
 from d2it_transformers.dit import (
     DiT,
     DiTBlock,
@@ -22,6 +21,7 @@ from d2it_transformers.dit import (
     TimestepEmbedder,
     get_2d_sincos_pos_embed,
 )
+from d2it_transformers.plugin import BACKBONES
 
 NAMES = ["dit-s", "dit-b", "dit-l", "dit-xl", "dit-s/1", "dit-b/1", "dit-l/1", "dit-xl/1"]
 TINY = {"depth": 2, "hidden_size": 32, "num_heads": 2}

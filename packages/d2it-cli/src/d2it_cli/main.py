@@ -79,8 +79,9 @@ class D2itGroup(click.Group):
 def load_registry(builtins_only: bool = False, collect: bool = True) -> Registry:
     """Load plugins, printing a one-line warning per plugin that fails instead of a traceback.
 
-    collect: also gather every kind's specs now (importing the modules behind them); `d2it` itself
-    defers that to the first command that runs, so `d2it --help` stays light.
+    collect: also gather every kind's specs now (calling every hook: a plugin that names its factories by
+    "module:attr" references imports no model code here); `d2it` itself defers that to the first command
+    that runs, so `d2it --help` calls no hook.
     """
     with _plugin_warnings():
         registry = Registry.from_entry_points(builtins_only=builtins_only)

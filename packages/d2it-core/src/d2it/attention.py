@@ -1,7 +1,8 @@
 """Attention backends: `sdpa` (default), `math` (reference), `xformers` (CUDA, fp16/bf16) and `auto`.
 
 Every backend takes q, k, v of shape (B, heads, N, head_dim) and an optional mask (boolean, True =
-attend, or additive float) broadcastable to (B, heads, N, M), and returns (B, heads, N, head_dim). The registry entries (`ATTENTION`) are in `d2it.plugin`.
+attend, or additive float) broadcastable to (B, heads, N, M), and returns (B, heads, N, head_dim).
+Each backend has a `make_*` factory, registered by reference in `d2it.plugin` (`ATTENTION`).
 """
 
 import importlib.util

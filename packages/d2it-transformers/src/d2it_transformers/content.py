@@ -1,8 +1,9 @@
 """The Dynamic Content Transformer: the routed DiT backbone plus RefineNet, predicting multi-grained noise.
 
-Reading order: the content model -> configs -> factories (registered in `d2it_transformers.plugin`). The backbone (`d2it_transformers.dit.RoutedDiT`)
-turns one token per region into a rough prediction for every cell and a coarse prediction per region;
-RefineNet (`d2it_transformers.refine`, or its sparse form in `d2it_transformers.sparse`) corrects the rough
+Reading order: the content model -> configs -> factories (one per refiner, registered by reference in
+`d2it_transformers.plugin`). The backbone (`d2it_transformers.dit.RoutedDiT`) turns one token per region
+into a rough prediction for every cell and a coarse prediction per region; RefineNet
+(`d2it_transformers.refine`, or its sparse form in `d2it_transformers.sparse`) corrects the rough
 prediction with window attention on the cell grid; the output follows the copied (neighbour-copy) layout.
 """
 

@@ -97,6 +97,7 @@ def dataset_classes(dataset) -> int:
         n = len(getattr(dataset, "classes", []) or [0])
     return max(1, int(n))
 
+
 __all__ = [
     "FolderConfig",
     "FolderDataset",
