@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+import d2it
 from d2it_cli.main import load_registry, main, make_cli
 
 TINY = [
@@ -133,3 +134,25 @@ def test_a_missing_provider_names_the_distribution_to_install(cli, tmp_path):
     (out / "d2it.json").write_text(json.dumps(doc))
     bad = CliRunner().invoke(cli, ["build", "--from", out, "--no-count"])
     assert bad.exit_code == 2 and "unknown sampler 'ghost-sampler'; valid samplers: ddim" in bad.output
+
+
+class BrokenReferencePlugin:
+    """A plugin whose backbone is registered by a reference to a module that is not installed."""
+
+    @d2it.hookimpl
+    def d2it_backbones(self):
+        return [d2it.ComponentSpec("ghost-net", "backbone", "d2it_ghost.model:GhostNet", summary="not installed")]
+
+
+def test_a_reference_that_does_not_import_exits_2_naming_the_distribution():
+    registry = load_registry(builtins_only=True)
+    registry.register(BrokenReferencePlugin(), "ghost", dist="d2it-ghost", version="1.2")
+    cli = make_cli(registry)
+    listed = {r["name"]: r for r in json.loads(invoke(cli, "plugins", "--kind", "backbone", "--json").output)}
+    assert (listed["ghost-net"]["provider"], listed["ghost-net"]["version"]) == ("d2it-ghost", "1.2")
+    bad = CliRunner().invoke(cli, ["build", "--backbone", "ghost-net", "--image-size", "32", "--no-count"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert bad.output.strip() == (
+        "error: backbone 'ghost-net' from d2it-ghost 1.2 cannot be loaded: its factory 'd2it_ghost.model:GhostNet' "
+        "does not import (ModuleNotFoundError: No module named 'd2it_ghost'); reinstall or upgrade d2it-ghost"
+    )
