@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from d2it import system as systems
 from d2it.io import file_sha256, load_safetensors, save_safetensors
 from d2it_cli.engine import read_log
+from d2it_cli.engine.draws import SampleDraws
 
 FAST = ["--batch", "4", "--log-every", "1", "--quiet", "--ckpt-every", "2"]
 
@@ -163,3 +165,72 @@ def test_fast_paths_train_the_same(encoded, tmp_path, run_cli):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
     config = json.loads((tmp_path / "fast" / "train.json").read_text())
     assert config["grad_checkpointing"] and config["channels_last"] and not config["compile"]
+
+
+class _Split:
+    """What `ContentTask.micro_step` / `GrainTask.micro_step` need of a trainer, for one micro-batch."""
+
+    def __init__(self, draws, name, model):
+        self.draws, self.wrapped = draws, {name: model}
+
+    def autocast(self):
+        return nullcontext()
+
+
+def _split_runs(task, name, model, batch, record):
+    """Micro-steps over a batch of 4 as one rank, and as two ranks of 2: what `record` captured in each case."""
+    out = []
+    for world in (1, 2):
+        captured = []
+        per = 4 // world
+        for rank in range(world):
+            draws = SampleDraws(seed=7, global_batch=4, device="cpu")
+            draws.focus(5, rank * per)
+            rows = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items() if k != "params"}
+            rows["params"] = [p[rank * per : (rank + 1) * per] for p in batch["params"]]
+            record.clear()
+            task.micro_step(_Split(draws, name, model), rows, 5, 1.0)
+            captured.append(dict(record))
+        out.append({k: torch.cat([c[k] for c in captured]) for k in captured[0]})
+    return out
+
+
+def test_content_draws_are_keyed_by_sample_not_by_rank(encoded, monkeypatch):
+    from d2it_cli.engine.stage2 import ContentTask
+
+    system, cache = encoded
+    task = ContentTask.open(system, cache, grain_source="random")
+    batch = next(iter(torch.utils.data.DataLoader(task.dataset, batch_size=4)))
+    record = {}
+    losses = task.diffusion.training_losses
+
+    def spy(model, x0, t, y, grain_map=None, noise=None, grain_counts=None):
+        record.update(x0=x0, t=t, noise=noise, grain_map=grain_map, drop=model.keywords["force_drop_ids"])
+        return losses(model, x0, t, y, grain_map=grain_map, noise=noise, grain_counts=grain_counts)
+
+    monkeypatch.setattr(task.diffusion, "training_losses", spy)
+    one, two = _split_runs(task, "content", task.system.content.train(), batch, record)
+    for key in ("x0", "t", "noise", "grain_map", "drop"):  # per-rank draws from the global RNG differ here
+        assert torch.equal(one[key], two[key]), key
+    assert one["t"].unique().numel() > 1
+
+
+def test_grain_draws_are_keyed_by_sample_not_by_rank(encoded, monkeypatch):
+    from d2it_cli.engine.stage2 import GrainLoss, GrainTask
+
+    system, cache = encoded
+    task = GrainTask.open(system, cache)
+    batch = next(iter(torch.utils.data.DataLoader(task.dataset, batch_size=4)))
+    record = {}
+    loss = task.system.grain.loss
+
+    def spy(grain_maps, classes, mask_draws=None, force_drop_ids=None, token_count=None):
+        record.update(ratio=mask_draws[0], order=mask_draws[1], drop=force_drop_ids, count=token_count[None])
+        return loss(grain_maps, classes, mask_draws=mask_draws, force_drop_ids=force_drop_ids, token_count=token_count)
+
+    monkeypatch.setattr(task.system.grain, "loss", spy)
+    one, two = _split_runs(task, "grain", GrainLoss(task.system.grain).train(), batch, record)
+    for key in ("ratio", "order", "drop"):
+        assert torch.equal(one[key], two[key]), key
+    # each rank divides by its share of the global batch's masked tokens
+    assert two["count"].tolist() == [one["count"].item() / 2] * 2

@@ -5,6 +5,7 @@ import json
 import tarfile
 from collections import Counter
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ from d2it_cli.data import first_items, open_dataset
 from d2it_cli.data.hf import HfConfig, HfDataset
 from d2it_cli.data.stream import StreamSetup, worker_consumed
 from d2it_cli.data.wds import WdsConfig, WdsDataset
-from d2it_cli.engine.feed import Feed
+from d2it_cli.engine.feed import Feed, merge_units
 
 
 def image_bytes(value: int, fmt="PNG", size=8) -> bytes:
@@ -244,7 +245,13 @@ def test_pack_then_thresholds_train_resume_and_encode_from_shards(tiny_system, t
 
     assert [r["step"] for r in read_log(run_dir)] == [1, 2, 3]
     _, state, _ = load_checkpoint(latest_checkpoint(run_dir))
-    assert state["data"] == {"samples": 6, "world": 1, "batch": 2, "workers": 2}
+    assert {k: state["data"][k] for k in ("samples", "world", "batch", "workers")} == {
+        "samples": 6,
+        "world": 1,
+        "batch": 2,
+        "workers": 2,
+    }
+    assert sum(c for _, _, c in state["data"]["units"]) == 6  # what was consumed of each shard
     encoded = run_cli("encode", "--system", tiny_system, "--data", data, "--out", tmp_path / "cache", "--quiet")
     assert encoded.exit_code == 0, encoded.output
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
@@ -255,3 +262,53 @@ def test_pack_then_thresholds_train_resume_and_encode_from_shards(tiny_system, t
     assert json.loads((tmp_path / "recon.json").read_text())["data"]["count"] == 5
     short = run_cli(*recon, "--num", "20", "--quiet")
     assert short.exit_code == 2 and "holds 12 images, fewer than the 20 requested" in short.output
+
+
+class OneEpoch(WdsDataset):
+    """The wds stream read for one epoch only, so that a test can collect all of it."""
+
+    def configure(self, setup):
+        return super().configure(attrs.evolve(setup, endless=False))
+
+
+def _drain(feeds, state):
+    """Every sample the feeds (the ranks of a resumed run) yield until the epoch ends."""
+    return [int(y) for feed in feeds for batch in feed.batches(state) for y in batch[1]]
+
+
+@pytest.mark.parametrize("buffer", [0, 4])
+@pytest.mark.parametrize("world, workers", [(2, 2), (3, 0), (1, 1)])
+def test_resume_on_another_layout_continues_every_shard_where_it_stopped(tmp_path, buffer, world, workers):
+    pattern = write_shards(tmp_path, 40, 5)  # 8 shards
+    config = WdsConfig(shuffle_buffer=buffer, num_classes=40)
+
+    def feed(rank=0, world=1, workers=2):
+        ds = OneEpoch(pattern, 8, train=True, config=config)
+        return Feed(ds, batch=2, grad_accum=1, seed=1, rank=rank, world=world, workers=workers)
+
+    head, state = _take(feed(), 7)  # 14 samples from 2 readers, mid-shard
+    assert state["samples"] == 14 and sum(c for _, _, c in state["units"]) == 14
+    tail = _drain([feed(rank, world, workers) for rank in range(world)], state)
+    counts = Counter(head + tail)
+    repeated = sum(c - 1 for c in counts.values() if c > 1)
+    skipped = 40 - len(counts)
+    if buffer == 0:
+        assert repeated == skipped == 0 and sorted(counts) == list(range(40))  # exactly the rest of the epoch
+    else:  # at most what sat in the 2 interrupted readers' buffers
+        assert repeated <= 2 * buffer and skipped <= 2 * buffer
+
+
+def test_the_old_even_share_skip_is_bounded_by_nothing_and_said_so(tmp_path, capsys):
+    ds = _stream(tmp_path, 0)
+    feed = Feed(ds, batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=0)
+    _take(feed, 1, {"samples": 8, "world": 2, "batch": 2, "workers": 1})  # a checkpoint without unit counts
+    assert "predates per-shard stream positions" in capsys.readouterr().out
+
+
+def test_unit_counts_merge_over_ranks_and_forget_complete_epochs():
+    a = {"units": [[0, 0, 5], [0, 1, 2], [1, 0, 1]], "unit_sizes": [[0, 5]]}
+    b = {"units": [[0, 1, 3], [1, 1, 2]], "unit_sizes": [[1, 5]]}
+    merged = merge_units([a, b], n_units=2)
+    assert merged == {"units": [[1, 0, 1], [1, 1, 2]], "unit_sizes": [[0, 5], [1, 5]]}  # epoch 0 was complete
+    assert merge_units([a, b], n_units=3)["units"][0] == [0, 0, 5]  # unit 2 of epoch 0 was never read
+    assert merge_units([a], n_units=2)["units"][:2] == [[0, 0, 5], [0, 1, 2]]

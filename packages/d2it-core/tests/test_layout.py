@@ -55,3 +55,19 @@ def test_per_grain_mean():
     assert torch.allclose(means, torch.tensor([0.0, 3.0]))
     only_coarse = layout.per_grain_mean(values, torch.zeros(1, 2, 2, dtype=torch.long), 2)
     assert only_coarse[1] == 0
+
+
+def test_per_grain_mean_over_a_split_batch_with_shares_of_the_global_counts():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randint(0, 2, (4, 2, 2), generator=g)
+    maps[:2] = 0  # the first half has no fine region at all
+    values = torch.rand(4, 3, 4, 4, generator=g)
+    whole = layout.per_grain_mean(values, maps, 2)
+    counts = layout.grain_cell_counts(maps, 2)
+    assert counts.tolist() == layout.grain_masks(maps, 2).sum(dim=(0, 2, 3)).tolist() and counts.sum() == 64
+    assert torch.equal(layout.per_grain_mean(values, maps, 2, counts), whole)
+    halves = [layout.per_grain_mean(values[i : i + 2], maps[i : i + 2], 2, counts / 2) for i in (0, 2)]
+    assert torch.allclose((halves[0] + halves[1]) / 2, whole, atol=1e-6)
+    assert not torch.allclose(
+        (layout.per_grain_mean(values[:2], maps[:2], 2) + layout.per_grain_mean(values[2:], maps[2:], 2)) / 2, whole
+    )

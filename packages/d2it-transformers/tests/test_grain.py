@@ -234,3 +234,32 @@ def test_sampling_options_accept_command_line_strings():
     assert torch.equal(
         predictor.sample(torch.tensor([0]), gen(), ratio="0.25"), predictor.sample(torch.tensor([0]), gen(), ratio=0.25)
     )
+
+
+def test_loss_takes_its_draws_and_a_global_token_count():
+    model = randomize(make("dgt-s", TINY, grid=4)).train()
+    g = torch.Generator().manual_seed(1)
+    maps, classes = torch.randint(0, 2, (4, 4, 4), generator=g), torch.tensor([0, 1, 2, 0])
+    draws = (torch.rand(4, generator=g), torch.rand(4, 16, generator=g))
+    keep = torch.zeros(4, dtype=torch.long)
+    # given the draws a generator would make, the loss is the same
+    gen = torch.Generator().manual_seed(5)
+    drawn = (torch.rand(4, generator=gen), torch.rand(4, 16, generator=gen))
+    same = model.loss(maps, classes, generator=torch.Generator().manual_seed(5), force_drop_ids=keep)
+    assert torch.equal(model.loss(maps, classes, mask_draws=drawn, force_drop_ids=keep), same)
+    # halves of a batch, each dividing by its share of the whole's masked tokens, average to the whole's loss
+    whole = model.loss(maps, classes, mask_draws=draws, force_drop_ids=keep)
+    total = model.masked_tokens(draws[0]).sum().float()
+    halves = [
+        model.loss(
+            maps[i : i + 2],
+            classes[i : i + 2],
+            mask_draws=(draws[0][i : i + 2], draws[1][i : i + 2]),
+            force_drop_ids=keep[i : i + 2],
+            token_count=total / 2,
+        )
+        for i in (0, 2)
+    ]
+    assert torch.allclose((halves[0] + halves[1]) / 2, whole, atol=1e-6)
+    dropped = model.loss(maps, classes, mask_draws=draws, force_drop_ids=torch.ones(4, dtype=torch.long))
+    assert not torch.allclose(dropped, whole)

@@ -162,3 +162,19 @@ def test_counting_macs():
     counts = count(vae, *vae.example_inputs(1))
     assert counts.params == sum(p.numel() for p in vae.parameters())
     assert counts.macs > 0 and counts.attention_macs > 0
+
+
+def test_forward_takes_the_posterior_draws_per_image():
+    vae = tiny()
+    images = half_flat(batch=4)
+    shapes = vae.noise_shapes()
+    assert shapes == [(vae.latent_channels, 2, 2), (vae.latent_channels, 4, 4)]
+    noise = [torch.randn(4, *s, generator=torch.Generator().manual_seed(g)) for g, s in enumerate(shapes)]
+    with torch.no_grad():
+        whole = vae(images, noise=noise).z
+        halves = torch.cat([vae(images[i : i + 2], noise=[e[i : i + 2] for e in noise]).z for i in (0, 2)])
+        params = vae.encode(images)
+        assert torch.allclose(halves, whole, atol=1e-5)  # an image's draw does not depend on its batch
+        grain_map = vae.grain_map(images)
+        assert torch.equal(vae.sample_latent(params, grain_map, noise=noise), whole)
+        assert not torch.allclose(vae(images).z, whole)

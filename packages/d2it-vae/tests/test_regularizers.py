@@ -137,3 +137,17 @@ def test_a_dvae_with_fsq_trains_end_to_end():
     assert any(not torch.equal(a, b) for a, b in zip(encoder_before, vae.encoder.parameters()))
     for codes in vae.encode(images[:2]):
         assert all(len(torch.unique(codes[:, c])) <= 8 for c in range(4))
+
+
+def test_kl_sample_takes_a_given_draw_and_deterministic_ones_ignore_it():
+    reg = d2it.create("regularizer", "kl", channels=2)
+    params = reg.posterior(torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(0)))
+    eps = torch.randn(3, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    mean, logvar = params.chunk(2, dim=1)
+    assert torch.allclose(reg.sample(params, noise=eps), mean + torch.exp(0.5 * logvar) * eps)
+    assert torch.equal(reg.sample(params, mode=True, noise=eps), mean)
+    with pytest.raises(d2it.errors.ConfigError, match="posterior noise has shape"):
+        reg.sample(params, noise=eps[:, :1])
+    vq = d2it.create("regularizer", "vq", channels=2)
+    codes = torch.randn(3, 2, 2, 2)
+    assert torch.equal(vq.sample(codes, noise=eps), codes)

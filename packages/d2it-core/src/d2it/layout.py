@@ -71,13 +71,24 @@ def multigrain_noise(
     return neighbour_copy(draws, grain_map)
 
 
-def per_grain_mean(values: torch.Tensor, grain_map: torch.Tensor, grains: int) -> torch.Tensor:
-    """Mean of a finest-grid tensor over the cells of each grain: (k,), 0 where a grain is absent."""
+def grain_cell_counts(grain_map: torch.Tensor, grains: int) -> torch.Tensor:
+    """Finest-grid cells of each grain over a batch of grain maps: (k,) float32."""
+    return grain_masks(grain_map, grains).sum(dim=(0, 2, 3))
+
+
+def per_grain_mean(values: torch.Tensor, grain_map: torch.Tensor, grains: int, counts=None) -> torch.Tensor:
+    """Mean of a finest-grid tensor over the cells of each grain: (k,), 0 where a grain is absent.
+
+    `counts` (k,): the cell counts to divide by instead of this batch's, e.g. a micro-batch's share
+    of a whole global batch's counts, so that the mean is over the global batch.
+    """
     masks = grain_masks(grain_map, grains, values.dtype)  # (B, k, H, W)
     per_cell = values.mean(dim=1, keepdim=True)  # average channels first
     sums = (per_cell * masks).sum(dim=(0, 2, 3))
-    counts = masks.sum(dim=(0, 2, 3))
-    return sums / counts.clamp(min=1)
+    if counts is None:
+        return sums / masks.sum(dim=(0, 2, 3)).clamp(min=1)
+    counts = counts.to(sums)
+    return sums / torch.where(counts > 0, counts, torch.ones_like(counts))
 
 
 def fine_ratio(grain_maps):

@@ -377,25 +377,30 @@ class GaussianDiffusion:
         first = (t == 0).reshape(t.shape[0], *([1] * (x0.ndim - 1)))
         return torch.where(first, nll, kl)
 
-    def grain_mean(self, values: torch.Tensor, grain_map=None):
+    def grain_mean(self, values: torch.Tensor, grain_map=None, counts=None):
         """(weighted sum of per-grain means, per-grain means (k,) or None) of an elementwise loss.
 
         Without a grain map: (mean over everything, None). With one: the mean over the cells of
-        each grain (`d2it.layout.per_grain_mean`: over the whole batch), summed with `grain_weights`.
+        each grain (`d2it.layout.per_grain_mean`: over the whole batch, or divided by `counts`),
+        summed with `grain_weights`.
         """
         if grain_map is None:
             return values.mean(), None
-        per_grain = per_grain_mean(values, grain_map.to(values.device), self.grains)
+        per_grain = per_grain_mean(values, grain_map.to(values.device), self.grains, counts)
         weights = torch.tensor(self.grain_weights, dtype=per_grain.dtype, device=per_grain.device)
         return (weights * per_grain).sum(), per_grain
 
-    def training_losses(self, model, x0, t, y, grain_map=None, generator: Generators = None, noise=None) -> dict:
+    def training_losses(
+        self, model, x0, t, y, grain_map=None, generator: Generators = None, noise=None, grain_counts=None
+    ) -> dict:
         """The hybrid loss for one batch; every entry is a scalar (a mean over the batch).
 
         model: a content model, called `model(x_t, model_timesteps(t), y)` (plus `grain_map` when
             given); x0: (B, C, H, W) clean latents in the copied layout; t: (B,) int64 steps;
             y: (B,) int64 classes; grain_map: (B, h, w) int64 or None for i.i.d. noise (plain DiT);
-            noise: the ε to use (drawn in the grain layout when omitted).
+            noise: the ε to use (drawn in the grain layout when omitted); grain_counts (k,): the cells
+            of each grain to divide by instead of this batch's (a micro-batch's share of the global
+            batch's counts, so that the loss of a split batch is that of the whole).
         Returns dict with `loss` = `mse` + `vb`; `mse`, the ε error averaged per grain and summed
         with the grain weights (plain mean without a grain map); `vb`, the VLB terms in bits on a
         detached ε, reduced the same way and scaled by num_timesteps / 1000 as in ADM (0 without
@@ -409,12 +414,12 @@ class GaussianDiffusion:
         output = output.float()
         x0, x_t, noise = x0.float(), x_t.float(), noise.float()
         eps, values = self.split_output(output, x0.shape[1])
-        mse, mse_grains = self.grain_mean((noise - eps) ** 2, grain_map)
+        mse, mse_grains = self.grain_mean((noise - eps) ** 2, grain_map, grain_counts)
         terms = {"mse": mse}
         if values is not None:
             # the VLB trains only the variance: the mean is taken from a detached ε (Improved DDPM §3.1)
             frozen = torch.cat([eps.detach(), values], dim=1)
-            vb, vb_grains = self.grain_mean(self.vb_terms(x0, x_t, t, frozen), grain_map)
+            vb, vb_grains = self.grain_mean(self.vb_terms(x0, x_t, t, frozen), grain_map, grain_counts)
             scale = self.num_timesteps / 1000.0
             vb = vb * scale
             vb_grains = None if vb_grains is None else vb_grains * scale

@@ -55,13 +55,22 @@ class DynamicContentTransformer(nn.Module):
             if hasattr(part, "set_grad_checkpointing"):
                 part.set_grad_checkpointing(enable)
 
-    def forward(self, x, t, y, grain_map=None):
-        """Multi-grained noise (and variance) prediction (B, out_channels, H, W) in the copied layout."""
+    @property
+    def label_dropout(self) -> float | None:
+        """The backbone's label-dropout probability (None when it does not say)."""
+        return getattr(self.backbone, "label_dropout", None)
+
+    def forward(self, x, t, y, grain_map=None, force_drop_ids=None):
+        """Multi-grained noise (and variance) prediction (B, out_channels, H, W) in the copied layout.
+
+        `force_drop_ids` (B,): the labels to drop to the null class, instead of the backbone's own draw.
+        """
         layout = None
         if getattr(self.refiner, "sparse", False):
             self.backbone.check_grain_map(x, grain_map)
             layout = self.refiner.layout(grain_map)  # its one host sync, before the backbone's kernels are queued
-        routed = self.backbone(x, t, y, grain_map)
+        drop = {} if force_drop_ids is None else {"force_drop_ids": force_drop_ids}
+        routed = self.backbone(x, t, y, grain_map, **drop)
         pred = routed.rough
         if layout is not None:
             pred = pred + self.refiner(x, routed.tokens, routed.c, grain_map, layout=layout)

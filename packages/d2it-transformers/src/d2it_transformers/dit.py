@@ -296,10 +296,19 @@ class DiT(nn.Module):
         """Recompute block activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
 
-    def forward(self, x, t, y, grain_map=None):
-        """Noise (and variance) prediction (B, out_channels, H, W); `grain_map` is ignored."""
+    @property
+    def label_dropout(self) -> float:
+        """The probability that training drops a label to the null class."""
+        return self.y_embedder.dropout_prob
+
+    def forward(self, x, t, y, grain_map=None, force_drop_ids=None):
+        """Noise (and variance) prediction (B, out_channels, H, W); `grain_map` is ignored.
+
+        `force_drop_ids` (B,): drop exactly the labels where it is 1 instead of drawing the dropout
+        (the trainer draws it per sample, so it does not depend on how the batch is split).
+        """
         x = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop_ids)
         x = run_blocks(self.blocks, x, c, self.grad_checkpointing)
         x = self.final_layer(x, c)
         return unpatchify(x, self.patch_size, self.out_channels, self.grid)
@@ -427,12 +436,17 @@ class RoutedDiT(nn.Module):
         if tuple(grain_map.shape) != want:
             raise D2itError(f"grain map has shape {tuple(grain_map.shape)}, expected {want} for this latent")
 
-    def forward(self, x, t, y, grain_map) -> RoutedOutput:
-        """Region features, conditioning and both heads' predictions for x_t."""
+    @property
+    def label_dropout(self) -> float:
+        """The probability that training drops a label to the null class."""
+        return self.y_embedder.dropout_prob
+
+    def forward(self, x, t, y, grain_map, force_drop_ids=None) -> RoutedOutput:
+        """Region features, conditioning and both heads' predictions for x_t (`force_drop_ids` as DiT's)."""
         self.check_grain_map(x, grain_map)
         grain_map = grain_map.long()
         tokens = self.x_embedder(x, grain_map) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop_ids)
         tokens = run_blocks(self.blocks, tokens, c, self.grad_checkpointing)
         rough = unpatchify(self.final_layer(tokens, c), self.region, self.out_channels, self.grid)
         coarse = rearrange(self.coarse_layer(tokens, c), "b (h w) c -> b c h w", h=self.grid[0], w=self.grid[1])

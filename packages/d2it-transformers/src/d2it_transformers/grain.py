@@ -187,17 +187,23 @@ class GrainTransformer(nn.Module):
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
     # -- network ---------------------------------------------------------------------------------
-    def logits(self, tokens: torch.Tensor, y: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """Logits (B, N, k) for tokens (B, N) in 0..k (k = [MASK]) and classes y (B,); `train` drops labels."""
+    @property
+    def label_dropout(self) -> float:
+        """The probability that training drops a label to the null class."""
+        return self.class_dropout
+
+    def logits(self, tokens: torch.Tensor, y: torch.Tensor, train: bool = False, force_drop_ids=None) -> torch.Tensor:
+        """Logits (B, N, k) for tokens (B, N) in 0..k (k = [MASK]) and classes y (B,); `train` drops labels
+        (exactly those where `force_drop_ids` is 1, when given)."""
         x = self.token_embed(tokens) + self.pos_embed.to(self.token_embed.weight.dtype)
-        c = self.y_embedder(y, train)
+        c = self.y_embedder(y, train, force_drop_ids)
         for block in self.blocks:
             x = block(x, c)
         return self.head(x, c)
 
-    def forward(self, tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, y: torch.Tensor, force_drop_ids=None) -> torch.Tensor:
         """Logits (B, N, k); labels are dropped to the null class with `class_dropout` in training mode."""
-        return self.logits(tokens, y, self.training)
+        return self.logits(tokens, y, self.training, force_drop_ids)
 
     def example_inputs(self, batch: int = 1) -> tuple:
         """(tokens, classes) for one forward call: tokens cycling through every grain and [MASK], class 0."""
@@ -229,19 +235,46 @@ class GrainTransformer(nn.Module):
             raise DataError(f"grain map values must lie in 0..{self.grains - 1}, got {low}..{high}")
         return grain_maps.long().flatten(1)
 
-    def loss(self, grain_maps: torch.Tensor, classes: torch.Tensor, generator: torch.Generator | None = None):
-        """Masked-token cross-entropy (nats per masked token); mask ratio γ(r), r ~ U[0, 1), at least one token."""
+    def loss(
+        self,
+        grain_maps: torch.Tensor,
+        classes: torch.Tensor,
+        generator: torch.Generator | None = None,
+        mask_draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+        force_drop_ids=None,
+        token_count=None,
+    ):
+        """Masked-token cross-entropy (nats per masked token); mask ratio γ(r), r ~ U[0, 1), at least one token.
+
+        `mask_draws` = (r (B,), order (B, N)) uniform [0, 1) draws to use instead of drawing them, and
+        `force_drop_ids` the labels to drop (as DiT's): the trainer draws both per sample. `token_count`:
+        the number of masked tokens to divide by instead of this batch's (a micro-batch's share of the
+        global batch's, from `masked_tokens`).
+        """
         device = self.token_embed.weight.device
         tokens = self._tokens(grain_maps).to(device)
         y = check_classes(classes, self.num_classes, null=True).to(device)
         if y.shape[0] != tokens.shape[0]:
             raise DataError(f"got {tokens.shape[0]} grain maps but {y.shape[0]} classes")
         b, n = tokens.shape
-        count = (cosine_schedule(_rand((b,), generator, device)) * n).ceil().clamp(1, n).long().to(device)
-        ranks = _rand((b, n), generator, device).argsort(dim=1).argsort(dim=1)
+        if mask_draws is None:
+            mask_draws = (_rand((b,), generator, device), _rand((b, n), generator, device))
+        ratio, order = (u.to(device) for u in mask_draws)
+        if tuple(ratio.shape) != (b,) or tuple(order.shape) != (b, n):
+            raise DataError(f"mask_draws must have shapes ({b},) and ({b}, {n})")
+        count = self.masked_tokens(ratio)
+        ranks = order.argsort(dim=1).argsort(dim=1)
         mask = ranks < count[:, None]
-        logits = self(tokens.masked_fill(mask, self.mask_id), y)
-        return F.cross_entropy(logits[mask].float(), tokens[mask])
+        drop = () if force_drop_ids is None else (force_drop_ids,)
+        logits = self(tokens.masked_fill(mask, self.mask_id), y, *drop)
+        if token_count is None:
+            return F.cross_entropy(logits[mask].float(), tokens[mask])
+        return F.cross_entropy(logits[mask].float(), tokens[mask], reduction="sum") / token_count
+
+    def masked_tokens(self, ratio: torch.Tensor) -> torch.Tensor:
+        """Tokens the loss masks per sample for uniform draws `ratio` (B,): ceil(γ(r)·N), at least one."""
+        n = self.grid * self.grid
+        return (cosine_schedule(ratio) * n).ceil().clamp(1, n).long()
 
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -6,6 +6,7 @@ copying z = sum_g mask_g * up(z_g) puts every code on the F = 8 grid, and the LD
 with a learned position embedding added to its input, reconstructs the image.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import attrs
@@ -213,11 +214,28 @@ class DynamicVAE(nn.Module):
         self._check_images(images)
         return [self.regularizer.posterior(h) for h in self._moments(images)]
 
-    def sample_latent(self, params, grain_map, generator=None, mode: bool = False) -> torch.Tensor:
-        """Copied-layout latent (B, C, H/8, W/8): each grain's draw (or mode) where the grain map selects it."""
+    def noise_shapes(self) -> list[tuple[int, int, int]]:
+        """Per grain (coarsest first), the shape (C, h, w) of one image's posterior draw (`noise` of `forward`)."""
+        side = self.image_size // self.downsample
+        return [
+            (self.latent_channels, side >> (self.grains - 1 - g), side >> (self.grains - 1 - g))
+            for g in range(self.grains)
+        ]
+
+    def sample_latent(self, params, grain_map, generator=None, mode: bool = False, noise=None) -> torch.Tensor:
+        """Copied-layout latent (B, C, H/8, W/8): each grain's draw (or mode) where the grain map selects it.
+
+        `noise`: per grain, the standard normal draw to use (shapes as `noise_shapes`), instead of drawing.
+        """
         if len(params) != self.grains:
             raise D2itError(f"expected parameters of {self.grains} grain(s), got {len(params)}")
-        codes = [self.regularizer.sample(p, generator=generator, mode=mode) for p in params]
+        if noise is None or "noise" not in inspect.signature(self.regularizer.sample).parameters:
+            # a regularizer that cannot take the draw makes its own (from `generator`)
+            codes = [self.regularizer.sample(p, generator=generator, mode=mode) for p in params]
+        else:
+            if len(noise) != self.grains:
+                raise D2itError(f"expected noise for {self.grains} grain(s), got {len(noise)}")
+            codes = [self.regularizer.sample(p, generator=generator, mode=mode, noise=e) for p, e in zip(params, noise)]
         return neighbour_copy(codes, grain_map.to(codes[0].device))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -233,11 +251,16 @@ class DynamicVAE(nn.Module):
             z = self.post_quant_conv(z)
         return self.decoder(z)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False) -> VAEOutput:
-        """Grain map, encoding with each code's regularization counted once, neighbour copying, decoding."""
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False, noise=None
+    ) -> VAEOutput:
+        """Grain map, encoding with each code's regularization counted once, neighbour copying, decoding.
+
+        `noise`: the posterior draws to use (as `sample_latent`), e.g. keyed by sample by the trainer.
+        """
         grain_map, scores = self._grains(images)
         params, reg_loss = self.regularizer(self._moments(images), self.grain_masks(grain_map))
-        z = self.sample_latent(params, grain_map, generator=generator, mode=mode)
+        z = self.sample_latent(params, grain_map, generator=generator, mode=mode, noise=noise)
         return VAEOutput(self.decode(z), grain_map, z, params, reg_loss, scores)
 
     # -- training helpers ---------------------------------------------------------------------

@@ -9,7 +9,9 @@ loss. Interface (factory context `channels` = latent channels C; docs/components
 - `forward(hs, masks) -> (params, loss)`: every grain at once (coarsest first); `masks[g]` (B, 1, h, w)
   of 0/1 says which codes of grain g the image really uses, so each code is counted once. In
   training mode the VQ codebook is updated here, from the used codes only.
-- `sample(params, generator=None, mode=False)`: latent codes of one grain.
+- `sample(params, generator=None, mode=False)`: latent codes of one grain; a regularizer that draws may
+  also take `noise` (the standard normal draw to use, the shape of the codes), so a trainer can key the
+  draw by sample.
 """
 
 import math
@@ -69,12 +71,17 @@ class DiagonalGaussian(nn.Module):
         total = sum((self.kl(p) * m[:, 0]).sum() for p, m in zip(params, masks))
         return params, total / hs[0].shape[0]
 
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False):
-        """A draw mean + std * eps, or the mean when `mode`."""
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False, noise=None):
+        """A draw mean + std * eps (eps = `noise` when given), or the mean when `mode`."""
         mean, logvar = params.chunk(2, dim=1)
         if mode:
             return mean
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if noise is not None:
+            if tuple(noise.shape) != tuple(mean.shape):
+                raise ConfigError(f"posterior noise has shape {tuple(noise.shape)}, the codes {tuple(mean.shape)}")
+            eps = noise.to(device=mean.device, dtype=mean.dtype)
+        else:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + torch.exp(0.5 * logvar) * eps
 
 
@@ -184,8 +191,8 @@ class EMAVectorQuantizer(nn.Module):
             params.append(h + (q - h).detach())
         return params, self.commitment * total / count.clamp(min=1.0)
 
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False):
-        """The codes themselves: quantization is deterministic."""
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False, noise=None):
+        """The codes themselves: quantization is deterministic (`noise` is ignored)."""
         return params
 
 
@@ -276,8 +283,8 @@ class FiniteScalarQuantizer(nn.Module):
         params = [self.posterior(h) for h in hs]
         return params, sum(p.sum() for p in params) * 0.0
 
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False):
-        """The codes themselves: quantization is deterministic."""
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False, noise=None):
+        """The codes themselves: quantization is deterministic (`noise` is ignored)."""
         return params
 
 

@@ -6,12 +6,20 @@ s, s + slots, ... of that order, otherwise every slot reads every unit and keeps
 sample. A shuffle buffer (seeded per slot) mixes samples; the random flip of the n-th raw sample of
 a slot is seeded by (seed, slot, n), so it does not depend on where a run was resumed.
 
-Resume: the trainer counts micro-batches per rank. A DataLoader over an IterableDataset hands out
-batches from its workers in strict rotation, so each worker's consumed sample count follows from
-that count, and so does whose turn is next (the resumed loader's first worker stands in for it).
-On resume each slot skips that many *raw* samples (without decoding them) and refills its shuffle
-buffer. Nothing is repeated or skipped beyond the samples that sat in the shuffle buffer at the
-checkpoint (none without shuffling).
+Resume with the same ranks, batch and workers: the trainer counts micro-batches per rank. A
+DataLoader over an IterableDataset hands out batches from its workers in strict rotation, so each
+worker's consumed sample count follows from that count, and so does whose turn is next (the resumed
+loader's first worker stands in for it). On resume each slot skips that many *raw* samples (without
+decoding them) and refills its shuffle buffer.
+
+Resume with another ranks x workers layout: the trainer also counts what it consumed of each unit in
+each epoch (every sample carries its (epoch, unit) when `StreamSetup.track` is on, and a unit's last
+sample its size), gathered over ranks into the checkpoint. The new slots split the units afresh and
+each unit continues at its own count (a finished unit of known size is not opened again).
+
+Either way nothing is repeated or skipped beyond the samples that sat in the shuffle buffers at the
+checkpoint: at most one buffer per reader of the interrupted run (none without shuffling), plus any
+corrupt samples, which are re-read and skipped again.
 """
 
 import itertools
@@ -41,7 +49,10 @@ class StreamSetup:
     shuffle: bool = True
     batch: int = 1  # the per-rank micro-batch of the run being resumed
     consumed_batches: int = 0  # micro-batches this rank already consumed (same world, batch and workers)
-    skip_samples: int | None = None  # per-slot raw samples to skip (a changed layout: approximate)
+    skip_samples: int | None = None  # per-slot raw samples to skip (a checkpoint without unit counts: approximate)
+    unit_offsets: dict | None = None  # {(epoch, unit): samples consumed} to continue at (a changed layout)
+    unit_sizes: dict | None = None  # {unit: samples}, where known
+    track: bool = False  # yield (image, label, (epoch, unit, size or -1)): what the trainer counts
 
 
 def worker_consumed(consumed_batches: int, batch: int, worker: int, workers: int) -> int:
@@ -94,23 +105,42 @@ class StreamDataset(torch.utils.data.IterableDataset):
         worker = (worker + s.consumed_batches) % workers
         return s.rank * workers + worker, s.world * workers, worker, workers
 
+    def _unit(self, units: list, epoch: int, index: int) -> Iterator:
+        """(epoch, unit, size or -1, raw) of unit `index` past its consumed offset; its last sample tells its size."""
+        offsets, sizes = self.setup.unit_offsets or {}, self.setup.unit_sizes or {}
+        start = offsets.get((epoch, index), 0)
+        if start and start >= sizes.get(index, start + 1):
+            return  # consumed to its end: not opened again
+        previous, size = None, start
+        for raw in itertools.islice(self.read(units[index]), start, None):
+            if previous is not None:
+                yield epoch, index, -1, previous
+            previous, size = raw, size + 1
+        if previous is not None:
+            yield epoch, index, size, previous
+
     def raw_stream(self, slot: int, slots: int) -> Iterator:
-        """This slot's raw samples, epoch after epoch (one epoch unless endless)."""
+        """This slot's (epoch, unit, size or -1, raw sample), epoch after epoch (one epoch unless endless)."""
         units = list(self.units())
-        for epoch in itertools.count() if self.setup.endless else [0]:
-            order = list(units)
+        offsets = self.setup.unit_offsets or {}
+        first = min((e for e, _ in offsets), default=0)
+        for epoch in itertools.count(first) if self.setup.endless else [first]:
+            order = list(range(len(units)))
             if self.setup.shuffle:
                 random.Random(self.setup.seed * 7919 + epoch).shuffle(order)
             if len(order) >= slots:
-                mine = itertools.chain.from_iterable(self.read(unit) for unit in order[slot::slots])
+                share = order[slot::slots]
+                mine = itertools.chain.from_iterable(self._unit(units, epoch, i) for i in share)
             else:
-                shared = itertools.chain.from_iterable(self.read(u) for u in order)
+                share = order
+                shared = itertools.chain.from_iterable(self._unit(units, epoch, i) for i in order)
                 mine = itertools.islice(shared, slot, None, slots)
             count = 0
-            for raw in mine:
+            for item in mine:
                 count += 1
-                yield raw
-            if count == 0 and self.setup.endless:  # an endless stream of nothing would hang the trainer
+                yield item
+            resumed = any(offsets.get((epoch, i)) for i in share)
+            if count == 0 and self.setup.endless and not resumed:  # an endless stream of nothing would hang
                 raise DataError(f"reader {slot} of {slots} found no samples in its shards of {self.describe_units()}")
 
     def describe_units(self) -> str:
@@ -129,7 +159,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
         if s.shuffle and self.shuffle_buffer > 1:
             numbered = _shuffled(numbered, self.shuffle_buffer, random.Random(s.seed * 1_000_003 + slot * 7 + skip))
         decoded = 0
-        for serial, raw in numbered:
+        for serial, (epoch, unit, size, raw) in numbered:
             try:
                 x, label = self.decode(raw)
             except (OSError, ValueError, SyntaxError, KeyError) as exc:
@@ -150,7 +180,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed((s.seed * 1_000_003 + slot) * 1_000_033 + serial)
                     x = random_flip(x)
-            yield x, label
+            yield (x, label, (epoch, unit, size)) if s.track else (x, label)
 
 
 def _shuffled(items, size: int, rng: random.Random):

@@ -77,6 +77,15 @@ def all_reduce_mean(values: dict) -> dict:
     return dict(zip(keys, t.cpu().tolist()))
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's `obj` (plain data), in rank order; [obj] in a single process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor across ranks in place (no-op in a single process); returns it."""
     if is_distributed():

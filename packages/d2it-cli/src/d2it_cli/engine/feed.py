@@ -5,18 +5,21 @@ number of ranks: optimizer step s of an epoch uses samples [s*G, (s+1)*G) of it 
 batch), and within a micro-batch rank r takes its own slice. So a run resumed on another number
 of ranks (same G) trains on exactly the same samples at every step. An epoch holds the largest
 multiple of G that fits. Streaming datasets (`IterableDataset`) need no length: each rank reads
-its share of the stream (see `d2it_cli.data.stream`). One DataLoader serves the whole run, so
-worker processes start once.
+its share of the stream (see `d2it_cli.data.stream`), and the feed counts what the trainer consumed
+of each unit (shard) so that a run resumed on another ranks x workers layout continues every unit
+where it stopped. One DataLoader serves the whole run, so worker processes start once.
 """
 
 import os
 import random
+from collections import Counter
 
 import numpy as np
 import torch
 
 from d2it.errors import ConfigError, DataError
 from d2it_cli.data.stream import StreamSetup, is_streaming
+from d2it_cli.engine import dist
 
 
 def default_workers() -> int:
@@ -87,6 +90,37 @@ class GlobalOrder:
             position += self.batch * self.world
 
 
+class TrackedCollate:
+    """Collates a stream's (image, label, (epoch, unit, size)) items into (batch, (B, 3) positions)."""
+
+    def __init__(self, collate_fn=None):
+        self.collate_fn = collate_fn or torch.utils.data.default_collate
+
+    def __call__(self, items):
+        return self.collate_fn([item[:-1] for item in items]), torch.tensor([item[-1] for item in items])
+
+
+def merge_units(states: list[dict], n_units: int | None = None) -> dict:
+    """Per-unit consumption of several ranks (`units`: [epoch, unit, count] rows, `unit_sizes`: [unit, size]) in one,
+    without the epochs before the latest that are complete (all `n_units` units consumed to their known sizes)."""
+    counts, sizes = Counter(), {}
+    for state in states:
+        counts.update({(int(e), int(u)): int(c) for e, u, c in state.get("units", [])})
+        sizes.update({int(u): int(n) for u, n in state.get("unit_sizes", [])})
+    epochs = sorted({e for e, _ in counts})
+    units = range(n_units or 0)
+    for epoch in epochs[:-1]:
+        if n_units and all(counts.get((epoch, u), 0) >= sizes.get(u, float("inf")) for u in units):
+            for u in units:
+                counts.pop((epoch, u), None)
+        else:
+            break
+    return {
+        "units": [[e, u, c] for (e, u), c in sorted(counts.items())],
+        "unit_sizes": [[u, n] for u, n in sorted(sizes.items())],
+    }
+
+
 class Feed:
     """Micro-batches for the trainer and the data position (`samples`: consumed by all ranks since the start)."""
 
@@ -96,6 +130,8 @@ class Feed:
         self.workers, self.collate_fn, self.pin = workers, collate_fn, pin
         self.streaming = is_streaming(dataset)
         self.samples = 0
+        self.unit_counts: Counter = Counter()  # a stream's {(epoch, unit): samples consumed by this rank}
+        self.unit_sizes: dict[int, int] = {}
         if self.streaming:
             self.order = None
             length = getattr(dataset, "length", None)
@@ -121,8 +157,26 @@ class Feed:
         return self.samples / self.epoch_size if self.epoch_size else None
 
     def state(self) -> dict:
-        """The data position as it goes into a checkpoint."""
-        return {"samples": self.samples, "world": self.world, "batch": self.batch, "workers": self.workers}
+        """The data position as it goes into a checkpoint (a collective for streams: every rank calls it)."""
+        state = {"samples": self.samples, "world": self.world, "batch": self.batch, "workers": self.workers}
+        if self.streaming:
+            mine = {
+                "units": [[e, u, c] for (e, u), c in self.unit_counts.items()],
+                "unit_sizes": [[u, n] for u, n in self.unit_sizes.items()],
+            }
+            state.update(merge_units(dist.all_gather_object(mine), self._n_units()))
+        return state
+
+    def _n_units(self) -> int | None:
+        units = getattr(self.dataset, "units", None)
+        return len(units()) if callable(units) else None
+
+    def _count(self, where: torch.Tensor):
+        """Count the consumed samples of a stream's micro-batch by (epoch, unit); learn unit sizes."""
+        for epoch, unit, size in where.tolist():
+            self.unit_counts[(epoch, unit)] += 1
+            if size > 0:
+                self.unit_sizes[unit] = size
 
     def batches(self, state: dict | None = None):
         """Endless micro-batches from `state` (a checkpoint's data position) or the start."""
@@ -133,18 +187,16 @@ class Feed:
             num_workers=self.workers, collate_fn=self.collate_fn, pin_memory=self.pin, generator=torch.Generator()
         )
         if self.streaming:
-            setup = StreamSetup(seed=self.seed, rank=self.rank, world=self.world, batch=self.batch)
-            same = state and (state.get("world"), state.get("batch"), state.get("workers")) == (
-                self.world,
-                self.batch,
-                self.workers,
-            )
-            if same:
-                setup.consumed_batches = self.samples // step
-            elif state:  # another layout: each slot skips its even share (not bounded by the shuffle buffer)
-                setup.skip_samples = self.samples // (self.world * max(1, self.workers))
+            setup = StreamSetup(seed=self.seed, rank=self.rank, world=self.world, batch=self.batch, track=True)
+            self._resume_stream(setup, state)
             self.dataset.configure(setup)
+            common["collate_fn"] = TrackedCollate(self.collate_fn)
             loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, **common)
+            for batch, where in loader:
+                self._count(where)
+                self.samples += step
+                yield batch
+            return
         else:
             if self.samples % step:
                 raise DataError(f"data position {self.samples} is not a whole number of micro-batches of {step}")
@@ -154,3 +206,29 @@ class Feed:
         for batch in loader:
             self.samples += step
             yield batch
+
+    def _resume_stream(self, setup: StreamSetup, state: dict | None):
+        """Where each reader of a stream starts: exactly where it stopped (same layout) or at each unit's count."""
+        self.unit_counts, self.unit_sizes = Counter(), {}
+        if not state:
+            return
+        units = merge_units([state], self._n_units()) if "units" in state else None
+        if units is not None:
+            self.unit_sizes = {u: n for u, n in units["unit_sizes"]}
+            if self.rank == 0:  # the run's counts so far live on rank 0 once (the checkpoint sums the ranks)
+                self.unit_counts = Counter({(e, u): c for e, u, c in units["units"]})
+        layout = (state.get("world"), state.get("batch"), state.get("workers"))
+        if layout == (self.world, self.batch, self.workers):
+            setup.consumed_batches = self.samples // (self.batch * self.world)
+        elif units is not None:  # another layout: every unit continues at what was consumed of it
+            setup.unit_offsets = {(e, u): c for e, u, c in units["units"]}
+            setup.unit_sizes = dict(self.unit_sizes)
+        else:
+            setup.skip_samples = self.samples // (self.world * max(1, self.workers))
+            if self.rank == 0:
+                print(
+                    "warning: this checkpoint predates per-shard stream positions, and it was written with "
+                    f"{state.get('world')} rank(s) x {state.get('workers')} worker(s); each reader now skips an "
+                    "even share of the samples consumed, so some samples may repeat or be skipped",
+                    flush=True,
+                )

@@ -2,9 +2,12 @@
 
 One code path for a single process (CPU or one GPU) and for `torchrun` (DDP: the task's main
 module is wrapped in DistributedDataParallel, auxiliary modules such as the discriminator have
-their gradients averaged by hand). Every random choice is reproducible: each rank's data order
-comes from (seed, epoch), each item's augmentation from its own seed, and the RNG states are part
-of the checkpoint, so a resumed run repeats the losses of an uninterrupted one exactly.
+their gradients averaged by hand). Every random choice is reproducible: the data order comes
+from (seed, epoch), each item's augmentation from its own seed, the tasks' per-sample draws
+(timesteps, noise, posterior draws, label dropout, masks) from (seed, step, offset in the global
+batch) through `trainer.draws`, and the RNG states are part of the checkpoint, so a resumed run
+repeats the losses of an uninterrupted one exactly, and one resumed on another number of ranks
+is the same run up to floating-point reduction order.
 """
 
 import abc
@@ -26,6 +29,7 @@ from d2it.progress import progress_bar
 from d2it.system import eval_mode
 from d2it_cli.engine import checkpoint as ckpt
 from d2it_cli.engine import dist, progress
+from d2it_cli.engine.draws import SampleDraws
 from d2it_cli.engine.ema import EMA
 from d2it_cli.engine.fastpaths import autocast, configure_tf32, maybe_compile, set_grad_checkpointing, to_channels_last
 from d2it_cli.engine.feed import Feed, GlobalOrder, SeededItems, item_seed  # noqa: F401 - re-exported
@@ -151,6 +155,8 @@ class Task(abc.ABC):
     images_per_item = 1
     # DDP must look for parameters without gradients only where a step can skip some (a dynamic graph)
     find_unused_parameters = True
+    # True: the trainer hands `prepare_step` this rank's micro-batches of each step before their micro-steps
+    whole_step = False
 
     @abc.abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -163,6 +169,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def micro_step(self, trainer, batch, step: int, scale: float) -> dict:
         """Forward and backward of one micro-batch (losses multiplied by `scale`); returns detached log values."""
+
+    def prepare_step(self, trainer, batches: list):
+        """Look at this rank's micro-batches of a step first (when `whole_step`), e.g. to count what a loss
+        divides by over the global batch so that the step's gradient does not depend on how it is split."""
 
     def prepare(self, trainer):
         """Move helpers that are not trained (frozen networks, losses) to `trainer.device`; optional."""
@@ -201,6 +211,7 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: dict[str, EMA] = {}
         self.history: list[dict] = []
+        self.draws: SampleDraws | None = None  # per-sample randomness of the current micro-batch (set up in fit)
 
     # -- helpers for tasks -------------------------------------------------------------------
     def autocast(self):
@@ -211,6 +222,10 @@ class Trainer:
     def global_batch(self) -> int:
         """Images per optimizer step over all ranks."""
         return self.config.batch * self.config.grad_accum * dist.world_size()
+
+    def focus(self, micro: int):
+        """Point `draws` at this rank's micro-batch `micro` of the current step (offsets (micro*W + rank)*B...)."""
+        self.draws.focus(self.step, (micro * dist.world_size() + dist.rank()) * self.config.batch)
 
     def module(self, name: str) -> nn.Module:
         """The unwrapped module `name`."""
@@ -277,6 +292,7 @@ class Trainer:
             self.total_steps = cfg.steps
         else:
             self.total_steps = max(1, math.ceil(cfg.epochs * self.feed.require_epochs("--epochs")))
+        self.draws = SampleDraws(cfg.seed, self.global_batch, self.device)
         warmup_epochs = str(cfg.warmup).strip().lower().endswith("ep")
         per_epoch = self.feed.require_epochs("--warmup in epochs") if warmup_epochs else 1
         self.warmup = parse_warmup(cfg.warmup, per_epoch)
@@ -350,7 +366,7 @@ class Trainer:
         self.data_state = dict(state["data"])
         if rng is not None and state.get("world_size") == dist.world_size():
             ckpt.restore_rng(rng)
-        else:  # another number of ranks: fresh per-rank streams, seeded by the step
+        else:  # another number of ranks: fresh per-rank streams (only draws not keyed by sample use them)
             torch.manual_seed(((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step) % 2**64)
             np.random.seed(((self.config.seed * 1000 + dist.rank()) * 1_000_003 + self.step) % 2**32)
         return path
@@ -363,10 +379,10 @@ class Trainer:
                 group["lr"] = group["base_lr"] * factor
         return factor
 
-    def _state(self) -> dict:
+    def _state(self, data: dict) -> dict:
         return {
             "step": self.step,
-            "data": self.feed.state(),
+            "data": data,
             "global_batch": self.global_batch,
             "world_size": dist.world_size(),
             "batch": self.config.batch,
@@ -382,8 +398,9 @@ class Trainer:
         """Write a checkpoint of the current step (all ranks), never from non-finite weights."""
         self.check_finite_weights()
         weights = {k: m.state_dict() for k, m in self.task.modules().items()} if dist.is_main() else {}
+        data = self.feed.state()  # on every rank: a stream's position is gathered from all of them
         return ckpt.save_checkpoint(
-            self.run_dir, self.step, weights, self._state() if dist.is_main() else {}, keep=self.config.keep
+            self.run_dir, self.step, weights, self._state(data) if dist.is_main() else {}, keep=self.config.keep
         )
 
     def _trim_log(self):
@@ -495,8 +512,13 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         step_sums: dict[str, torch.Tensor] = {}
+        ahead = None
+        if self.task.whole_step:
+            ahead = [to_device(next(batches), self.device) for _ in range(cfg.grad_accum)]
+            self.task.prepare_step(self, ahead)
         for micro in range(cfg.grad_accum):
-            batch = to_device(next(batches), self.device)
+            batch = ahead[micro] if ahead else to_device(next(batches), self.device)
+            self.focus(micro)
             skip_sync = dist.is_distributed() and micro < cfg.grad_accum - 1 and hasattr(main, "no_sync")
             with main.no_sync() if skip_sync else nullcontext():
                 logs = self.task.micro_step(self, batch, self.step, 1.0 / cfg.grad_accum)

@@ -9,6 +9,7 @@ from d2it.layout import fine_ratio
 from d2it.system import update_extra
 from d2it_cli.data import first_items, open_dataset
 from d2it_cli.engine import dist
+from d2it_cli.engine.draws import accepts
 from d2it_cli.engine.loop import Task
 from d2it_cli.engine.parts import load_vae, save_part
 from d2it_cli.images import entropy_heatmap, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
@@ -92,14 +93,21 @@ class DVAETask(Task):
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=BETAS, fused=fused),
         }
 
+    def keyed_noise(self, draws, n: int) -> dict:
+        """The posterior draws keyed by sample, where the VAE takes them (else it draws its own)."""
+        if not (accepts(self.vae.forward, "noise") and hasattr(self.vae, "noise_shapes")):
+            return {}
+        return {"noise": [draws.randn(f"posterior-{g}", n, *shape) for g, shape in enumerate(self.vae.noise_shapes())]}
+
     def micro_step(self, trainer, batch, step, scale):
         images = batch[0]
         vae = trainer.wrapped["vae"]
+        keyed = self.keyed_noise(trainer.draws, images.shape[0])
         # the generator pass must not leave gradients on the discriminator
         self.discriminator.requires_grad_(False)
         try:
             with trainer.autocast():
-                out = vae(images)
+                out = vae(images, **keyed)
                 g_loss, g_logs = self.loss.generator_loss(images, out, step)
             (g_loss * scale).backward()
         finally:

@@ -1,5 +1,6 @@
 """Stage 2: the grain transformer and the content transformer, trained on a latent cache."""
 
+import functools
 import math
 import sys
 from contextlib import nullcontext
@@ -13,6 +14,7 @@ from d2it.errors import ConfigError, DataError
 from d2it.io import state_sha256
 from d2it_cli.cache import LatentCache
 from d2it_cli.engine import dist
+from d2it_cli.engine.draws import accepts, label_drop
 from d2it_cli.engine.fastpaths import make_adamw
 from d2it_cli.engine.loop import Task
 from d2it_cli.engine.parts import save_part
@@ -72,8 +74,8 @@ class GrainLoss(nn.Module):
         super().__init__()
         self.grain = grain
 
-    def forward(self, grain_maps, classes):
-        return self.grain.loss(grain_maps, classes)
+    def forward(self, grain_maps, classes, **draws):
+        return self.grain.loss(grain_maps, classes, **draws)
 
 
 class GrainTask(Task):
@@ -106,9 +108,22 @@ class GrainTask(Task):
     def make_optimizers(self, trainer):
         return {"grain": _adamw(self.system.grain, self.lr, self.weight_decay)}
 
+    def keyed_draws(self, draws, grain_maps) -> dict:
+        """The loss's masks and label dropout keyed by sample, as far as the predictor takes them."""
+        grain, n = self.system.grain, grain_maps.shape[0]
+        keyed = label_drop(draws, grain, grain.loss, n)
+        if accepts(grain.loss, "mask_draws"):
+            keyed["mask_draws"] = (draws.rand("mask-ratio", n), draws.rand("mask-order", n, grain_maps[0].numel()))
+            if accepts(grain.loss, "token_count") and hasattr(grain, "masked_tokens"):
+                # divide by this micro-batch's share of the global batch's masked tokens: a split step is the whole
+                total = grain.masked_tokens(draws.rand_all("mask-ratio")).sum()
+                keyed["token_count"] = total.float() * n / draws.global_batch
+        return keyed
+
     def micro_step(self, trainer, batch, step, scale):
+        keyed = self.keyed_draws(trainer.draws, batch["grain_map"])
         with trainer.autocast():
-            loss = trainer.wrapped["grain"](batch["grain_map"], batch["label"])
+            loss = trainer.wrapped["grain"](batch["grain_map"], batch["label"], **keyed)
         (loss * scale).backward()
         return {"loss": loss.detach(), "fine_ratio": layout.fine_ratio(batch["grain_map"])}
 
@@ -178,6 +193,8 @@ class ContentTask(Task):
         self.preview_steps = preview_steps
         # static graph, except a sparse refiner, which skips its weights on a batch without fine cells
         self.find_unused_parameters = bool(getattr(getattr(system.content, "refiner", None), "sparse", False))
+        self.whole_step = True  # see prepare_step
+        self.step_counts = None
 
     @classmethod
     def open(cls, system_dir, cache, *, registry=None, **options):
@@ -195,22 +212,55 @@ class ContentTask(Task):
     def make_optimizers(self, trainer):
         return {"content": _adamw(self.system.content, self.lr, self.weight_decay)}
 
-    def grain_maps(self, batch) -> torch.Tensor:
+    def prepare_step(self, trainer, batches):
+        """Count the cells of each grain over the step's global batch: the per-grain means divide by them."""
+        self.step_counts = None
+        if not self.system.routed:
+            return  # a plain mean over equally sized micro-batches
+        local = 0
+        for micro, batch in enumerate(batches):
+            trainer.focus(micro)
+            local = local + layout.grain_cell_counts(self.grain_maps(batch, trainer.draws), self.system.grains)
+        # each micro-batch divides by its share, so that the mean over ranks and micro-batches is the global mean
+        self.step_counts = dist.all_reduce_sum(local) / (len(batches) * dist.world_size())
+
+    def grain_maps(self, batch, draws=None) -> torch.Tensor:
         """Ground-truth grain maps, or the random ablation's maps (each region finest with probability `fine_ratio`)."""
         gt = batch["grain_map"]
         if self.grain_source == "gt":
             return gt
-        fine = torch.rand(gt.shape, device=gt.device) < self.fine_ratio
+        if draws is None:
+            u = torch.rand(gt.shape, device=gt.device)
+        else:
+            u = draws.rand("random-grains", gt.shape[0], *gt.shape[1:]).to(gt.device)
+        fine = u < self.fine_ratio
         return torch.where(fine, torch.full_like(gt, self.system.grains - 1), torch.zeros_like(gt))
 
     def micro_step(self, trainer, batch, step, scale):
-        grain_map = self.grain_maps(batch)
-        with torch.no_grad():
-            x0 = self.system.vae.sample_latent(batch["params"], grain_map).float() * self.scale
-        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+        draws = trainer.draws
+        grain_map = self.grain_maps(batch, draws)
+        n = grain_map.shape[0]
+        with torch.no_grad():  # the posterior draw of every sample of the global batch, this micro-batch's rows
+            x0 = draws.through("posterior", self.system.vae.sample_latent, batch["params"], grain_map)
+            x0 = x0.float() * self.scale
+        t = draws.randint("timestep", self.diffusion.num_timesteps, n)
+        noise_map = grain_map if self.system.routed else None
+        if noise_map is None:
+            noise = draws.randn("noise", n, *x0.shape[1:])
+        else:  # multi-grained noise keeps its grain layout: the diffusion draws it on the global batch's maps
+            shape = x0.shape[1:]
+
+            def draw(gm, generator):
+                return self.diffusion.noise((gm.shape[0], *shape), grain_map=gm, generator=generator, device=x0.device)
+
+            noise = draws.through("noise", draw, noise_map)
+        model = trainer.wrapped["content"]
+        drop = label_drop(draws, self.system.content, self.system.content.forward, n)
+        if drop:
+            model = functools.partial(model, **drop)
         with trainer.autocast():
             terms = self.diffusion.training_losses(
-                trainer.wrapped["content"], x0, t, batch["label"], grain_map=grain_map if self.system.routed else None
+                model, x0, t, batch["label"], grain_map=noise_map, noise=noise, grain_counts=self.step_counts
             )
         loss = terms["loss"]
         (loss * scale).backward()
