@@ -98,17 +98,16 @@ def torchrun_cli(*commands, processes=2):
     return done.stdout
 
 
-def checkpoint_weights(run_dir, part, step=4):
+def checkpoint_weights(run_dir, part, step):
     return load_safetensors(Path(run_dir) / "checkpoints" / ckpt.step_name(step) / f"{part}.safetensors")[0]
 
 
 def test_resume_on_two_ranks_is_the_same_training_run(tiny_system, tmp_path, run_cli):
-    """World 1 (batch 4) for 4 steps == world 1 for 2 steps, then 2 gloo ranks (batch 2 each): content, grain, DVAE."""
+    """World 1 (batch 4) for 3 steps == world 1 for 2 steps, then 2 gloo ranks (batch 2 each): content, grain, DVAE."""
     run_cli("thresholds", "--data", "synthetic:12", "--system", tiny_system, "--out", tmp_path / "t.json")
     cache = tmp_path / "cache"
-    assert (
-        run_cli("encode", "--system", tiny_system, "--data", "synthetic:12", "--out", cache, "--quiet").exit_code == 0
-    )
+    encoded = run_cli("encode", "--system", tiny_system, "--data", "synthetic:12", "--out", cache, "--quiet")
+    assert encoded.exit_code == 0, encoded.output
     systems = {}
     for name in ("full", "cut", "full-dvae", "cut-dvae"):  # training writes weights back: one copy per run
         systems[name] = tmp_path / f"system-{name}"
@@ -121,17 +120,15 @@ def test_resume_on_two_ranks_is_the_same_training_run(tiny_system, tmp_path, run
         return ["train", task, "--system", system, "--run-dir", run, "--steps", steps, *tasks[task], *extra]
 
     for task in tasks:
-        for kind, steps in (("full", 4), ("cut", 2)):
+        for kind, steps in (("full", 3), ("cut", 2)):
             result = run_cli(*command(task, kind, steps))
             assert result.exit_code == 0, result.output
-    torchrun_cli(*(command(task, "cut", 4, "--resume", "latest") for task in tasks))
+    torchrun_cli(*(command(task, "cut", 3, "--resume", "latest") for task in tasks))
     for task, part in (("content", "content"), ("grain", "grain"), ("dvae", "vae")):
-        full, cut = (
-            checkpoint_weights(tmp_path / f"full-{task}", part),
-            checkpoint_weights(tmp_path / f"cut-{task}", part),
-        )
-        start = checkpoint_weights(tmp_path / f"cut-{task}", part, step=2)
-        assert max((cut[k] - start[k]).abs().max() for k in cut) > 1e-4, task  # the resumed steps trained
+        full = checkpoint_weights(tmp_path / f"full-{task}", part, 3)
+        cut = checkpoint_weights(tmp_path / f"cut-{task}", part, 3)
+        start = checkpoint_weights(tmp_path / f"cut-{task}", part, 2)
+        assert max((cut[k] - start[k]).abs().max() for k in cut) > 5e-5, task  # the resumed step trained
         for k in full:  # the same run up to floating-point reduction order
             if k.endswith(".k.bias"):  # its gradient is 0 up to rounding (softmax ignores it), which Adam scales to lr
                 continue
@@ -139,6 +136,6 @@ def test_resume_on_two_ranks_is_the_same_training_run(tiny_system, tmp_path, run
         config = json.loads((tmp_path / f"cut-{task}" / "train.json").read_text())
         assert (config["world_size"], config["batch"], config["grad_accum"]) == (2, 2, 1)
         a, b = read_log(tmp_path / f"full-{task}"), read_log(tmp_path / f"cut-{task}")
-        assert [r["step"] for r in b] == [1, 2, 3, 4]
+        assert [r["step"] for r in b] == [1, 2, 3]
         for ra, rb in zip(a, b):
             assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5), task  # per-rank draws: off by percents

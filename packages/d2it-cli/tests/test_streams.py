@@ -312,3 +312,30 @@ def test_unit_counts_merge_over_ranks_and_forget_complete_epochs():
     assert merged == {"units": [[1, 0, 1], [1, 1, 2]], "unit_sizes": [[0, 5], [1, 5]]}  # epoch 0 was complete
     assert merge_units([a, b], n_units=3)["units"][0] == [0, 0, 5]  # unit 2 of epoch 0 was never read
     assert merge_units([a], n_units=2)["units"][:2] == [[0, 0, 5], [0, 1, 2]]
+
+
+def test_stream_counts_are_gathered_in_a_process_group(tmp_path):
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", store=tdist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        feed = Feed(_stream(tmp_path / "data", 0), batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=0)
+        labels, state = _take(feed, 4)
+    finally:
+        tdist.destroy_process_group()
+    assert state["samples"] == 8 and sum(c for _, _, c in state["units"]) == 8
+    assert state["units"][0][0] == 0 and len(state["unit_sizes"]) >= 1  # a finished shard tells its size
+
+
+def test_after_a_layout_change_a_resume_on_the_new_layout_is_exact_again(tmp_path):
+    ds = _stream(tmp_path, 0)
+
+    def feed(workers):
+        return Feed(ds, batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=workers)
+
+    _, first = _take(feed(2), 5)  # two readers
+    whole, _ = _take(feed(1), 10, first)  # one reader from there on, uninterrupted
+    head, second = _take(feed(1), 4, first)
+    assert second["origin"]["samples"] == 10 and head == whole[:8]
+    tail, third = _take(feed(1), 6, second)  # the same one-reader layout: its stream replays from the origin
+    assert head + tail == whole and third["origin"] == second["origin"]

@@ -19,7 +19,9 @@ each unit continues at its own count (a finished unit of known size is not opene
 
 Either way nothing is repeated or skipped beyond the samples that sat in the shuffle buffers at the
 checkpoint: at most one buffer per reader of the interrupted run (none without shuffling), plus any
-corrupt samples, which are re-read and skipped again.
+corrupt samples (re-read and skipped again) and, when units are shared sample-wise (fewer units
+than slots), one micro-batch per reader. A checkpoint remembers where the current layout's readers
+began (`origin`), so a later resume on that layout replays their streams exactly.
 """
 
 import itertools
@@ -49,7 +51,7 @@ class StreamSetup:
     shuffle: bool = True
     batch: int = 1  # the per-rank micro-batch of the run being resumed
     consumed_batches: int = 0  # micro-batches this rank already consumed (same world, batch and workers)
-    skip_samples: int | None = None  # per-slot raw samples to skip (a checkpoint without unit counts: approximate)
+    skip_samples: int | None = None  # per-slot raw samples to skip first (a checkpoint without unit counts)
     unit_offsets: dict | None = None  # {(epoch, unit): samples consumed} to continue at (a changed layout)
     unit_sizes: dict | None = None  # {unit: samples}, where known
     track: bool = False  # yield (image, label, (epoch, unit, size or -1)): what the trainer counts
@@ -150,11 +152,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         slot, slots, worker, workers = self._slot()
         s = self.setup
-        skip = (
-            s.skip_samples
-            if s.skip_samples is not None
-            else worker_consumed(s.consumed_batches, s.batch, worker, workers)
-        )
+        skip = (s.skip_samples or 0) + worker_consumed(s.consumed_batches, s.batch, worker, workers)
         numbered = itertools.islice(enumerate(self.raw_stream(slot, slots)), skip, None)
         if s.shuffle and self.shuffle_buffer > 1:
             numbered = _shuffled(numbered, self.shuffle_buffer, random.Random(s.seed * 1_000_003 + slot * 7 + skip))

@@ -132,6 +132,7 @@ class Feed:
         self.samples = 0
         self.unit_counts: Counter = Counter()  # a stream's {(epoch, unit): samples consumed by this rank}
         self.unit_sizes: dict[int, int] = {}
+        self.origin: dict | None = None  # where this layout's readers started, when not at the run's start
         if self.streaming:
             self.order = None
             length = getattr(dataset, "length", None)
@@ -165,6 +166,8 @@ class Feed:
                 "unit_sizes": [[u, n] for u, n in self.unit_sizes.items()],
             }
             state.update(merge_units(dist.all_gather_object(mine), self._n_units()))
+            if self.origin is not None:
+                state["origin"] = self.origin
         return state
 
     def _n_units(self) -> int | None:
@@ -209,7 +212,7 @@ class Feed:
 
     def _resume_stream(self, setup: StreamSetup, state: dict | None):
         """Where each reader of a stream starts: exactly where it stopped (same layout) or at each unit's count."""
-        self.unit_counts, self.unit_sizes = Counter(), {}
+        self.unit_counts, self.unit_sizes, self.origin = Counter(), {}, None
         if not state:
             return
         units = merge_units([state], self._n_units()) if "units" in state else None
@@ -219,12 +222,22 @@ class Feed:
                 self.unit_counts = Counter({(e, u): c for e, u, c in units["units"]})
         layout = (state.get("world"), state.get("batch"), state.get("workers"))
         if layout == (self.world, self.batch, self.workers):
-            setup.consumed_batches = self.samples // (self.batch * self.world)
+            # the readers replay their streams from where this layout's began: the run's start or `origin`
+            self.origin = state.get("origin")
+            origin = self.origin or {}
+            setup.consumed_batches = (self.samples - int(origin.get("samples", 0))) // (self.batch * self.world)
+            if "units" in origin:
+                setup.unit_offsets = {(e, u): c for e, u, c in origin["units"]}
+                setup.unit_sizes = {u: n for u, n in origin["unit_sizes"]}
+            elif "skip_samples" in origin:
+                setup.skip_samples = int(origin["skip_samples"])
         elif units is not None:  # another layout: every unit continues at what was consumed of it
             setup.unit_offsets = {(e, u): c for e, u, c in units["units"]}
             setup.unit_sizes = dict(self.unit_sizes)
+            self.origin = {"samples": self.samples, **units}
         else:
             setup.skip_samples = self.samples // (self.world * max(1, self.workers))
+            self.origin = {"samples": self.samples, "skip_samples": setup.skip_samples}
             if self.rank == 0:
                 print(
                     "warning: this checkpoint predates per-shard stream positions, and it was written with "
