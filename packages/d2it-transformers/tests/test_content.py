@@ -206,6 +206,22 @@ def test_label_dropout_only_in_training(content, inputs, train):
     assert not torch.allclose(model(x, t, y, gm), model(x, t, null, gm))
 
 
+def test_forced_label_drop_replaces_the_random_one(content, inputs, train):
+    model = train(content("window4"))
+    x, t, y, gm = inputs(model)
+    assert model.label_dropout == model.backbone.y_embedder.dropout_prob > 0
+    null = torch.full_like(y, model.num_classes)
+    with torch.no_grad():
+        plain, dropped = model(x, t, y, gm), model(x, t, null, gm)
+        model.train()  # training mode: only the forced labels drop, whatever the random draw would be
+        torch.testing.assert_close(model(x, t, y, gm, force_drop_ids=torch.zeros_like(y)), plain)
+        torch.testing.assert_close(model(x, t, y, gm, force_drop_ids=torch.ones_like(y)), dropped)
+        half = torch.tensor([1, 0] * (len(y) // 2) + [0] * (len(y) % 2))
+        mixed = model(x, t, y, gm, force_drop_ids=half)
+        torch.testing.assert_close(mixed[half == 1], dropped[half == 1])
+        torch.testing.assert_close(mixed[half == 0], plain[half == 0])
+
+
 def test_three_grains(content, inputs, train):
     model = content("window4", grains=3, patch_size=4)
     assert model.grains == 3 and model.backbone.region == 4

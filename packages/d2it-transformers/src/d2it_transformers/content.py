@@ -7,6 +7,8 @@ into a rough prediction for every cell and a coarse prediction per region; Refin
 prediction with window attention on the cell grid; the output follows the copied (neighbour-copy) layout.
 """
 
+import inspect
+
 import attrs
 import torch
 from torch import nn
@@ -57,7 +59,9 @@ class DynamicContentTransformer(nn.Module):
 
     @property
     def label_dropout(self) -> float | None:
-        """The backbone's label-dropout probability (None when it does not say)."""
+        """The backbone's label-dropout probability (None when it does not say or cannot be told which to drop)."""
+        if "force_drop_ids" not in inspect.signature(self.backbone.forward).parameters:
+            return None
         return getattr(self.backbone, "label_dropout", None)
 
     def forward(self, x, t, y, grain_map=None, force_drop_ids=None):
