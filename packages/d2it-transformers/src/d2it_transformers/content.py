@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from d2it.errors import ConfigError
-from d2it.layout import cell_grain, multigrain_noise, project_to_layout, upsample_codes
+from d2it.layout import cell_grain, multigrain_noise, project_to_layout
 from d2it_transformers.dit import module_device
 from d2it_transformers.refine import RefineNet
 from d2it_transformers.sparse import SparseRefineNet
@@ -29,6 +29,19 @@ def example_grain_map(batch: int, grid: tuple[int, int], grains: int) -> torch.T
     i = torch.arange(grid[0])[:, None]
     j = torch.arange(grid[1])[None, :]
     return ((i + j) % grains).expand(batch, *grid).contiguous()
+
+
+def take_coarse(pred: torch.Tensor, coarse: torch.Tensor, grain_map: torch.Tensor) -> torch.Tensor:
+    """`pred` (B, C, H, W) with each coarsest region's cells set to its coarse-head vector (coarse: (B, C, h, w)).
+
+    Broadcast over region-shaped views: neither the coarse vectors nor the grain map are upsampled to the
+    cell grid first (four fewer copies per forward than `torch.where` on upsampled tensors).
+    """
+    b, c, hh, ww = pred.shape
+    h, w = grain_map.shape[1:]
+    cells = pred.view(b, c, h, hh // h, w, ww // w)
+    coarsest = (grain_map == 0)[:, None, :, None, :, None]
+    return torch.where(coarsest, coarse[:, :, :, None, :, None], cells).reshape(b, c, hh, ww)
 
 
 class DynamicContentTransformer(nn.Module):
@@ -80,8 +93,7 @@ class DynamicContentTransformer(nn.Module):
             pred = pred + self.refiner(x, routed.tokens, routed.c, grain_map, layout=layout)
         elif self.refiner is not None:
             pred = pred + self.refiner(x, routed.tokens, routed.c)
-        coarsest = (cell_grain(grain_map, self.grains) == 0).unsqueeze(1)
-        pred = torch.where(coarsest, upsample_codes(routed.coarse, 0, self.grains), pred)
+        pred = take_coarse(pred, routed.coarse, grain_map)
         if self.grains > 2:
             pred = project_to_layout(pred, grain_map, self.grains)
         return pred

@@ -123,6 +123,17 @@ class PatchEmbed(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def split_heads(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, 3, heads, hd) q, k, v -> three (B, heads, N, hd) views, with no copy in forward or backward.
+
+    Unbinding dim 2 stacks the three gradients straight into the (B, N, 3, heads, hd) layout of the qkv
+    projection's output (one copy, not three zero-filled ones); unbinding a permuted (3, B, heads, N, hd)
+    view would stack them head-major and need a second copy back to the projection's layout.
+    """
+    q, k, v = qkv.unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection; the attention product is the injected backend."""
 
@@ -139,8 +150,7 @@ class Attention(nn.Module):
     def forward(self, x, mask=None):
         """(B, N, D) -> (B, N, D); `mask` as the attention backend takes it."""
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # one stacked gradient in backward, not three zero-filled ones
+        q, k, v = split_heads(self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim))
         out = self.attention(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -307,7 +317,9 @@ class DiT(nn.Module):
         `force_drop_ids` (B,): drop exactly the labels where it is 1 instead of drawing the dropout
         (the trainer draws it per sample, so it does not depend on how the batch is split).
         """
-        x = self.x_embedder(x) + self.pos_embed
+        # position table first: the sum takes its (B, N, D) row-major layout, not the patch embedding's transposed
+        # conv output (B, D, N in memory), which would make every block copy for LayerNorm and matmuls
+        x = self.pos_embed + self.x_embedder(x)
         c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop_ids)
         x = run_blocks(self.blocks, x, c, self.grad_checkpointing)
         x = self.final_layer(x, c)

@@ -180,7 +180,8 @@ class RefineNet(nn.Module):
         else:
             cells = self.x_embedder(x)
             feats = rearrange(feats, "b (i j) (p q d) -> b (i p j q) d", j=w // s, p=s, q=s)
-        cells = run_blocks(self.blocks, cells + feats + pos, c, self.grad_checkpointing)
+        # the (row-major) region features first: the sum takes their layout, not the conv output's transposed one
+        cells = run_blocks(self.blocks, feats + cells + pos, c, self.grad_checkpointing)
         out = self.final_layer(cells, c)  # (B, H*W, out_channels)
         if self.window_major:
             mh, mw = self.window_shape

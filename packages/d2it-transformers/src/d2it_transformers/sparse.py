@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from d2it.attention import HALF, auto_attention, xformers_attention, xformers_available
 from d2it.counting import counting
 from d2it.layout import cell_grain, unit_cells
+from d2it_transformers.dit import split_heads
 from d2it_transformers.refine import RefineNet, window_geometry
 from d2it_transformers.regional import guarded_compile
 
@@ -100,7 +101,7 @@ def packed_attention(attention, qkv: torch.Tensor, layout: PackedLayout) -> torc
         qkv = flat.new_zeros(windows * longest, flat.shape[1]).index_copy(0, layout.dest, flat)
         if counting():
             mask = mask & mask.transpose(-1, -2)  # count the real query-key pairs only
-    q, k, v = qkv.view(windows, longest, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = split_heads(qkv.view(windows, longest, 3, heads, hd))
     out = attention(q, k, v, mask).transpose(1, 2).reshape(windows * longest, heads * hd)
     return out if layout.dest is None else out.index_select(0, layout.dest)
 
