@@ -154,7 +154,7 @@ def host_syncs(device, fn) -> list[str] | None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" in str(message):  # the Python frames that called the syncing op, innermost first
-            frames = traceback.extract_stack()[:-1][-4:]
+            frames = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith("warnings.py")][-4:]
             sites.append(" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)))
 
     with warnings.catch_warnings():
