@@ -9,6 +9,7 @@ import torch
 
 from d2it import system as systems
 from d2it.io import file_sha256, load_safetensors, save_safetensors
+from d2it.layout import project_to_layout
 from d2it_cli.engine import read_log
 from d2it_cli.engine.draws import SampleDraws
 
@@ -213,6 +214,8 @@ def test_content_draws_are_keyed_by_sample_not_by_rank(encoded, monkeypatch):
     for key in ("x0", "t", "noise", "grain_map", "drop"):  # per-rank draws from the global RNG differ here
         assert torch.equal(one[key], two[key]), key
     assert one["t"].unique().numel() > 1
+    # the noise keeps the grain layout: one value per code, copied to its cells
+    torch.testing.assert_close(project_to_layout(one["noise"], one["grain_map"], 2), one["noise"])
 
 
 def test_grain_draws_are_keyed_by_sample_not_by_rank(encoded, monkeypatch):

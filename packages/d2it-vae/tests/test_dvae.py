@@ -178,3 +178,15 @@ def test_forward_takes_the_posterior_draws_per_image():
         grain_map = vae.grain_map(images)
         assert torch.equal(vae.sample_latent(params, grain_map, noise=noise), whole)
         assert not torch.allclose(vae(images).z, whole)
+
+
+def test_a_regularizer_without_the_noise_keyword_draws_its_own():
+    vae = tiny()
+    own = vae.regularizer.sample
+    vae.regularizer.sample = lambda params, generator=None, mode=False: own(params, generator=generator, mode=mode)
+    images = half_flat(batch=2)
+    noise = [torch.zeros(2, *s) for s in vae.noise_shapes()]
+    with torch.no_grad():
+        drawn = vae(images, generator=torch.Generator().manual_seed(3), noise=noise).z
+        again = vae(images, generator=torch.Generator().manual_seed(3)).z
+    assert torch.equal(drawn, again)

@@ -236,24 +236,34 @@ class ContentTask(Task):
         fine = u < self.fine_ratio
         return torch.where(fine, torch.full_like(gt, self.system.grains - 1), torch.zeros_like(gt))
 
+    def posterior(self, draws, batch, grain_map) -> torch.Tensor:
+        """Latents drawn from the cached posteriors, each sample's draw keyed by sample (drawn once per step)."""
+        vae, n = self.system.vae, grain_map.shape[0]
+        if accepts(vae.sample_latent, "noise") and hasattr(vae, "noise_shapes"):
+            noise = [draws.randn(f"posterior-{g}", n, *shape) for g, shape in enumerate(vae.noise_shapes())]
+            return vae.sample_latent(batch["params"], grain_map, noise=noise)
+        # another VAE draws with one generator over the global batch, of which this micro-batch takes its rows
+        return draws.through("posterior", vae.sample_latent, batch["params"], grain_map)
+
+    def noise(self, draws, x0, noise_map) -> torch.Tensor:
+        """The diffusion's ε keyed by sample: i.i.d., or multi-grained in the grain layout of `noise_map`."""
+        n, c = x0.shape[:2]
+        if noise_map is None:
+            return draws.randn("noise", n, *x0.shape[1:])
+        h, w = noise_map.shape[1:]
+        # as `layout.multigrain_noise`: one draw per code of each grain, copied to the cells it covers
+        codes = [draws.randn(f"noise-{g}", n, c, h * 2**g, w * 2**g) for g in range(self.diffusion.grains)]
+        return layout.neighbour_copy(codes, noise_map.to(x0.device))
+
     def micro_step(self, trainer, batch, step, scale):
         draws = trainer.draws
         grain_map = self.grain_maps(batch, draws)
         n = grain_map.shape[0]
-        with torch.no_grad():  # the posterior draw of every sample of the global batch, this micro-batch's rows
-            x0 = draws.through("posterior", self.system.vae.sample_latent, batch["params"], grain_map)
-            x0 = x0.float() * self.scale
+        with torch.no_grad():
+            x0 = self.posterior(draws, batch, grain_map).float() * self.scale
         t = draws.randint("timestep", self.diffusion.num_timesteps, n)
         noise_map = grain_map if self.system.routed else None
-        if noise_map is None:
-            noise = draws.randn("noise", n, *x0.shape[1:])
-        else:  # multi-grained noise keeps its grain layout: the diffusion draws it on the global batch's maps
-            shape = x0.shape[1:]
-
-            def draw(gm, generator):
-                return self.diffusion.noise((gm.shape[0], *shape), grain_map=gm, generator=generator, device=x0.device)
-
-            noise = draws.through("noise", draw, noise_map)
+        noise = self.noise(draws, x0, noise_map)
         model = trainer.wrapped["content"]
         drop = label_drop(draws, self.system.content, self.system.content.forward, n)
         if drop:
