@@ -29,41 +29,23 @@ BACKBONES = [
     _backbone("dit-xl/1", "DiTXL1Config", "DiT-XL/1: width 1152, 16 heads, depth 28 (D²iT: 22 + 6 RefineNet)"),
 ]
 
+
+def _refiner(name: str, attention: str, sparse: bool) -> ComponentSpec:
+    factory = f"make_{name.replace('-', '_')}"
+    packed = " on the fine cells only (packed, same weights)" if sparse else ""
+    return ComponentSpec(
+        name,
+        "refiner",
+        f"{CONTENT}:{factory}",
+        f"{CONTENT}:RefinerConfig",
+        summary=f"RefineNet with {attention}{packed}",
+    )
+
+
+_ATTENTION = {**{f"window{m}": f"{m}x{m}-cell window attention" for m in (16, 8, 4, 2)}, "global": "global attention"}
 REFINERS = [
-    *(
-        ComponentSpec(
-            f"window{m}",
-            "refiner",
-            f"{CONTENT}:make_window{m}",
-            f"{CONTENT}:RefinerConfig",
-            summary=f"RefineNet with {m}x{m}-cell window attention",
-        )
-        for m in (16, 8, 4, 2)
-    ),
-    ComponentSpec(
-        "global",
-        "refiner",
-        f"{CONTENT}:make_global",
-        f"{CONTENT}:RefinerConfig",
-        summary="RefineNet with global attention",
-    ),
-    *(
-        ComponentSpec(
-            f"window{m}-sparse",
-            "refiner",
-            f"{CONTENT}:make_window{m}_sparse",
-            f"{CONTENT}:RefinerConfig",
-            summary=f"RefineNet with {m}x{m}-cell window attention on the fine cells only (packed, same weights)",
-        )
-        for m in (16, 8, 4, 2)
-    ),
-    ComponentSpec(
-        "global-sparse",
-        "refiner",
-        f"{CONTENT}:make_global_sparse",
-        f"{CONTENT}:RefinerConfig",
-        summary="RefineNet with global attention on the fine cells only (packed, same weights)",
-    ),
+    *(_refiner(name, what, sparse=False) for name, what in _ATTENTION.items()),
+    *(_refiner(f"{name}-sparse", what, sparse=True) for name, what in _ATTENTION.items()),
     ComponentSpec(
         "none", "refiner", f"{CONTENT}:make_no_refiner", summary="no RefineNet: the backbone's rough prediction"
     ),
