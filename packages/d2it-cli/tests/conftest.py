@@ -1,5 +1,6 @@
 """Shared fixtures: the `d2it` CLI on the installed registry and a tiny 32-pixel D²iT system."""
 
+import os
 import shutil
 
 import pytest
@@ -7,6 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from d2it_cli.main import load_registry, make_cli
+
+os.environ.setdefault("D2IT_OFFLINE", "1")  # tests never download pretrained weights
 
 # a dvae-kl of base width 8 and a two-layer content transformer: 32x32 images, 4x4x4 latents, 2x2 grain maps
 TINY_SETS = [

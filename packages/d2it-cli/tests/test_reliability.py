@@ -206,11 +206,10 @@ def test_foreign_folder_is_never_cleared(tmp_path):
     folder = tmp_path / "photos"
     (folder / "samples").mkdir(parents=True)
     (folder / "samples" / "holiday.png").write_bytes(b"x")
-    with pytest.raises(D2itError, match="not written by d2it"):
-        outputs.claim(folder, "sample")
-    with pytest.raises(D2itError, match="only clears folders it wrote"):
-        outputs.remove_recorded(folder)
-    assert (folder / "samples" / "holiday.png").exists()
+    for overwrite in (None, False, True):
+        with pytest.raises(D2itError, match="not written by d2it"):
+            outputs.claim(folder, "sample", overwrite=overwrite)
+    assert sorted(p.name for p in folder.rglob("*")) == ["holiday.png", "samples"]
 
 
 def test_marker_cannot_point_outside_its_folder(tmp_path):
@@ -218,7 +217,7 @@ def test_marker_cannot_point_outside_its_folder(tmp_path):
     out = outputs.claim(tmp_path / "out", "sample")
     (out / outputs.MARKER).write_text(json.dumps({"command": "sample", "files": ["../precious.txt"]}))
     with pytest.raises(D2itError, match="outside"):
-        outputs.remove_recorded(out)
+        outputs.claim(out, "sample")
     assert (tmp_path / "precious.txt").exists()
 
 

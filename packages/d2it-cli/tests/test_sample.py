@@ -9,7 +9,7 @@ import torch
 
 from d2it import system as systems
 from d2it.errors import D2itError
-from d2it_cli import generation
+from d2it_cli import generation, outputs
 from d2it_cli.engine import dist
 from d2it_cli.images import load_png, to_uint8
 from d2it_sampling.pipeline import generate
@@ -129,7 +129,11 @@ def test_world_size_does_not_change_samples(tmp_path, fake_generate, monkeypatch
     # two ranks run one after another (barriers are no-ops outside a process group)
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     fake_generate.clear()
-    (tmp_path / "two" / "shards").mkdir(parents=True)  # made by rank 0 before the others start
+    # rank 0 claims the folder and records every shard before the others start
+    shards = [f"shards/shard-{i:06d}.npz" for i in range(3)]
+    outputs.claim(tmp_path / "two", "sample")
+    (tmp_path / "two" / outputs.MARKER).write_text(json.dumps({"command": "sample", "files": shards}))
+    (tmp_path / "two" / "shards").mkdir()
     for r in (1, 0):  # rank 0 last: it assembles samples.npz from every rank's shards
         monkeypatch.setattr(dist, "rank", lambda r=r: r)
         monkeypatch.setattr(dist, "is_main", lambda r=r: r == 0)
@@ -203,7 +207,7 @@ def test_sample_without_npz_and_uniform_classes(tiny_system, tmp_path, run_cli):
 
 def test_sample_to_dir_matches_the_pipeline(tiny_system, tmp_path):
     system = systems.load(tiny_system)
-    path = draw(system, 3, tmp_path, classes=[2], seed=4, steps=2, batch=3)
+    path = draw(system, 3, tmp_path / "out", classes=[2], seed=4, steps=2, batch=3)
     direct = generate(system, [2, 2, 2], seed=4, steps=2, cfg_scale=1.5, progress=False)
     data = generation.load_samples(path)
     assert np.array_equal(data["arr_0"], to_uint8(direct.images))

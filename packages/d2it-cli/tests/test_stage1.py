@@ -60,6 +60,7 @@ def test_train_dvae_logs_previews_checkpoints_and_writes_weights_back(tiny_syste
         "1",
         "--disc-start",
         "1",
+        "--learn-logvar",
         *DVAE_FAST,
     )
     assert result.exit_code == 0, result.output
@@ -78,27 +79,17 @@ def test_train_dvae_logs_previews_checkpoints_and_writes_weights_back(tiny_syste
     saved, _ = load_safetensors(ckpt / "vae.safetensors")
     assert all(torch.equal(weights[k], saved[k]) for k in weights)
     systems.load(tiny_system)  # the directory still loads as a whole
-    # the loss convention is recorded next to the weights: LDM's normalisation with its learned log-variance
+    # the loss convention is recorded next to the weights: LDM's normalisation, here with a learned log-variance
     convention = systems.read_record(tiny_system)[1]["extra"]["vae_loss"]
     assert convention["normalization"] == "ldm" and convention["learn_logvar"] and convention["reg_weight"] == 1e-6
     assert convention["logvar"] != 0.0  # it trained
     assert "loss_logvar.safetensors" in {p.name for p in ckpt.iterdir()}
-    # --resume latest continues at step 3 with the same run directory
-    result = run_cli(
-        "train",
-        "dvae",
-        "--system",
-        tiny_system,
-        "--data",
-        "synthetic:16",
-        "--steps",
-        "3",
-        "--resume",
-        "latest",
-        "--disc-start",
-        "1",
-        *DVAE_FAST,
-    )
+    # --resume latest continues at step 3 with the same run directory, given the options the run started with
+    resume = ["train", "dvae", "--system", tiny_system, "--data", "synthetic:16", "--steps", "3", "--resume", "latest",
+              "--disc-start", "1", *DVAE_FAST]  # fmt: skip
+    bad = run_cli(*resume)  # without --learn-logvar the optimizer would train other parameters
+    assert bad.exit_code == 2 and "such as --learn-logvar, differs" in bad.output
+    result = run_cli(*resume, "--learn-logvar")
     assert result.exit_code == 0, result.output
     assert [r["step"] for r in read_log(run_dir)] == [1, 2, 3]
     cfg = json.loads((run_dir / "train.json").read_text())
@@ -123,12 +114,13 @@ def test_train_dvae_default_lr_scales_with_the_global_batch(tiny_system, run_cli
         "--quiet",
         "--perceptual-weight",
         "0",
-        "--fixed-logvar",
     )
     assert result.exit_code == 0, result.output
     cfg = json.loads((tiny_system / "runs" / "dvae" / "train.json").read_text())
     assert cfg["lr"]["vae"] == pytest.approx(4.5e-6 * 4)
-    convention = systems.read_record(tiny_system)[1]["extra"]["vae_loss"]  # LDM's released behaviour: logvar 0
+    convention = systems.read_record(tiny_system)[1]["extra"][
+        "vae_loss"
+    ]  # the default is LDM's released behaviour: logvar fixed at 0
     assert convention["learn_logvar"] is False and convention["logvar"] == 0.0
     bad = run_cli("train", "dvae", "--system", tiny_system, "--data", "synthetic:8", "--lpips-random", "--quiet")
     assert bad.exit_code == 2 and "--steps or --epochs" in bad.output

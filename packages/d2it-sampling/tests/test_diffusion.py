@@ -365,3 +365,21 @@ def test_grain_means_do_not_move_with_the_fine_ratio():
     for terms in losses:
         torch.testing.assert_close(terms["mse"], torch.tensor(0.5))  # 0.25 per grain, two grains
         assert terms["vb"] == 0 and terms["vb_grain_0"] == 0
+
+
+def test_cell_grain_loss_is_the_plain_mean_over_cells():
+    """grain_loss="cell" (the ablation without the dynamic grain loss) weighs every latent cell alike."""
+    grain_map = grain_map_fixture()
+    x0 = project_to_layout(torch.randn(2, 2, 4, 4), grain_map, 2)
+    model = RecordingModel(torch.randn(2, 2, 4, 4))
+    t, y, noise = torch.tensor([3, 500]), torch.tensor([0, 0]), torch.randn(2, 2, 4, 4)
+    cell = GaussianDiffusion(BETAS, learn_sigma=False, grain_loss="cell")
+    grain = GaussianDiffusion(BETAS, learn_sigma=False)
+    a = cell.training_losses(model, x0, t, y, grain_map=grain_map, noise=noise)
+    b = grain.training_losses(model, x0, t, y, grain_map=grain_map, noise=noise)
+    torch.testing.assert_close(a["mse"], ((noise - model.output) ** 2).mean())
+    torch.testing.assert_close(a["mse_grain_0"], b["mse_grain_0"])  # the per-grain logs stay
+    assert not torch.allclose(a["mse"], b["mse"])
+    assert cell.respace(10).grain_loss == "cell"
+    with pytest.raises(ConfigError, match="unknown grain loss 'pixel'; valid: grain, cell"):
+        GaussianDiffusion(BETAS, grain_loss="pixel")

@@ -141,20 +141,21 @@ def test_kl_loss_is_normalised_as_ldm(logvar):
     # the KL weighs like LDM's whatever the image size: ratio of KL to NLL gradients is size-free
     assert loss_fn.convention() == {
         "normalization": "ldm", "reg_weight": 1e-6, "perceptual_weight": 1.0, "adaptive_cap": 0.75,
-        "adaptive_cap_times_pixels": True, "learn_logvar": True, "logvar_init": logvar, "logvar": pytest.approx(logvar),
+        "adaptive_cap_times_pixels": True, "learn_logvar": False, "logvar_init": logvar, "logvar": pytest.approx(logvar),
     }  # fmt: skip
 
 
-def test_logvar_is_learnable_and_gets_a_gradient(setup):
+def test_logvar_is_fixed_by_default_and_learnable_as_an_option(setup):
     vae, x = setup
-    loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0)
+    # fixed at 0 by default: LDM's released training (logvar never reaches its optimizer), sgm's learn_logvar=False
+    fixed = vae.make_loss(pnet_rand=True, perceptual_weight=0.0)
+    assert not fixed.logvar.logvar.requires_grad and fixed.convention()["learn_logvar"] is False
+    loss_fn = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, learn_logvar=True)
     loss, _ = loss_fn.generator_loss(x, vae(x), step=-1)
     loss.backward()
     grad = loss_fn.logvar.logvar.grad
-    assert grad is not None and grad.item() != 0.0
     # d/dlogvar of sum(rec * e^-logvar + logvar)/B at logvar 0 = pixels - sum(rec)/B
-    fixed = vae.make_loss(pnet_rand=True, perceptual_weight=0.0, learn_logvar=False)
-    assert not fixed.logvar.logvar.requires_grad and fixed.convention()["learn_logvar"] is False
+    assert grad is not None and grad.item() != 0.0 and loss_fn.convention()["learn_logvar"] is True
 
 
 def test_vq_keeps_taming_means_and_unknown_normalization_is_an_error():

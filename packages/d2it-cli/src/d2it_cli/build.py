@@ -7,7 +7,7 @@ from d2it.config import parse_sets
 from d2it.counting import count
 from d2it.errors import ConfigError
 from d2it.registry import default_registry
-from d2it_cli.outputs import system_target
+from d2it_cli.outputs import save_system, system_target
 
 DEFAULT_GRAIN = "dgt-s"
 # slots that are part of the system record; "system" holds record-level numbers
@@ -79,7 +79,7 @@ def assemble(*, from_dir=None, out=None, overwrite=False, count_macs: bool = Tru
     system.eval()
     rows = count_system(system) if count_macs else []
     if out:
-        systems.save(system, out, registry=registry)
+        save_system(system, out, overwrite=overwrite, registry=registry)
     total = {
         "params": sum(r["params"] for r in rows),
         "gmacs": round(sum(r["gmacs"] for r in rows), 2),

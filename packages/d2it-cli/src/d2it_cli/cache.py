@@ -14,7 +14,8 @@ dataset indices:
 The manifest records: format, vae, vae_sha256 (the DVAE weights that encoded it), system, data,
 count, versions (2), grains, latent_channels, posterior ("gaussian" or "codes"), shapes, dtype,
 layout ("all" or "used"), image_size, thresholds, num_classes, classes, latent_mean/std/scale (of latents drawn from the
-posteriors), seconds and shards (file, count).
+posteriors), seconds, shards (file, count) and, where the dataset describes itself, data_provenance (its
+`provenance()`: name, version, licence, ...).
 
 Because every grain is stored everywhere, a latent can be laid out for any grain map (the
 `--grain-source random` ablation). `--grains used` (manifest layout "used") stores only each
@@ -36,8 +37,9 @@ from d2it import system as systems
 from d2it.errors import CheckpointError, ConfigError, DataError
 from d2it.io import atomic_write_text, save_safetensors, state_sha256
 from d2it.progress import progress_bar
+from d2it_cli import outputs
 from d2it_cli.cache_layout import bytes_per_image, human, pack_used, unpack_used
-from d2it_cli.data import dataset_classes, is_streaming, one_pass, open_dataset
+from d2it_cli.data import data_provenance, dataset_classes, is_streaming, one_pass, open_dataset
 from d2it_cli.engine import dist
 from d2it_cli.engine.parts import load_vae
 
@@ -112,10 +114,13 @@ class LatentCache(torch.utils.data.Dataset):
             if not file.is_file():
                 raise DataError(f"latent cache {self.path} lacks shard {file.name}")
             try:  # the header only: a damaged shard fails here, not inside a data-loading worker
-                with safe_open(str(file), framework="pt"):
-                    pass
+                with safe_open(str(file), framework="pt") as f:
+                    keys = set(f.keys())
             except (SafetensorError, OSError) as exc:
                 raise DataError(f"latent cache shard {file} cannot be read ({exc})") from None
+            missing = sorted(set(self.required_tensors()) - keys)
+            if missing:
+                raise DataError(f"latent cache shard {file} is damaged: it lacks the tensor {missing[0]!r}")
         self.offsets = []
         total = 0
         for _, count in self.shards:
@@ -127,6 +132,34 @@ class LatentCache(torch.utils.data.Dataset):
                 f"latent cache {self.path} holds {total} images but its manifest says {self.manifest['count']}"
             )
         self._handles = {}
+
+    def required_tensors(self) -> list[str]:
+        """Names every shard of this cache's layout holds."""
+        rows = [f"used.{g}" for g in range(self.grains)] + [f"count.{g}" for g in range(self.grains)]
+        if self.layout != "used":
+            rows = [f"params.{g}" for g in range(self.grains)]
+        return [*rows, "grain_map", "label"]
+
+    def _check_grains(self, shard: int, row: int, grain_map: torch.Tensor):
+        """Refuse a grain map with a value outside 0..k-1, naming the shard."""
+        if grain_map.numel() and not 0 <= int(grain_map.min()) <= int(grain_map.max()) < self.grains:
+            bad = int(grain_map.max()) if int(grain_map.max()) >= self.grains else int(grain_map.min())
+            raise DataError(
+                f"latent cache shard {self.shards[shard][0]} is damaged: image {row} has grain {bad} in its grain "
+                f"map, outside 0..{self.grains - 1}"
+            )
+
+    def _check_item(self, shard: int, row: int, item: dict) -> dict:
+        """Refuse an item whose grain map, label or parameters a damaged shard made impossible, naming the shard."""
+        file, label = self.shards[shard][0], int(item["label"])
+        if not 0 <= label < self.num_classes:
+            raise DataError(
+                f"latent cache shard {file} is damaged: image {row} has label {label}, outside the cache's "
+                f"{self.num_classes} classes"
+            )
+        if not all(bool(torch.isfinite(p).all()) for p in item["params"]):
+            raise DataError(f"latent cache shard {file} is damaged: image {row} has NaN or infinite latents")
+        return item
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -143,6 +176,10 @@ class LatentCache(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         """Number of labels of the encoded dataset."""
         return int(self.manifest.get("num_classes", 1))
+
+    def provenance(self) -> dict | None:
+        """The encoded dataset's own description (name, version, licence, ...), where it gave one."""
+        return self.manifest.get("data_provenance")
 
     def check(self, vae_hash: str):
         """Refuse a cache that other DVAE weights produced."""
@@ -181,6 +218,7 @@ class LatentCache(torch.utils.data.Dataset):
         shard, row = self._locate(int(index))
         f = self._handle(shard)
         grain_map = f.get_slice("grain_map")[row : row + 1][0, version].long()
+        self._check_grains(shard, row, grain_map)
         if self.layout == "used":
             params = unpack_used(
                 [self._used_rows(shard, g, row, version) for g in range(self.grains)],
@@ -191,7 +229,7 @@ class LatentCache(torch.utils.data.Dataset):
         else:
             params = [f.get_slice(f"params.{g}")[row : row + 1][0, version].float() for g in range(self.grains)]
         label = f.get_slice("label")[row : row + 1][0].long()
-        return {"params": params, "grain_map": grain_map, "label": label}
+        return self._check_item(shard, row, {"params": params, "grain_map": grain_map, "label": label})
 
     def _used_rows(self, shard: int, grain: int, row: int, version: int) -> torch.Tensor:
         """Grain `grain`'s stored rows of one image version in a `used` cache."""
@@ -219,7 +257,7 @@ class LatentCache(torch.utils.data.Dataset):
 class ShardWriter:
     """Buffers encoded items and writes a safetensors shard every `size` images."""
 
-    def __init__(self, out: Path, rank: int, size: int, dtype):
+    def __init__(self, out: outputs.Output, rank: int, size: int, dtype):
         self.out, self.rank, self.size, self.dtype = out, rank, size, dtype
         self.buffer: list[dict] = []
         self.count = 0
@@ -245,21 +283,22 @@ class ShardWriter:
         head = {k: v[: cut[k]] for k, v in merged.items()}
         rest = {k: v[cut[k] :] for k, v in merged.items()}
         name = shard_name(self.rank, len(self.shards))
-        save_safetensors(head, self.out / name, {"d2it.cache": str(FORMAT)})
+        save_safetensors(head, self.out.path(name), {"d2it.cache": str(FORMAT)})
         self.shards.append({"file": name, "count": int(n)})
         self.buffer = [rest] if rest["label"].shape[0] else []
         self.count = int(rest["label"].shape[0])
 
 
-def _start(out: Path, overwrite: bool):
-    """Make `out` ready for a new cache (rank 0): refuse or clear an existing one."""
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise DataError(f"latent cache {out} already exists; pass --overwrite to replace it")
-        (out / MANIFEST).unlink()
-        for old in out.glob("shard-*.safetensors"):
-            old.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def encode_cache(system_dir, data: str, out, *, overwrite: bool = False, **settings) -> dict | None:
+    """Encode a dataset (each image and its flip) with the system's DVAE into a cache at `out` (every rank).
+
+    `out` is claimed as an output folder (`outputs.claimed`): new, empty, or a cache of ours, replaced
+    (only our own files) with `overwrite`. `settings` are `_encode`'s. Returns the manifest on rank 0,
+    None on the other ranks.
+    """
+    exists = "latent cache {folder} already exists; pass --overwrite to replace it"
+    with outputs.claimed(out, "encode", overwrite=overwrite, exists=exists, what="latent cache") as claim:
+        return _encode(system_dir, data, claim, **settings)
 
 
 def size_line(vae, image_size: int, device, layout: str, dtype: str, dataset) -> str:
@@ -303,10 +342,10 @@ def _encode_batch(vae, images, labels, indices, generator, dtype, layout) -> tup
     return item, moments, shapes
 
 
-def encode_cache(
+def _encode(
     system_dir,
     data: str,
-    out,
+    out: outputs.Output,
     *,
     batch: int = 32,
     shard_size: int = 4096,
@@ -315,13 +354,12 @@ def encode_cache(
     workers: int = 0,
     seed: int = 0,
     options: dict | None = None,
-    overwrite: bool = False,
     device=None,
     progress: bool = True,
     announce=None,
     registry=None,
 ) -> dict | None:
-    """Encode a dataset (each image and its flip) with the system's DVAE into a cache at `out` (every rank).
+    """Encode a dataset (each image and its flip) with the system's DVAE into the claimed folder `out` (every rank).
 
     Also measures the latent scale (1/std of latents drawn from the posteriors, seeded by `seed`)
     and stores it in the system record. `options` are the dataset's (`d2it_cli.data.data_options`);
@@ -336,9 +374,8 @@ def encode_cache(
     vae.eval()
     vae_hash = state_sha256(vae.state_dict())
     dataset = open_dataset(data, record.image_size, train=False, options=options, registry=registry)
-    out = Path(out)
     if dist.is_main():
-        _start(out, overwrite)
+        out.remove(MANIFEST)  # an earlier cache of ours is incomplete from here on; its other files go at the end
     dist.barrier()
     if is_streaming(dataset):  # every sample once, this rank's shards; no dataset index to record
         mine, part = None, one_pass(dataset, dist.rank(), dist.world_size())
@@ -388,8 +425,11 @@ def encode_cache(
             "latent_scale": 1.0 / std,
             "seconds": round(time.perf_counter() - start, 3),
             "shards": shards,
+            **({"data_provenance": provenance} if (provenance := data_provenance(dataset)) else {}),
         }
-        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: marks the cache complete
+        for shard in shards:  # every rank's, known to rank 0 since the gather
+            out.record(shard["file"])
+        atomic_write_text(out.path(MANIFEST), json.dumps(manifest, indent=2) + "\n")  # last: marks the cache complete
         systems.update_record(system_dir, latent_scale=1.0 / std)
     dist.barrier()
     return manifest

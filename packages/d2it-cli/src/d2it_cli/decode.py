@@ -11,7 +11,7 @@ the hidden pixels hold and ignores the camera's EXIF orientation. `to_rgb` handl
 """
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from d2it.errors import DataError
 
@@ -58,8 +58,16 @@ def to_rgb(image: Image.Image, path=None) -> Image.Image:
     raise DataError(f"image {path or ''} has pixel mode {mode!r}, which d2it cannot read as RGB".replace("  ", " "))
 
 
-def open_rgb(path) -> Image.Image:
-    """Open and fully decode an image file as 8-bit RGB."""
-    with Image.open(path) as im:
+def open_rgb(source, name=None) -> Image.Image:
+    """Open and fully decode an image file (a path or a binary file object, called `name` in errors) as 8-bit RGB.
+
+    The one decoder of every data route (folder, `wds:`, `hf:`), so the same file gives the same pixels.
+    """
+    name = source if name is None else name
+    try:
+        im = Image.open(source)
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError(f"{name} is not an image file Pillow can identify") from None
+    with im:
         im.load()
-        return to_rgb(im, path)
+        return to_rgb(im, name)

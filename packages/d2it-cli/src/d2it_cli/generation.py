@@ -14,7 +14,7 @@ it); `sample_images` adds the PNGs and the grid of `d2it sample`.
 import hashlib
 import json
 import math
-import shutil
+import os
 from pathlib import Path
 
 import attrs
@@ -95,6 +95,14 @@ def parse_classes(text: str | None) -> list[int] | None:
     return out or None
 
 
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def draw_labels(num: int, num_classes: int, *, classes=None, classes_uniform: bool = False, seed: int = 0):
     """The class of every sample: given classes cycled, every class equally often, or uniformly random (seeded)."""
     if num < 0:
@@ -152,6 +160,17 @@ class SampleSettings:
             self.num, num_classes, classes=self.classes, classes_uniform=self.classes_uniform, seed=self.seed
         )
 
+    def check_size(self, image_size: int):
+        """Refuse a --num whose samples (held together for samples.npz, uint8 HWC, plus labels) exceed this machine's
+        memory, before anything is allocated."""
+        need = int(self.num) * (3 * int(image_size) ** 2 + 8)
+        have = physical_memory()
+        if have is not None and need > have:
+            raise D2itError(
+                f"--num {self.num} samples of {image_size}x{image_size} pixels need {need / 2**30:,.1f} GiB of memory, "
+                f"more than this machine's {have / 2**30:,.1f} GiB; draw fewer (in several runs)"
+            )
+
     def manifest(self, system, labels: torch.Tensor) -> dict:
         """The settings a shard folder was drawn with (`samples.json`): resumed shards must match them."""
         return {
@@ -184,8 +203,8 @@ def shard_ranges(num: int, batch: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch, num)) for s in range(0, num, batch)]
 
 
-def _shard_path(shard_dir: Path, index: int) -> Path:
-    return shard_dir / f"shard-{index:06d}.npz"
+def _shard_name(index: int) -> str:
+    return f"{SHARD_DIR}/shard-{index:06d}.npz"
 
 
 def write_npz(path: Path, **arrays):
@@ -208,24 +227,25 @@ def _read_shard(path: Path, expected: int) -> dict | None:
     return out
 
 
-def _check_manifest(shard_dir: Path, manifest: dict, resume: bool):
+def _check_manifest(out: outputs.Output, manifest: dict, resume: bool):
     """Start the shard folder afresh, or check that the shards in it were drawn with the same settings."""
-    path = shard_dir / MANIFEST_NAME
-    if shard_dir.exists() and not resume:
-        shutil.rmtree(shard_dir)
+    name = f"{SHARD_DIR}/{MANIFEST_NAME}"
+    if not resume:
+        out.remove_under(SHARD_DIR)  # only the shards we recorded: a user's file there stays
+    path = out.path(name)
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            old = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError:  # JSON or UTF-8
             old = None
+        old = old if isinstance(old, dict) else None
         if old != manifest:
             changed = sorted(k for k in manifest if not old or old.get(k) != manifest[k])
             raise D2itError(
-                f"{shard_dir} holds shards sampled with other settings "
+                f"{path.parent} holds shards sampled with other settings "
                 f"({', '.join(changed) or 'unreadable manifest'}); "
                 "use another output directory or start over without resuming"
             )
-    shard_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
@@ -240,11 +260,11 @@ def check_finite(result, shard: int, cfg_scale: float, latent_scale: float):
             )
 
 
-def _draw_shards(system, shard_dir: Path, settings: SampleSettings, labels, device, progress: bool):
-    """Generate this rank's unfinished shards."""
+def _draw_shards(system, paths: list[Path], settings: SampleSettings, labels, device, progress: bool):
+    """Generate this rank's unfinished shards (`paths`: every shard's file)."""
     ranges = shard_ranges(settings.num, settings.batch)
     mine = [i for i in range(len(ranges)) if i % dist.world_size() == dist.rank()]
-    todo = [i for i in mine if _read_shard(_shard_path(shard_dir, i), ranges[i][1] - ranges[i][0]) is None]
+    todo = [i for i in mine if _read_shard(paths[i], ranges[i][1] - ranges[i][0]) is None]
     show = progress and dist.is_main()
     done_before = sum(ranges[i][1] - ranges[i][0] for i in mine if i not in todo)
     total_mine = sum(ranges[i][1] - ranges[i][0] for i in mine)
@@ -271,7 +291,7 @@ def _draw_shards(system, shard_dir: Path, settings: SampleSettings, labels, devi
             arrays = {"arr_0": imgs.to_uint8(result.images), "labels": labels[start:stop].numpy()}
             if result.grain_maps is not None:
                 arrays["grain_maps"] = result.grain_maps.detach().cpu().numpy().astype(np.uint8)
-            write_npz(_shard_path(shard_dir, i), **arrays)
+            write_npz(paths[i], **arrays)
             bar.update(stop - start)
 
 
@@ -295,29 +315,33 @@ def sample_to_dir(
     """Draw `settings.num` samples on every rank into `out_dir` (shards, then samples.npz and samples.json).
 
     Finished shards of an earlier run with the same settings are reused (`resume`); `npz` writes
-    out_dir/samples.npz; `keep_shards` leaves the shards for a later resume. Returns the samples on
-    rank 0 (None on the other ranks) once every rank is done.
+    out_dir/samples.npz; `keep_shards` leaves the shards for a later resume. `out_dir` is claimed as
+    an output folder (`outputs.claimed`) unless it is one already. Returns the samples on rank 0
+    (None on the other ranks) once every rank is done.
     """
+    settings.check_size(system.record.image_size)
     labels = settings.labels(system.record.num_classes)
     device = dist.init_distributed(None if device is None else str(device))
-    out_dir = Path(out_dir)
-    shard_dir = out_dir / SHARD_DIR
     manifest = settings.manifest(system, labels)
-    with dist.main_first():
+    count = len(shard_ranges(settings.num, settings.batch))
+    with outputs.claimed(out_dir, "sample") as out:
+        with dist.main_first():
+            if dist.is_main():
+                _check_manifest(out, manifest, resume)
+            paths = [out.path(_shard_name(i)) for i in range(count)]  # checked and recorded before any is drawn
+            out.save()
+        _draw_shards(system, paths, settings, labels, device, progress)
+        dist.barrier()
+        result = None
         if dist.is_main():
-            _check_manifest(shard_dir, manifest, resume)
-    _draw_shards(system, shard_dir, settings, labels, device, progress)
-    dist.barrier()
-    result = None
-    if dist.is_main():
-        arrays = read_shards(_shard_path(shard_dir, i) for i in range(len(shard_ranges(settings.num, settings.batch))))
-        if npz:
-            write_npz(out_dir / NPZ_NAME, **arrays)
-        atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if not keep_shards:
-            shutil.rmtree(shard_dir)
-        result = Samples(arrays, manifest, out_dir / NPZ_NAME if npz else None)
-    dist.barrier()
+            arrays = read_shards(paths)
+            if npz:
+                write_npz(out.path(NPZ_NAME), **arrays)
+            atomic_write_text(out.path(MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if not keep_shards:
+                out.remove_under(SHARD_DIR)
+            result = Samples(arrays, manifest, out.shown / NPZ_NAME if npz else None)
+        dist.barrier()
     return result
 
 
@@ -341,22 +365,21 @@ def grid_with_grains(arr: np.ndarray, grain_maps: np.ndarray | None, grains: int
     return imgs.make_grid(tiles, nrow=max(1, math.ceil(math.sqrt(len(tiles) / 2))), padding=4)
 
 
-def write_pngs(arrays: dict, out: Path, grains: int) -> dict:
-    """Write one PNG per sample and the grid, replacing exactly the files of an earlier run; returns a summary."""
-    sample_dir = out / SAMPLE_DIR
-    outputs.remove_recorded(out)  # only files we listed: never a user's, never a stale samples.npz
-    sample_dir.mkdir(parents=True, exist_ok=True)
+def write_pngs(arrays: dict, out: outputs.Output, grains: int) -> dict:
+    """Write one PNG per sample and the grid into the claimed folder `out`; returns a summary.
+
+    Every path is checked before the first is written, so a user's file in the way stops the run
+    with nothing changed; the earlier run's files that this one does not rewrite go at `out.commit()`.
+    """
     images, labels = arrays["arr_0"], arrays["labels"]
-    written = []
-    for i, (image, label) in enumerate(zip(images, labels)):
-        written.append(sample_dir / f"{i:06d}_class{int(label)}.png")
-        imgs.save_png(image, written[-1])
-        if i % 256 == 255:  # keep the list current, so a killed run still cleans up on the next
-            outputs.record(out, written, command="sample")
-    outputs.record(out, [*written, out / GRID_NAME], command="sample")
+    paths = [out.path(f"{SAMPLE_DIR}/{i:06d}_class{int(label)}.png") for i, label in enumerate(labels)]
+    grid_path = out.path(GRID_NAME)
+    out.save()  # a killed run's PNGs are known to the next one
+    for image, path in zip(images, paths):
+        imgs.save_png(image, path)
     grid = grid_with_grains(images, arrays.get("grain_maps"), grains)
-    imgs.save_png(grid, out / GRID_NAME)
-    summary = {"num": int(len(images)), "samples": str(sample_dir), "grid": str(out / GRID_NAME)}
+    imgs.save_png(grid, grid_path)
+    summary = {"num": int(len(images)), "samples": str(out.shown / SAMPLE_DIR), "grid": str(grid_path)}
     if "grain_maps" in arrays and len(arrays["grain_maps"]):
         summary["fine_ratio"] = round(fine_ratio(arrays["grain_maps"]), 4)
     return summary
@@ -398,21 +421,19 @@ def sample_images(
     device = dist.init_distributed(device)
     record, _ = systems.read_record(system_dir)
     require_vae(record, system_dir, f"add one with d2it import sd-vae sd-vae-ft-ema --out {system_dir}")
+    settings.check_size(record.image_size)
     settings.labels(record.num_classes)  # bad classes fail before the weights load
     settings = with_sampler(settings, record, sampler_sets, registry)
-    system = systems.load(system_dir, registry, device=str(device))  # safetensors wants a string
-    samples = sample_to_dir(
-        system, out, settings, device=device, progress=progress, resume=resume, npz=False, keep_shards=False
-    )
-    if samples is None:
-        return None
-    out = Path(out)
-    summary = write_pngs(samples.arrays, out, grains=system.grains)  # removes an earlier run's files first
-    written = [*sorted((out / SAMPLE_DIR).iterdir()), out / GRID_NAME]
-    if npz:
-        write_npz(out / NPZ_NAME, **samples.arrays)
-        summary["npz"] = str(out / NPZ_NAME)
-        written.append(out / NPZ_NAME)
-    atomic_write_text(out / MANIFEST_NAME, json.dumps(samples.manifest, indent=2, sort_keys=True) + "\n")
-    outputs.record(out, [*written, out / MANIFEST_NAME], command="sample")
+    with outputs.claimed(out, "sample") as claim:  # files of an earlier run this one does not rewrite go at the end
+        system = systems.load(system_dir, registry, device=str(device))  # safetensors wants a string
+        samples = sample_to_dir(
+            system, claim, settings, device=device, progress=progress, resume=resume, npz=False, keep_shards=False
+        )
+        if samples is None:
+            return None
+        summary = write_pngs(samples.arrays, claim, grains=system.grains)
+        if npz:
+            write_npz(claim.path(NPZ_NAME), **samples.arrays)
+            summary["npz"] = str(claim.shown / NPZ_NAME)
+        atomic_write_text(claim.path(MANIFEST_NAME), json.dumps(samples.manifest, indent=2, sort_keys=True) + "\n")
     return summary

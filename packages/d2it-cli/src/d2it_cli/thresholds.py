@@ -11,7 +11,7 @@ from d2it.errors import ConfigError
 from d2it.io import atomic_write_text
 from d2it.progress import progress_bar
 from d2it.registry import default_registry
-from d2it_cli.data import is_streaming, one_pass, open_dataset
+from d2it_cli.data import data_provenance, is_streaming, one_pass, open_dataset
 from d2it_vae.entropy import fit_thresholds
 
 
@@ -62,6 +62,7 @@ def measure_thresholds(
         raise ConfigError(f"--grains must be at least 2, got {grains}")
     coder, image_size, grains = _coder(system_dir, registry, image_size, grains)
     dataset = open_dataset(data, image_size, train=False, options=options, registry=registry)
+    provenance = data_provenance(dataset)
     if is_streaming(dataset):
         one_pass(dataset, 0, 1)
     elif limit is not None:
@@ -95,6 +96,7 @@ def measure_thresholds(
         "min": float(values.min()),
         "max": float(values.max()),
         "percentiles": {str(p): float(v) for p, v in zip(range(1, 100), np.percentile(values, range(1, 100)))},
+        **({"data_provenance": provenance} if provenance else {}),
     }
     atomic_write_text(Path(out), json.dumps(doc, indent=2) + "\n")
     if system_dir:

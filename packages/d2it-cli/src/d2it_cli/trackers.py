@@ -85,14 +85,21 @@ class WandbTracker(Tracker):
         self.wandb = _require("wandb", "wandb")
         self.prefix = name
         kwargs = {"mode": config.mode} if config.mode else {}
-        self.run = self.wandb.init(
-            project=config.project,
-            dir=str(run_dir),
-            name=f"{Path(run_dir).name}-{name}",
-            config=settings,
-            reinit="create_new",
-            **kwargs,
-        )
+        try:
+            self.run = self.wandb.init(
+                project=config.project,
+                dir=str(run_dir),
+                name=f"{Path(run_dir).name}-{name}",
+                config=settings,
+                reinit="create_new",
+                **kwargs,
+            )
+        except Exception as exc:  # wandb raises its own types (no API key, no network, a bad setting)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(
+                f"--report-to wandb could not start a wandb run ({reason.rstrip('.')}); run `wandb login` or set "
+                "WANDB_API_KEY, or set WANDB_MODE=offline to log locally and `wandb sync` later"
+            ) from None
 
     def log_scalars(self, values, step):
         self.run.log({f"{self.prefix}/{k}": v for k, v in values.items()}, step=step)

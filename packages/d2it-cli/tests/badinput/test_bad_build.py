@@ -60,6 +60,7 @@ PROBES = [
     probe("grain-depth-0", f"build {TINY} {D2IT} --set grain.depth=0", "depth"),
     probe("out-is-a-file", f"build {TINY} --out {{file}}", "afile"),
     probe("out-under-a-file", f"build {TINY} --out {{file}}/sys", "afile"),
+    probe("out-foreign", f"build {TINY} --out {{userdir}} --overwrite", "holds no d2it system"),
     probe("from-missing", "build --from {missing}", "does not exist"),
     probe("from-not-a-system", "build --from {nosys}", "d2it.json"),
     probe("from-bad-json", "build --from {sys_badjson}", "d2it.json"),

@@ -1,8 +1,11 @@
 """Bad inputs of `d2it eval gen|ref|recon|sample-and-score` and `d2it demo`: exit 2, one `error:` line."""
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from conftest import probe
+from conftest import check, probe, run_main
 
 GEN = "eval gen --samples {good_npz} --ref {good_npz} --metrics fid --feature-extractor vgg16"
 REF = "eval ref --data {good_npz} --out {tmp}/ref.safetensors"
@@ -46,7 +49,7 @@ PROBES = [
     probe("recon-system-missing", "eval recon --system {missing} --data synthetic:4", "does not exist"),
     probe("recon-system-no-vae", "eval recon --system {novae} --data synthetic:4 --metrics psnr", "VAE"),
     probe("recon-system-bad-json", "eval recon --system {sys_badjson} --data synthetic:4 --metrics psnr", "d2it.json"),
-    probe("recon-unknown-metric", "eval recon --system {sys} --data synthetic:4 --metrics ssim", "ssim"),
+    probe("recon-unknown-metric", "eval recon --system {sys} --data synthetic:4 --metrics sharpness", "sharpness"),
     probe("recon-data-missing", "eval recon --system {sys} --data {missing} --metrics psnr", "does-not-exist"),
     probe("recon-num-0", f"{RECON} --num 0", "--num"),
     probe("recon-device", f"{RECON} --device xpu9", "--device"),
@@ -100,3 +103,20 @@ PROBES = [
 @pytest.mark.parametrize("command,expect", PROBES)
 def test_eval_and_demo_reject(run_probe, command, expect):
     run_probe(command, expect)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("extractor", ["inception-v3-compat", "vgg16"])
+def test_extractor_weights_with_wrong_keys(tmp_path, suffix, extractor):
+    """Plain tensors of some other network as --inception-weights: one sentence naming a missing tensor."""
+    images = tmp_path / "images.npz"
+    np.savez(images, np.zeros((2, 16, 16, 3), dtype=np.uint8))
+    weights = tmp_path / f"other{suffix}"
+    state = {"encoder.weight": torch.ones(2, 3)}
+    if suffix == ".safetensors":
+        save_file(state, weights)
+    else:
+        torch.save(state, weights)
+    argv = ["eval", "gen", "--samples", images, "--ref", images, "--feature-extractor", extractor]
+    line = check(run_main([*argv, "--inception-weights", weights]), f"do not fit the {extractor} feature extractor")
+    assert str(weights) in line and "lacks tensor" in line

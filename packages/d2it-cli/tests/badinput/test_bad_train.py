@@ -125,6 +125,9 @@ PROBES = [
     probe("resume-missing", f"{GRAIN} --resume {{missing}}", "does-not-exist"),
     probe("resume-other-trainer-run", f"{CONTENT} --resume {{run}}", "grain"),
     probe("train-no-subcommand-option", "train --colour", "--colour"),
+    # the run directory
+    probe("grain-run-dir-foreign", GRAIN.replace("{tmp}/run", "{userdir}"), "not written by d2it"),
+    probe("grain-run-dir-file", GRAIN.replace("{tmp}/run", "{file}"), "afile"),
 ]
 
 

@@ -120,6 +120,13 @@ OPTION_RULES = {
     "beta_end": (0, 1, True, True, False),
     "max_beta": (0, 1, True, True, False),
     "s": (0, None, False, False, False),
+    # counts of metrics and other evaluators (KID subsets, precision/recall's k-th neighbour, IS splits ...)
+    "subset_size": (1, None, False, False, True),
+    "subsets": (1, None, False, False, True),
+    "splits": (1, None, False, False, True),
+    "neighborhood": (1, None, False, False, True),
+    "batch_size": (1, None, False, False, True),
+    "degree": (1, None, False, False, True),
 }
 
 

@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints their message in one sentence and exits with code 2."""
 
+import os
+from pathlib import Path
+
 
 class D2itError(Exception):
     """An error a user can cause and fix (bad name, bad option, bad file)."""
@@ -30,3 +33,12 @@ class DataError(D2itError):
 
 class PluginWarning(UserWarning):
     """A plugin distribution failed to load and was skipped."""
+
+
+class WriteFailed(OSError):
+    """A write of ours failed (e.g. ENOSPC); `filename` is the file it was to replace, which is intact."""
+
+    def __init__(self, exc: OSError, path):
+        reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__)
+        super().__init__(exc.errno, reason, os.fspath(path))
+        self.existed = Path(path).exists()

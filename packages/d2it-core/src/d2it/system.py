@@ -13,7 +13,7 @@ from torch import nn
 from d2it import checks
 from d2it.config import build_config, config_to_dict
 from d2it.errors import CheckpointError, ConfigError, UnknownComponentError
-from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors
+from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors, staged_writes
 from d2it.layout import unit_cells
 from d2it.registry import BUILTIN_DISTS, Registry, default_registry
 
@@ -373,18 +373,19 @@ def save(system: System, directory, extra: dict | None = None, registry: Registr
     """Write `d2it.json` and one `<part>.safetensors` per part that has weights."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for stem, module in system.weight_modules().items():
-        meta = {"d2it.part": stem, "d2it.format": str(FORMAT)}
-        save_safetensors(module.state_dict(), directory / f"{stem}.safetensors", meta)
-    doc = {
-        "format": FORMAT,
-        "system": system.record.to_dict(),
-        "versions": package_versions(),
-        "providers": providers(system.record, registry),
-        "extra": extra or {},
-    }
-    # the record is written last, so a directory with d2it.json is complete
-    atomic_write_text(directory / RECORD_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    with staged_writes() as stage:  # every file is written before any replaces its previous version
+        for stem, module in system.weight_modules().items():
+            meta = {"d2it.part": stem, "d2it.format": str(FORMAT)}
+            save_safetensors(module.state_dict(), directory / f"{stem}.safetensors", meta, stage=stage)
+        doc = {
+            "format": FORMAT,
+            "system": system.record.to_dict(),
+            "versions": package_versions(),
+            "providers": providers(system.record, registry),
+            "extra": extra or {},
+        }
+        # the record is written (and moved into place) last, so a directory with d2it.json is complete
+        atomic_write_text(directory / RECORD_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n", stage=stage)
 
 
 def read_record(directory) -> tuple[SystemRecord, dict]:

@@ -146,6 +146,8 @@ def _check_generators(generators, batch: int):
 
 
 # -- the process -------------------------------------------------------------------------------
+GRAIN_LOSSES = ("grain", "cell")
+
 _BUFFERS = (
     "betas",
     "alphas_cumprod",
@@ -174,6 +176,10 @@ class GaussianDiffusion:
         (β_t, "fixed large", as DiT; `sigma_small=True`: the posterior variance β̃_t).
     grains: k, the number of grains of the grain maps it is given (default len(grain_weights), else 2).
     grain_weights: weights of the per-grain loss terms, coarsest first (default all 1).
+    grain_loss: `grain` (the dynamic grain loss: the mean over the cells of each grain, summed with the
+        weights, so a coarse code counts once and the balance does not move with the fine ratio) or
+        `cell` (the plain mean over every latent cell, a coarse code counted once per copied cell: the
+        ablation without the dynamic grain loss).
     timestep_map: original step of each of these steps (set by `respace`; default the identity).
     """
 
@@ -185,6 +191,7 @@ class GaussianDiffusion:
         sigma_small: bool = False,
         grains: int | None = None,
         grain_weights: Sequence[float] | None = None,
+        grain_loss: str = "grain",
         timestep_map=None,
     ):
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().flatten()
@@ -198,6 +205,9 @@ class GaussianDiffusion:
         if self.grains < 1:
             raise ConfigError(f"grains must be at least 1, got {grains}")
         self.grain_weights = grain_weights or (1.0,) * self.grains
+        if grain_loss not in GRAIN_LOSSES:
+            raise ConfigError(f"unknown grain loss {grain_loss!r}; valid: {', '.join(GRAIN_LOSSES)}")
+        self.grain_loss = grain_loss
         self.learn_sigma = bool(learn_sigma)
         self.sigma_small = bool(sigma_small)
         self.num_timesteps = n = betas.numel()
@@ -230,7 +240,7 @@ class GaussianDiffusion:
     def __repr__(self) -> str:
         return (
             f"GaussianDiffusion(steps={self.num_timesteps}, learn_sigma={self.learn_sigma}, "
-            f"grains={self.grains}, grain_weights={self.grain_weights})"
+            f"grains={self.grains}, grain_weights={self.grain_weights}, grain_loss={self.grain_loss!r})"
         )
 
     # -- buffers ----------------------------------------------------------------------------
@@ -271,6 +281,7 @@ class GaussianDiffusion:
             sigma_small=self.sigma_small,
             grains=self.grains,
             grain_weights=self.grain_weights,
+            grain_loss=self.grain_loss,
             timestep_map=self.timestep_map[kept],
         )
 
@@ -382,11 +393,14 @@ class GaussianDiffusion:
 
         Without a grain map: (mean over everything, None). With one: the mean over the cells of
         each grain (`d2it.layout.per_grain_mean`: over the whole batch, or divided by `counts`),
-        summed with `grain_weights`.
+        summed with `grain_weights`; with `grain_loss="cell"` the plain mean over every cell instead
+        (the per-grain means are still returned, for the logs).
         """
         if grain_map is None:
             return values.mean(), None
         per_grain = per_grain_mean(values, grain_map.to(values.device), self.grains, counts)
+        if self.grain_loss == "cell":
+            return values.mean(), per_grain
         weights = torch.tensor(self.grain_weights, dtype=per_grain.dtype, device=per_grain.device)
         return (weights * per_grain).sum(), per_grain
 

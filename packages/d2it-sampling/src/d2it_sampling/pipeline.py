@@ -49,14 +49,17 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def make_diffusion(record_or_system, steps=None, *, grain_weights=None, registry=None) -> GaussianDiffusion:
+def make_diffusion(
+    record_or_system, steps=None, *, grain_weights=None, grain_loss: str = "grain", registry=None
+) -> GaussianDiffusion:
     """The diffusion a system trains and samples with.
 
     The betas come from the record's schedule (name and `options["schedule"]`); `learn_sigma`
     from the content model and the grains from the system's geometry (for a bare record: the
     backbone's `learn_sigma` option, default True, and 2 grains when a refiner is set). `steps` respaces it
     (None: all of the schedule's steps, as for training); `grain_weights` weights the per-grain
-    loss terms (default 1 each).
+    loss terms (default 1 each) and `grain_loss` says how they are reduced (`grain`: the dynamic grain loss,
+    per-grain means; `cell`: the plain mean over cells, the ablation without it).
     """
     if isinstance(record_or_system, System):
         record, content = record_or_system.record, record_or_system.content
@@ -72,7 +75,9 @@ def make_diffusion(record_or_system, steps=None, *, grain_weights=None, registry
     betas = registry.create("schedule", record.schedule, record.options.get("schedule"), where="schedule")
     if grains is None and grain_weights is not None:
         grains = len(grain_weights)
-    diffusion = GaussianDiffusion(betas, learn_sigma=learn_sigma, grains=grains, grain_weights=grain_weights)
+    diffusion = GaussianDiffusion(
+        betas, learn_sigma=learn_sigma, grains=grains, grain_weights=grain_weights, grain_loss=grain_loss
+    )
     return diffusion if steps is None else diffusion.respace(steps)
 
 

@@ -98,6 +98,12 @@ class EntropyConfig:
             raise ConfigError("entropy coder needs region >= 1, bins >= 2, sigma > 0 and grains >= 1")
         if not 0.0 < self.fine_ratio < 1.0:
             raise ConfigError(f"entropy coder fine_ratio must lie in (0, 1), got {self.fine_ratio}")
+        most = self.region.bit_length()  # each grain halves the cell: the finest of a 16-pixel region is 1 pixel at 5
+        if self.grains > most:
+            raise ConfigError(
+                f"grains must be at most {most} for {self.region}-pixel regions (each grain halves the "
+                f"cell side down to one pixel), got {self.grains}"
+            )
 
 
 class EntropyCoder(nn.Module):

@@ -29,13 +29,13 @@ from d2it.errors import CheckpointError, ConfigError
 #################################################################################
 
 
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
+VGG16_URL = weights.VGG16_URL  # torchvision's VGG16_Weights.IMAGENET1K_V1
 
 
 def _vgg_state_dict(path) -> dict:
     """torchvision VGG16 weights (`features.*` keys) from a local file or torch.hub's cache, as plain tensors."""
     if path is None:
-        path = weights.hub_file(VGG16_URL, "VGG16 weights for LPIPS")
+        path = weights.hub_file(VGG16_URL, "VGG16 weights for LPIPS", "--lpips-weights")
     state = weights.load_plain(path, "VGG16 weights file")
     if not any(k.startswith("features.") for k in state):
         raise CheckpointError(f"{path} is not a torchvision VGG16 state dict (no 'features.*' tensors)")
@@ -135,7 +135,7 @@ class VAELoss(nn.Module):
         lpips_weights: str | None = None,
         pnet_rand: bool = False,
         normalization: str | None = None,
-        learn_logvar: bool = True,
+        learn_logvar: bool = False,
         logvar_init: float = 0.0,
     ):
         super().__init__()

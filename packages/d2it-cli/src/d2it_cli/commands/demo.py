@@ -1,13 +1,13 @@
-"""`d2it demo`: train and sample a tiny D²iT end to end on built-in data and write an HTML report."""
+"""`d2it demo`: train and sample a tiny D²iT end to end on real emoji (or synthetic data) and write an HTML report."""
 
 import time
 
 import click
 
 from d2it.errors import D2itError
-from d2it_cli.commands.claims import claim_and_hold
+from d2it_cli import outputs
 from d2it_cli.commands.params import DEVICE, SEED
-from d2it_cli.demo import run_demo
+from d2it_cli.demo import DATASETS, run_demo
 
 
 class ClickRunner:
@@ -49,6 +49,13 @@ class ClickRunner:
     help="Output directory (index.html, system, samples, figures).",
 )
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: CUDA when available).")
+@click.option(
+    "--data",
+    type=click.Choice(DATASETS),
+    default=DATASETS[0],
+    show_default=True,
+    help="openmoji: real emoji, unconditional, scored against a held-out split; synthetic: 4 classes of shapes.",
+)
 @click.option("--quick", is_flag=True, help="Smaller settings (about three minutes on two CPU cores).")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--quiet", is_flag=True, help="No progress bars or step headers.")
@@ -60,17 +67,18 @@ class ClickRunner:
     help="Override a plan setting, e.g. content_steps=3000 (vae/backbone/grain: ';' between items).",
 )
 @click.pass_context
-def demo(ctx, out, device, quick, seed, quiet, overrides):
-    """Build, train (DVAE, grain, content) and sample D²iT on synthetic data; report in OUT/index.html."""
-    claim_and_hold(out, "demo")
+def demo(ctx, out, device, data, quick, seed, quiet, overrides):
+    """Build, train (DVAE, grain, content) and sample D²iT on emoji or synthetic data; report in OUT/index.html."""
     start = time.perf_counter()
-    index = run_demo(
-        ClickRunner(ctx.find_root().command),
-        out,
-        device=device,
-        quick=quick,
-        seed=seed,
-        quiet=quiet,
-        overrides=overrides,
-    )
+    with outputs.claimed(out, "demo", mode="append"):  # each step claims its own subfolder
+        index = run_demo(
+            ClickRunner(ctx.find_root().command),
+            out,
+            device=device,
+            quick=quick,
+            seed=seed,
+            quiet=quiet,
+            overrides=overrides,
+            data=data,
+        )
     click.echo(f"demo finished in {time.perf_counter() - start:.0f} s; open {index}")

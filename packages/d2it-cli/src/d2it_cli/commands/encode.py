@@ -2,10 +2,9 @@
 
 import click
 
-from d2it_cli.cache import DTYPES, MANIFEST, VERSIONS, encode_cache
+from d2it_cli.cache import DTYPES, VERSIONS, encode_cache
 from d2it_cli.cache_layout import MODES
-from d2it_cli.commands.claims import claim_and_hold
-from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, SEED
+from d2it_cli.commands.params import BATCH, DEVICE, NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
 
@@ -18,10 +17,14 @@ from d2it_cli.data import data_options
     type=WRITABLE_SYSTEM_DIR,
     help="Model directory with a trained DVAE.",
 )
-@click.option("--data", required=True, help="Images: a folder, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT.")
+@click.option(
+    "--data",
+    required=True,
+    help="Images: a folder, synthetic[:N], openmoji[:split], wds:SHARDS, hf:PATH[:split], NAME:ROOT.",
+)
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache directory to write.")
-@click.option("--batch", default=32, show_default=True, type=POSITIVE_INT)
+@click.option("--batch", default=32, show_default=True, type=BATCH)
 @click.option(
     "--shard-size", default=4096, show_default=True, type=POSITIVE_INT, help="Images (each with its flip) per shard."
 )
@@ -52,7 +55,6 @@ from d2it_cli.data import data_options
 def encode(obj, data_option, strict_data, quiet, **options):
     """Encode a dataset into a latent cache and store the latent scale (1/std) in the system record."""
     registry = obj["registry"]
-    claim_and_hold(options["out"], "encode", legacy=lambda f: (f / MANIFEST).is_file(), what="latent cache")
     dataset_options = data_options(options["data"], strict_data, data_option, registry)
     manifest = encode_cache(
         **options, options=dataset_options, progress=not quiet, announce=click.echo, registry=registry

@@ -2,20 +2,19 @@
 and the paper's FID-10K / FID-50K protocols end to end (sample-and-score)."""
 
 import json
-from pathlib import Path
 
 import click
 
 from d2it import system as systems
 from d2it.io import atomic_write_text
 from d2it.progress import on_terminal
-from d2it_cli.commands.claims import claim_and_hold
-from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
+from d2it_cli import outputs
+from d2it_cli.commands.params import BATCH, COUNT, DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.evaluation import protocols
 from d2it_cli.evaluation.extractor import INCEPTION
 from d2it_cli.evaluation.protocols import PRESETS, protocol
-from d2it_cli.evaluation.recon import RECON_METRICS, evaluate_recon
+from d2it_cli.evaluation.recon import RECON_ALLOWED, RECON_METRICS, evaluate_recon
 from d2it_cli.evaluation.scoring import GEN_METRICS, Settings, parse_metrics, reference_stats, score
 from d2it_cli.generation import SampleSettings
 from d2it_cli.outputs import check_file_target
@@ -60,7 +59,7 @@ def _run_options(fn):
         "batch_size",
         default=64,
         show_default=True,
-        type=click.IntRange(min=1),
+        type=BATCH,
         help="Images per feature-extraction batch.",
     )(fn)
     return fn
@@ -140,9 +139,13 @@ def eval_group():
     help="Reference: image folder, .npz (ADM reference batches' mu/sigma are used) or `d2it eval ref` stats.",
 )
 @click.option(
-    "--metrics", "metric_names", default=",".join(GEN_METRICS), show_default=True, help="Comma-separated metrics."
+    "--metrics",
+    "metric_names",
+    default=",".join(GEN_METRICS),
+    show_default=True,
+    help="Comma-separated: fid, isc, kid, prc, swd (pixels only: no Inception weights; needs an image --ref).",
 )
-@click.option("--num", type=click.IntRange(min=1), help="Use the first N samples (error when there are fewer).")
+@click.option("--num", type=COUNT, help="Use the first N samples (error when there are fewer).")
 @click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -181,7 +184,7 @@ def gen(
 @eval_group.command("ref")
 @click.option("--data", required=True, type=click.Path(), help="Reference images: folder or .npz.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Statistics file (.safetensors).")
-@click.option("--num", type=click.IntRange(min=1), help="Use the first N images.")
+@click.option("--num", type=COUNT, help="Use the first N images.")
 @click.option("--no-features", is_flag=True, help="Keep only mean and covariance (no KID or precision/recall later).")
 @_resize_options
 @_extractor_options
@@ -219,13 +222,13 @@ def ref(
 @eval_group.command("recon")
 @click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Model directory or hf://REPO.")
 @click.option("--data", required=True, help="Image folder, 'synthetic' or 'synthetic:N'.")
-@click.option("--num", type=click.IntRange(min=1), help="Use the first N images (rFID-10K: 10000).")
+@click.option("--num", type=COUNT, help="Use the first N images (rFID-10K: 10000).")
 @click.option(
     "--metrics",
     "metric_names",
     default=",".join(RECON_METRICS),
     show_default=True,
-    help="Comma-separated: rfid, lpips, psnr.",
+    help="Comma-separated: rfid, lpips, psnr, ssim, swd.",
 )
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), help="A full LPIPS state dict (offline use).")
 @click.option("--set", "sets", multiple=True, metavar="METRIC.OPTION=VALUE", help="Override a metric option.")
@@ -252,9 +255,9 @@ def recon(
     workers,
     quiet,
 ):
-    """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
+    """Reconstruct images with the system's VAE: rFID, LPIPS, PSNR, SSIM (SWD on request) and the fine-grain ratio."""
     check_file_target(out)
-    names = parse_metrics(metric_names, RECON_METRICS)
+    names = parse_metrics(metric_names, RECON_ALLOWED)
     if lpips_weights:
         sets = (*sets, f"lpips.weights={lpips_weights}")
     settings = _settings(feature_extractor, inception_weights, batch_size, device, seed, workers, quiet)
@@ -266,7 +269,7 @@ def recon(
 @click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Model directory or hf://REPO.")
 @click.option("--ref", required=True, type=click.Path(), help="Reference: stats file, image folder or ADM .npz.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="fid-10k (FFHQ) or fid-50k (ImageNet, +IS, P/R).")
-@click.option("--num", type=click.IntRange(min=1), help="Number of samples (overrides the preset).")
+@click.option("--num", type=COUNT, help="Number of samples (overrides the preset).")
 @click.option("--metrics", "metric_names", default=None, help="Comma-separated metrics (overrides the preset).")
 @click.option(
     "--steps",
@@ -282,7 +285,7 @@ def recon(
     "--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT, help="Grain predictor guidance."
 )
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Sampling seed.")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per batch and shard.")
+@click.option("--batch", default=32, show_default=True, type=BATCH, help="Samples per batch and shard.")
 @click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
 @click.option(
     "--set",
@@ -332,7 +335,6 @@ def sample_and_score(
     inception_weights,
 ):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
-    claim_and_hold(out, "eval sample-and-score")
     num, names = protocol(preset, num, metric_names)
     sampling = SampleSettings(
         num=num,
@@ -351,18 +353,19 @@ def sample_and_score(
         seed=metric_seed,
         progress=on_terminal(not quiet),
     )
-    doc = protocols.sample_and_score(
-        system_dir,
-        ref,
-        out,
-        sampling,
-        names,
-        settings,
-        sets=sets,
-        preset=preset,
-        registry=obj["registry"],
-        device=device,
-        progress=not quiet,
-    )
-    if doc is not None:  # rank 0
-        _report(doc, Path(out) / "metrics.json", as_json)
+    with outputs.claimed(out, "eval sample-and-score") as claim:  # samples, shards and metrics.json
+        doc = protocols.sample_and_score(
+            system_dir,
+            ref,
+            claim,
+            sampling,
+            names,
+            settings,
+            sets=sets,
+            preset=preset,
+            registry=obj["registry"],
+            device=device,
+            progress=not quiet,
+        )
+        if doc is not None:  # rank 0
+            _report(doc, claim.path("metrics.json"), as_json)

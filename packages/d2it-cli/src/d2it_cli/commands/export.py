@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from d2it.errors import ConfigError
-from d2it_cli.commands.claims import claim_and_hold
+from d2it_cli import outputs
 from d2it_cli.engine.checkpoint import step_name
 from d2it_cli.export import export_checkpoint, run_system, select_checkpoints
 
@@ -41,26 +41,26 @@ def export(ctx, run_dir, step, every, ema, out, system_dir, score_args, overwrit
         origin = export_checkpoint(path, target, system_dir=system_dir, ema=ema, overwrite=overwrite)
         click.echo(f"exported step {origin['step']} ({_weights(origin)}) of {run_dir} to {target}")
         return
-    out = Path(out)
-    claim_and_hold(out, "export --every", legacy=lambda f: (f / SCORES).is_file())
-    done = _scored(out / SCORES)
-    for number, path in chosen:
-        target = out / step_name(number)
-        if number in done:
-            continue
-        if not (target / "d2it.json").is_file() or overwrite:
-            origin = export_checkpoint(path, target, system_dir=system_dir, ema=ema, overwrite=overwrite)
-        else:
-            origin = json.loads((target / "d2it.json").read_text())["extra"]["exported_from"]
-        line = {"step": number, "system": str(target), "weights": origin["weights"]}
-        if score_args:
-            evaluation = target / "eval"
-            args = ["eval", "sample-and-score", "--system", str(target), "--out", str(evaluation), "--json"]
-            ctx.find_root().command.main(args + shlex.split(score_args), obj=ctx.find_root().obj, standalone_mode=False)
-            line["metrics"] = json.loads((evaluation / "metrics.json").read_text())["metrics"]
-        with open(out / SCORES, "a") as f:
-            f.write(json.dumps(line) + "\n")
-        click.echo(json.dumps(line))
+    with outputs.claimed(out, "export --every", mode="append") as claim:  # earlier exports and scores are kept
+        done = _scored(claim.path(SCORES))
+        for number, path in chosen:
+            if number in done:
+                continue
+            target = claim.path(step_name(number), folder=True)  # a system directory of its own
+            if not (target / "d2it.json").is_file() or overwrite:
+                origin = export_checkpoint(path, target, system_dir=system_dir, ema=ema, overwrite=overwrite)
+            else:
+                origin = json.loads((target / "d2it.json").read_text())["extra"]["exported_from"]
+            line = {"step": number, "system": str(target), "weights": origin["weights"]}
+            if score_args:
+                evaluation = target / "eval"
+                args = ["eval", "sample-and-score", "--system", str(target), "--out", str(evaluation), "--json"]
+                root = ctx.find_root()
+                root.command.main(args + shlex.split(score_args), obj=root.obj, standalone_mode=False)
+                line["metrics"] = json.loads((evaluation / "metrics.json").read_text())["metrics"]
+            with claim.append(SCORES) as f:
+                f.write(json.dumps(line) + "\n")
+            click.echo(json.dumps(line))
 
 
 def _weights(origin: dict) -> str:

@@ -11,6 +11,7 @@ import os
 import click
 
 from d2it.errors import D2itError
+from d2it.errors import WriteFailed
 
 EXIT_USER = 2
 
@@ -34,8 +35,26 @@ _OS_SENTENCES = {
 }
 
 
+# what to do about a failed write, by errno
+_WRITE_ADVICE = {
+    errno.ENOSPC: "free some space and run it again",
+    errno.EDQUOT: "free some space and run it again",
+    errno.EROFS: "write to a writable location",
+    errno.EACCES: "write to a location you may write to",
+    errno.EPERM: "write to a location you may write to",
+}
+
+
 def os_error_sentence(exc: OSError) -> str:
-    """One sentence naming the path and what is wrong with it."""
+    """One sentence naming the path and what is wrong with it (for a failed write of ours: that nothing changed)."""
+    text = _os_error_text(exc)
+    if isinstance(exc, WriteFailed) and exc.errno != errno.ENOTDIR:
+        advice = _WRITE_ADVICE.get(exc.errno)
+        text += "; nothing was replaced, the previous files are intact" + (f" ({advice})" if advice else "")
+    return text
+
+
+def _os_error_text(exc: OSError) -> str:
     path = exc.filename if exc.filename is not None else None
     if exc.filename2 is not None and exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV):
         path = exc.filename2

@@ -1,13 +1,12 @@
 """`d2it pack`: an image folder -> webdataset tar shards and classes.json (then train with --data wds:...)."""
 
 import sys
+from pathlib import Path
 
 import click
 
-from d2it_cli.commands.claims import claim_and_hold
 from d2it_cli.commands.params import POSITIVE_INT, SEED
 from d2it_cli.data.pack import pack_folder
-from d2it_cli.data.wds import CLASSES_FILE
 
 
 @click.command()
@@ -27,7 +26,6 @@ def pack(root, out, shard_size, prefix, seed, no_shuffle, quiet):
         if not quiet and (sys.stdout.isatty() or done == total or done % 50 == 0):
             click.echo(f"pack: shard {done}/{total}", err=True)
 
-    claim_and_hold(out, "pack", legacy=lambda f: (f / CLASSES_FILE).is_file())
     result = pack_folder(
         root, out, shard_size=shard_size, prefix=prefix, seed=None if no_shuffle else seed, progress=progress
     )
@@ -35,3 +33,9 @@ def pack(root, out, shard_size, prefix, seed, no_shuffle, quiet):
         f"packed {result.count} images of {max(1, len(result.classes))} class(es) into {result.shards} shard(s); "
         f"train with --data 'wds:{result.out / result.pattern}'"
     )
+    if result.unreadable:
+        click.echo(
+            f"warning: skipped {len(result.unreadable)} unreadable file(s) that cannot be decoded, e.g. "
+            f"{Path(root) / result.unreadable[0]}; they are not in the shards",
+            err=True,
+        )

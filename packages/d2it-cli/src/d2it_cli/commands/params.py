@@ -9,6 +9,10 @@ import math
 import click
 
 SEED_LIMIT = 2**64  # torch.manual_seed accepts seeds below 2**64
+# sane bounds, checked while parsing: no device holds a larger (micro-)batch; more images than MAX_COUNT would
+# overflow the index and label arrays sized by them (commands also check a --num against memory before drawing)
+MAX_BATCH = 2**20
+MAX_COUNT = 2**40
 
 
 class FiniteFloat(click.ParamType):
@@ -85,4 +89,6 @@ OPEN_UNIT_INTERVAL = FiniteFloat(min=0, max=1, min_open=True, max_open=True)
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 SEED = click.IntRange(min=0, max=SEED_LIMIT - 1)
+BATCH = click.IntRange(min=1, max=MAX_BATCH)
+COUNT = click.IntRange(min=1, max=MAX_COUNT)
 DEVICE = Device()

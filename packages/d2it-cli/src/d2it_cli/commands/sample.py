@@ -5,14 +5,13 @@ import json
 import click
 
 from d2it_cli import generation
-from d2it_cli.commands.claims import claim_and_hold
-from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_FLOAT, SEED
+from d2it_cli.commands.params import BATCH, COUNT, DEVICE, NON_NEGATIVE_FLOAT, SEED
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 
 
 @click.command()
 @click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Trained model directory.")
-@click.option("--num", default=16, show_default=True, type=click.IntRange(min=1), help="Number of samples.")
+@click.option("--num", default=16, show_default=True, type=COUNT, help="Number of samples.")
 @click.option("--class", "class_list", default=None, metavar="I,J,...", help="Class indices, cycled over the samples.")
 @click.option(
     "--classes-uniform", is_flag=True, help="Spread the samples evenly over all classes (default: random classes)."
@@ -46,9 +45,7 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
     help="Guidance scale of the grain predictor.",
 )
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option(
-    "--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Samples per batch (and per shard)."
-)
+@click.option("--batch", default=16, show_default=True, type=BATCH, help="Samples per batch (and per shard).")
 @click.option("--device", default=None, type=DEVICE, help="Device (default: CUDA when available).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(
@@ -79,7 +76,6 @@ def sample(
     quiet,
 ):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
-    claim_and_hold(out, "sample")
     settings = generation.SampleSettings(
         num=num,
         classes=generation.parse_classes(class_list),

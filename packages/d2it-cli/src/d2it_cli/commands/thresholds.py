@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from d2it import system as systems
-from d2it_cli.commands.params import DEVICE, NON_NEGATIVE_INT, OPEN_UNIT_INTERVAL, POSITIVE_INT
+from d2it_cli.commands.params import BATCH, COUNT, DEVICE, NON_NEGATIVE_INT, OPEN_UNIT_INTERVAL, POSITIVE_INT
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
 from d2it_cli.thresholds import measure_thresholds
@@ -13,7 +13,9 @@ from d2it_cli.thresholds import measure_thresholds
 
 @click.command()
 @click.option(
-    "--data", required=True, help="Images: a folder, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT (no flips)."
+    "--data",
+    required=True,
+    help="Images: a folder, synthetic[:N], openmoji[:split], wds:SHARDS, hf:PATH[:split], NAME:ROOT (no flips).",
 )
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE, repeatable.")
 @click.option(
@@ -34,8 +36,8 @@ from d2it_cli.thresholds import measure_thresholds
     "--grains", default=2, show_default=True, type=click.IntRange(min=2), help="Number of grains (without --system)."
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file for percentiles and thresholds.")
-@click.option("--batch", default=64, show_default=True, type=POSITIVE_INT)
-@click.option("--limit", type=POSITIVE_INT, help="Use only the first N images.")
+@click.option("--batch", default=64, show_default=True, type=BATCH)
+@click.option("--limit", type=COUNT, help="Use only the first N images.")
 @click.option("--workers", default=0, show_default=True, type=NON_NEGATIVE_INT)
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--device", type=DEVICE, help="cpu, cuda ... (default: CUDA when available).")

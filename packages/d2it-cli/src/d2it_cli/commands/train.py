@@ -7,6 +7,7 @@ import click
 
 from d2it_cli.commands.claims import hold
 from d2it_cli.commands.params import (
+    BATCH,
     DEVICE,
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
@@ -22,6 +23,7 @@ from d2it_cli.engine.loop import NAN_POLICIES, PRECISIONS, seed_everything
 from d2it_cli.engine.parts import train_config
 from d2it_cli.engine.stage1 import DVAETask
 from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask
+from d2it_sampling.diffusion import GRAIN_LOSSES
 
 SYSTEM = click.option(
     "--system",
@@ -41,7 +43,7 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 "--batch",
                 default=batch,
                 show_default=True,
-                type=POSITIVE_INT,
+                type=BATCH,
                 help="Images per process per micro-batch.",
             ),
             click.option(
@@ -150,7 +152,9 @@ def train():
 @train.command()
 @SYSTEM
 @click.option(
-    "--data", required=True, help="Images: a folder, folder:DIR, synthetic[:N], wds:SHARDS, hf:PATH[:split], NAME:ROOT."
+    "--data",
+    required=True,
+    help="Images: a folder, folder:DIR, synthetic[:N], openmoji[:split], wds:SHARDS, hf:PATH[:split], NAME:ROOT.",
 )
 @click.option("--data-option", multiple=True, help="Dataset option KEY=VALUE (e.g. shuffle_buffer=5000), repeatable.")
 @click.option("--strict-data", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
@@ -171,10 +175,10 @@ def train():
 )
 @click.option(
     "--learn-logvar/--fixed-logvar",
-    default=True,
+    default=False,
     show_default=True,
-    help="Train the reconstruction log-variance (KL VAEs). LDM declares it learnable but leaves it out of "
-    "its optimizer, so --fixed-logvar (0) is what LDM's released training did.",
+    help="Train the reconstruction log-variance (KL VAEs). Fixed at 0 by default: LDM declares it learnable but "
+    "leaves it out of its optimizer, and sgm's loss has learn_logvar=False.",
 )
 @click.option("--lpips-weights", type=click.Path(dir_okay=False), help="Local torchvision VGG16 weights for LPIPS.")
 @click.option("--lpips-random", is_flag=True, hidden=True, help="Random LPIPS trunk (tests; no download).")
@@ -254,11 +258,19 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
     help="Fine probability for --grain-source random.",
 )
 @click.option(
+    "--grain-loss",
+    type=click.Choice(GRAIN_LOSSES),
+    default="grain",
+    show_default=True,
+    help="grain: the dynamic grain loss (mean per grain, a coarse code counted once); cell: the plain mean "
+    "over latent cells (ablation).",
+)
+@click.option(
     "--sample-steps", default=50, show_default=True, type=POSITIVE_INT, help="Sampling steps of the preview grids."
 )
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=5000)
 @click.pass_obj
-def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, sample_steps, **kwargs):
+def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, grain_loss, sample_steps, **kwargs):
     """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
     config = train_config(system_dir, "content", kwargs, data=str(Path(cache).resolve()))
     seed_everything(config.seed)  # before any module is built
@@ -271,6 +283,7 @@ def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, 
         weight_decay=weight_decay,
         grain_source=grain_source,
         fine_ratio=fine_ratio,
+        grain_loss=grain_loss,
         preview_steps=sample_steps,
     )
     _fit(task, config, "content", system_dir)

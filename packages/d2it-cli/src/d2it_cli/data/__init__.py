@@ -1,4 +1,4 @@
-"""Datasets: `folder`, `synthetic`, `wds` and `hf` (registered in `d2it_cli.plugin`) and `open_dataset` for `--data`."""
+"""Datasets `folder`, `synthetic`, `wds`, `hf`, `openmoji` (registered in `d2it_cli.plugin`); `open_dataset`."""
 
 import itertools
 import json
@@ -9,20 +9,22 @@ from d2it.errors import DataError
 from d2it.registry import Registry, default_registry
 from d2it_cli.data.folder import FolderConfig, FolderDataset
 from d2it_cli.data.hf import HfConfig, HfDataset
+from d2it_cli.data.openmoji import OpenMojiConfig, OpenMojiDataset
 from d2it_cli.data.stream import StreamDataset, StreamSetup, is_streaming
 from d2it_cli.data.synthetic import SyntheticConfig, SyntheticDataset
 from d2it_cli.data.wds import WdsConfig, WdsDataset
 
 NAME_RE = re.compile(r"^([a-z][a-z0-9_.-]*):(.*)$")
+BARE_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
 def parse_data(spec: str, registry: Registry | None = None) -> tuple[str, dict, str | None]:
     """`--data` value -> (dataset name, options, root).
 
     Accepted: `synthetic`, `synthetic:N`, `NAME:ROOT` for any registered dataset (`folder:ROOT`,
-    `wds:SHARDS`, `hf:PATH[:split]`, a plugin's), or a bare path (the folder dataset). A `NAME:`
-    prefix that names no dataset is an error listing the valid names, unless the whole value is an
-    existing path.
+    `wds:SHARDS`, `hf:PATH[:split]`, `openmoji:SPLIT`, a plugin's: what ROOT means is the dataset's),
+    a bare registered NAME (root None: `openmoji`), or a bare path (the folder dataset). A `NAME:`
+    prefix that names no dataset is an error listing the valid names; an existing path always wins.
     """
     text = str(spec).strip()
     if not text:
@@ -43,6 +45,8 @@ def parse_data(spec: str, registry: Registry | None = None) -> tuple[str, dict, 
         if name not in names:
             raise DataError(f"--data {text}: unknown dataset {name!r}; valid datasets: {', '.join(names)}")
         return name, {}, root
+    if BARE_RE.match(text) and not Path(text).exists() and text in (registry or default_registry()).names("dataset"):
+        return text, {}, None
     return "folder", {}, text
 
 
@@ -77,6 +81,12 @@ def data_options(spec: str, strict: bool, pairs=(), registry: Registry | None = 
     return options
 
 
+def data_provenance(dataset) -> dict | None:
+    """What a dataset says about its source (its optional `provenance()`: name, version, licence, ...), else None."""
+    describe = getattr(dataset, "provenance", None)
+    return describe() if callable(describe) else None
+
+
 def first_items(dataset, count: int) -> list:
     """The first `count` items of a dataset: by index, or the start of a stream in stored order."""
     if not is_streaming(dataset):
@@ -103,12 +113,15 @@ __all__ = [
     "FolderDataset",
     "HfConfig",
     "HfDataset",
+    "OpenMojiConfig",
+    "OpenMojiDataset",
     "StreamDataset",
     "SyntheticConfig",
     "SyntheticDataset",
     "WdsConfig",
     "WdsDataset",
     "data_options",
+    "data_provenance",
     "first_items",
     "one_pass",
     "is_streaming",

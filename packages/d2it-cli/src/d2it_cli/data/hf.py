@@ -10,6 +10,7 @@ skipped and counted like in the folder dataset.
 import importlib.util
 import io
 import logging
+import re
 from pathlib import Path
 
 import attrs
@@ -19,6 +20,7 @@ from PIL import Image
 
 from d2it.errors import DataError
 from d2it_cli.data.folder import center_crop, random_flip, to_tensor
+from d2it_cli.decode import open_rgb, to_rgb
 
 log = logging.getLogger("d2it.data")
 
@@ -45,8 +47,11 @@ def split_spec(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _load(source: str, split: str):
-    """The `datasets.Dataset` of `source` (save_to_disk folder, local files or Hub name) and `split`."""
+def _load(source: str, split: str, explicit: bool = True):
+    """The `datasets.Dataset` of `source` (save_to_disk folder, local files or Hub name) and `split`.
+
+    A split that is not there is an error listing those that are (`explicit`: it was asked for, not the default).
+    """
     if importlib.util.find_spec("datasets") is None:
         raise DataError("--data hf: needs the datasets package; install it with pip install 'd2it-cli[hf]'")
     import datasets  # seconds to import: only when an hf dataset is opened, not for every d2it command
@@ -71,6 +76,12 @@ def _load(source: str, split: str):
                 loaded = datasets.load_dataset(str(path) if local else source, split=split)
         except DataError:
             raise
+        except ValueError as exc:
+            found = re.search(r"Unknown split \"?([^\".]*)\"?\. Should be one of (\[.*?\])", str(exc))
+            if found is None:
+                raise DataError(f"--data hf:{source} could not be read by datasets (ValueError: {exc})") from None
+            names = ", ".join(re.findall(r"'([^']*)'", found.group(2)))
+            raise DataError(f"--data hf:{source} has no split {split!r}; it has {names}") from None
         except Exception as exc:  # offline, unknown name, bad files: the library raises many types
             if local:
                 raise DataError(
@@ -84,6 +95,9 @@ def _load(source: str, split: str):
         if split not in loaded:
             raise DataError(f"--data hf:{source} has no split {split!r}; it has {', '.join(sorted(loaded))}")
         loaded = loaded[split]
+    elif explicit and str(loaded.split or "train") != split:  # one table: the split asked for must be its own
+        has = f"only the split {str(loaded.split)!r}" if loaded.split else "one table without named splits"
+        raise DataError(f"--data hf:{source} has no split {split!r}; it has {has}")
     return loaded
 
 
@@ -97,7 +111,7 @@ class HfDataset(torch.utils.data.Dataset):
         self.image_size, self.train, self.strict = int(image_size), train, config.strict
         import datasets  # see _load
 
-        table = _load(source, self.split)
+        table = _load(source, self.split, explicit=bool(config.split or split))
         features = table.features
         self.image_column = config.image_column or next(
             (k for k, f in features.items() if isinstance(f, datasets.Image)),
@@ -140,13 +154,11 @@ class HfDataset(torch.utils.data.Dataset):
         value = row[self.image_column]
         if isinstance(value, dict):  # Image(decode=False): bytes or a path
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-            with Image.open(source) as im:
-                im.load()
-                image = im.convert("RGB")
+            image = open_rgb(source, f"row {index} of hf:{self.source}")  # the folder route's decoder
         elif isinstance(value, Image.Image):
-            image = value.convert("RGB")
+            image = to_rgb(value, f"row {index} of hf:{self.source}")
         else:
-            image = Image.fromarray(np.asarray(value, dtype=np.uint8)).convert("RGB")
+            image = to_rgb(Image.fromarray(np.asarray(value, dtype=np.uint8)), f"row {index} of hf:{self.source}")
         label = int(row[self.label_column]) if self.label_column else 0
         return to_tensor(center_crop(image, self.image_size)), label
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 
 import attrs
 import torch
+from PIL import Image
 
 from d2it.errors import DataError
 from d2it_cli.data.folder import random_flip
@@ -156,11 +157,13 @@ class StreamDataset(torch.utils.data.IterableDataset):
         numbered = itertools.islice(enumerate(self.raw_stream(slot, slots)), skip, None)
         if s.shuffle and self.shuffle_buffer > 1:
             numbered = _shuffled(numbered, self.shuffle_buffer, random.Random(s.seed * 1_000_003 + slot * 7 + skip))
-        decoded = 0
+        decoded, seen, last = 0, 0, None
         for serial, (epoch, unit, size, raw) in numbered:
+            seen += 1
             try:
                 x, label = self.decode(raw)
-            except (OSError, ValueError, SyntaxError, KeyError) as exc:
+            except (OSError, ValueError, SyntaxError, KeyError, Image.DecompressionBombError) as exc:
+                last = exc
                 if self.strict:
                     raise DataError(f"{self.describe(raw)} cannot be decoded ({exc})") from None
                 if decoded == 0 and self.skipped >= MAX_LEADING_FAILURES:  # nothing readable: do not spin forever
@@ -179,6 +182,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
                     torch.manual_seed((s.seed * 1_000_003 + slot) * 1_000_033 + serial)
                     x = random_flip(x)
             yield (x, label, (epoch, unit, size)) if s.track else (x, label)
+        if decoded == 0 and slots == 1 and not skip:  # one reader saw the whole stream and got nothing from it
+            if seen == 0:
+                raise DataError(
+                    f"{self.describe_units()} holds no samples: its shards are empty, unreadable or not tar files"
+                )
+            raise DataError(f"none of the {seen} samples of {self.describe_units()} can be decoded (the last: {last})")
 
 
 def _shuffled(items, size: int, rng: random.Random):

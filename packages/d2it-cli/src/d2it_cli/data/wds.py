@@ -14,11 +14,12 @@ from pathlib import Path
 
 import attrs
 import braceexpand
-from PIL import Image
 
-from d2it.errors import DataError
+from d2it import checks
+from d2it.errors import ConfigError, DataError
 from d2it_cli.data.folder import center_crop, to_tensor
 from d2it_cli.data.stream import StreamDataset
+from d2it_cli.decode import open_rgb
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CLASSES_FILE = "classes.json"
@@ -46,6 +47,19 @@ def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
+def _check_classes_file(meta, file):
+    """Refuse a classes.json whose entries the reader uses have the wrong type (as `d2it pack` writes them)."""
+    try:
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{file} must hold a JSON object, not a {type(meta).__name__}")
+        classes = checks.field(meta, "classes", str(file), types=(list,), optional=True)
+        if classes is not None and not all(isinstance(c, str) for c in classes):
+            raise ConfigError(f"{file} entry 'classes' must be a list of names")
+        checks.field(meta, "count", str(file), low=1, integer=True, optional=True)
+    except ConfigError as exc:
+        raise DataError(f"malformed shard manifest: {exc}") from None
+
+
 class WdsDataset(StreamDataset):
     """Samples of webdataset tar shards as (image in [-1, 1], label)."""
 
@@ -67,9 +81,10 @@ class WdsDataset(StreamDataset):
             file = Path(self.urls[0]).parent / CLASSES_FILE
             if file.is_file():
                 try:
-                    meta = json.loads(file.read_text())
-                except json.JSONDecodeError as exc:
+                    meta = json.loads(file.read_bytes().decode("utf-8"))
+                except ValueError as exc:  # JSON or UTF-8
                     raise DataError(f"{file} is not valid JSON ({exc})") from None
+                _check_classes_file(meta, file)
         self.classes = list(meta.get("classes", []))
         known = config.num_classes or len(self.classes)
         self.num_classes = int(known) if known else None  # None: labels are not range-checked
@@ -99,9 +114,7 @@ class WdsDataset(StreamDataset):
         key = next((k for k in IMAGE_KEYS if k in raw), None)
         if key is None:
             raise KeyError(f"no image ({', '.join(IMAGE_KEYS)}) in the sample")
-        with Image.open(io.BytesIO(raw[key])) as im:
-            im.load()
-            image = im.convert("RGB")
+        image = open_rgb(io.BytesIO(raw[key]), self.describe(raw))  # the folder route's decoder
         label = int(raw["cls"].decode().strip()) if "cls" in raw else 0
         if label < 0 or (self.num_classes is not None and label >= self.num_classes):
             raise ValueError(f"class index {label} outside the dataset's {self.num_classes} classes")

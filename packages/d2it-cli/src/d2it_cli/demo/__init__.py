@@ -1,10 +1,11 @@
-"""`d2it demo`: the whole D²iT pipeline on the built-in `synthetic` data, run through the real commands.
+"""`d2it demo`: the whole D²iT pipeline on real images (`openmoji`) or `synthetic` data, run through the real commands.
 
 build → thresholds → train dvae → encode → train grain → train content → sample, each step one
 `d2it` command run in this process by a `runner` (the command line's click group, see
 `d2it_cli.commands.demo.ClickRunner`), then an index.html with samples, grain maps,
-reconstructions, loss curves and a timing table. Sizes are chosen per device so that the CPU run
-(64x64 images, a narrow VAE, DDIM sampling) fits in about ten minutes on two cores (`--quick`: about three).
+reconstructions, loss curves, the sliced Wasserstein distance to held-out images (openmoji) and a
+timing table. Sizes are chosen per device so that the CPU run (64x64 images, a narrow VAE, few
+sampling steps) fits in about ten minutes on two cores (`--quick`: about three).
 """
 
 import json
@@ -17,11 +18,14 @@ from typing import Protocol
 import attrs
 
 from d2it.errors import D2itError
+from d2it.io import atomic_write_text
 from d2it.system import torch_device
-from d2it_cli.demo.report import StepTiming, build_report
+from d2it_cli.demo.report import StepTiming, report_sections, write_report
 
 # steps of the pipeline, in order (the timing table uses these names)
 STEP_NAMES = ("build", "thresholds", "train dvae", "encode", "train grain", "train content", "sample", "report")
+# the datasets the demo knows: openmoji (real emoji, unconditional, held-out split) and synthetic (4 classes)
+DATASETS = ("openmoji", "synthetic")
 
 
 class DemoError(D2itError):
@@ -42,8 +46,9 @@ class Runner(Protocol):
 class DemoPlan:
     """Every size and step count of one demo run."""
 
+    data: str = "synthetic"  # one of DATASETS
     image_size: int = 32
-    num_images: int = 512
+    num_images: int = 512  # openmoji: the first N of the train split (0 = all of it)
     num_classes: int = 4  # the synthetic dataset's default
     vae: tuple = ()  # --set vae.* overrides
     backbone: tuple = ()
@@ -98,8 +103,56 @@ SMALL_BACKBONE = ("backbone.depth=6", "backbone.hidden_size=384", "backbone.num_
 SMALL_GRAIN = ("grain.depth=4", "grain.hidden_size=128", "grain.num_heads=4")
 
 
-def plan_for(device: str, quick: bool) -> DemoPlan:
-    """The demo's sizes: tiny on CPU (smaller still with --quick), 64x64 images and larger models on a GPU."""
+def plan_for(device: str, quick: bool, data: str = "openmoji") -> DemoPlan:
+    """The sizes for `data`: tiny on CPU (smaller still with --quick), 64x64 images and larger models on a GPU."""
+    if data not in DATASETS:
+        raise D2itError(f"the demo trains on one of {', '.join(DATASETS)}, got {data!r}")
+    plan = _synthetic_plan(device, quick) if data == "synthetic" else _openmoji_plan(device, quick)
+    return attrs.evolve(plan, data=data)
+
+
+def _openmoji_plan(device: str, quick: bool) -> DemoPlan:
+    """Sizes for the emoji: one class (no guidance), the whole train split, dpmpp-2m sampling."""
+    unconditional = {"num_images": 0, "num_classes": 1, "cfg_scale": 1.0, "sampler": "dpmpp-2m"}
+    if device.startswith("cuda"):
+        return attrs.evolve(_synthetic_plan(device, quick), **unconditional, sample_steps=50)
+    if quick:
+        return DemoPlan(
+            image_size=64,
+            vae=TINY_VAE,
+            backbone=TINY_BACKBONE,
+            grain=TINY_GRAIN,
+            dvae_steps=200,
+            dvae_lr=2e-3,
+            grain_steps=100,
+            content_steps=300,
+            sample_num=16,
+            sample_steps=15,
+            sample_batch=16,
+            content_ema_decay=0.98,
+            grain_ema_decay=0.95,
+            log_every=10,
+            **unconditional,
+        )
+    return DemoPlan(
+        image_size=64,
+        vae=TINY_VAE,
+        backbone=TINY_BACKBONE,
+        grain=TINY_GRAIN,
+        dvae_steps=600,
+        dvae_lr=2e-3,
+        grain_steps=300,
+        content_steps=1000,
+        sample_num=64,
+        sample_steps=25,
+        sample_batch=32,
+        log_every=20,
+        **unconditional,
+    )
+
+
+def _synthetic_plan(device: str, quick: bool) -> DemoPlan:
+    """Sizes for the class-conditional synthetic data (4 classes, guidance 2)."""
     if device.startswith("cuda"):
         # stage 2 is bound by data loading here, so the batches stay moderate and loading uses workers
         if quick:
@@ -184,6 +237,8 @@ def override_plan(plan: DemoPlan, items) -> DemoPlan:
     for item in items:
         key, sep, value = str(item).partition("=")
         key = key.strip()
+        if key == "data":
+            raise D2itError("choose the demo's data with --data, not --plan data=...")
         if not sep or key not in fields:
             raise D2itError(f"--plan expects KEY=VALUE with KEY one of {', '.join(fields)}, got {item!r}")
         kind = type(getattr(plan, key))
@@ -205,6 +260,7 @@ class Demo:
     seed: int = 0
     quiet: bool = False
     timings: list = attrs.field(factory=list)
+    results: dict = attrs.field(factory=dict)  # numbers the report measured (SWD, reconstruction error, ...)
 
     @property
     def system_dir(self) -> Path:
@@ -223,8 +279,26 @@ class Demo:
 
     @property
     def data(self) -> str:
-        """The `--data` value of every step."""
-        return f"synthetic:{self.plan.num_images}"
+        """The `--data` value of every step that reads training images."""
+        if self.plan.data == "synthetic":
+            return f"synthetic:{self.plan.num_images}"
+        return self.plan.data
+
+    @property
+    def data_options(self) -> dict:
+        """`--data-option` settings of the training data (openmoji: the first num_images of the split)."""
+        if self.plan.data != "synthetic" and self.plan.num_images:
+            return {"limit": self.plan.num_images}
+        return {}
+
+    @property
+    def heldout(self) -> str | None:
+        """The `--data` value of the held-out images the report compares with (None: no held-out split)."""
+        return None if self.plan.data == "synthetic" else f"{self.plan.data}:test"
+
+    def data_args(self) -> list:
+        """`--data` and `--data-option` arguments of the training data."""
+        return ["--data", self.data, *(a for k, v in self.data_options.items() for a in ("--data-option", f"{k}={v}"))]
 
     def invoke(self, name: str, args: list[str]):
         """Run `d2it ARGS` in this process, timing it; a failing command stops the demo with its step named."""
@@ -284,8 +358,7 @@ class Demo:
             "thresholds",
             [
                 "thresholds",
-                "--data",
-                self.data,
+                *self.data_args(),
                 "--system",
                 sysdir,
                 "--out",
@@ -302,8 +375,7 @@ class Demo:
                 "dvae",
                 "--system",
                 sysdir,
-                "--data",
-                self.data,
+                *self.data_args(),
                 "--steps",
                 p.dvae_steps,
                 "--batch",
@@ -331,8 +403,7 @@ class Demo:
                 "encode",
                 "--system",
                 sysdir,
-                "--data",
-                self.data,
+                *self.data_args(),
                 "--out",
                 self.cache_dir,
                 "--batch",
@@ -433,12 +504,13 @@ def run_demo(
     seed: int = 0,
     quiet: bool = False,
     overrides=(),
+    data: str = "openmoji",
 ) -> Path:
-    """Run the whole demo into `out` with `runner` and return the path of its index.html."""
+    """Run the whole demo on `data` into `out` with `runner` and return the path of its index.html."""
     device = str(torch_device(device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = override_plan(plan_for(device, quick), overrides)
+    plan = override_plan(plan_for(device, quick, data), overrides)
     demo = Demo(runner=runner, out=out, plan=plan, device=device, seed=seed, quiet=quiet)
     start = time.perf_counter()
     failure = None
@@ -447,23 +519,22 @@ def run_demo(
     except DemoError as exc:
         failure = exc
     report_start = time.perf_counter()
-    index = build_report(demo, failed=failure is not None)
+    sections = report_sections(demo)
     demo.timings.append(StepTiming(name="report", command="(index.html)", seconds=time.perf_counter() - report_start))
-    index = build_report(demo, failed=failure is not None)  # again, with the report's own time
+    index = write_report(demo, sections, failed=failure is not None)  # with the report's own time
     total = time.perf_counter() - start
-    (out / "timings.json").write_text(
-        json.dumps(
-            {
-                "total_seconds": round(total, 2),
-                "device": device,
-                "quick": quick,
-                "plan": plan.summary(),
-                "steps": [attrs.asdict(t) for t in demo.timings],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    results = {"data": plan.data, **demo.results}
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    summary = {
+        "total_seconds": round(total, 2),
+        "device": device,
+        "quick": quick,
+        "data": plan.data,
+        "plan": plan.summary(),
+        "steps": [attrs.asdict(t) for t in demo.timings],
+        "results": results,
+    }
+    atomic_write_text(out / "timings.json", json.dumps(summary, indent=2) + "\n")
     if failure is not None:
         raise failure
     return index

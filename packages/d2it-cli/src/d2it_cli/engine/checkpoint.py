@@ -25,6 +25,8 @@ CKPT_DIR = "checkpoints"
 LATEST = "latest"
 STATE = "state.pt"
 STEP_RE = re.compile(r"^step-(\d{7,})$")
+# write failures a user can fix (space, quota, read-only, permissions): one sentence, the last checkpoint intact
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def step_name(step: int) -> str:
@@ -132,17 +134,24 @@ def clean_temporaries(run_dir):
 
 
 def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:
-    """Write checkpoint `step` on every rank (collective); a full disk leaves the previous checkpoint in place."""
+    """Write checkpoint `step` on every rank (collective); a failed write (full disk, read-only, no permission)
+    leaves the previous checkpoint in place and says so."""
     try:
         return _save_checkpoint(run_dir, step, weights, state, keep)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in WRITE_ERRORS:
             raise
         shutil.rmtree(checkpoint_root(run_dir) / f".{step_name(step)}.tmp", ignore_errors=True)
-        previous = latest_checkpoint(run_dir)
-        where = exc.filename or checkpoint_root(run_dir) / step_name(step)
+        try:
+            previous = latest_checkpoint(run_dir)
+        except CheckpointError:
+            previous = None
+        where = checkpoint_root(run_dir) / step_name(step)
+        text = exc.strerror or (os.strerror(exc.errno) if exc.errno else type(exc).__name__)
+        what = {errno.ENOSPC: f"no space left writing {where}", errno.EDQUOT: f"disk quota exceeded writing {where}"}
+        problem = what.get(exc.errno, f"cannot write checkpoint {where} ({text[:1].lower()}{text[1:]})")
         intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"no space left writing {where}; {intact}") from None
+        raise CheckpointError(f"{problem}; {intact}, nothing was replaced and the previous files are intact") from None
 
 
 def _save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:

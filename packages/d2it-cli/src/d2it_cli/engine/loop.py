@@ -13,6 +13,7 @@ is the same run up to floating-point reduction order.
 import abc
 import json
 import math
+import os
 import random
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -27,13 +28,14 @@ from d2it import io
 from d2it.errors import CheckpointError, ConfigError, D2itError
 from d2it.progress import progress_bar
 from d2it.system import eval_mode
+from d2it_cli import outputs
+from d2it_cli.data import data_provenance
 from d2it_cli.engine import checkpoint as ckpt
 from d2it_cli.engine import dist, progress
 from d2it_cli.engine.draws import SampleDraws
 from d2it_cli.engine.ema import EMA
 from d2it_cli.engine.fastpaths import autocast, configure_tf32, maybe_compile, set_grad_checkpointing, to_channels_last
 from d2it_cli.engine.feed import Feed, GlobalOrder, SeededItems, item_seed  # noqa: F401 - re-exported
-from d2it_cli.locks import FolderLock
 from d2it_cli.trackers import check_trackers, open_trackers
 
 LOG_FILE = "log.jsonl"
@@ -43,6 +45,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 NAN_POLICIES = ("stop", "skip-step")
 MAX_SKIPPED = 10  # consecutive skipped steps after which --nan-policy skip-step gives up
 NO_STEP = 2**62  # "no non-finite step yet" in the device-side record
+# the blow-up guard: weights whose L2 norm (one per trained module and EMA copy) grew more than GROWTH_LIMIT times over
+# the weights the run started from (the system's, or the resumed checkpoint's: the last good write; norms below 1
+# count as 1) are never written; no optimizer step that trains gets there, an exploding one does
+GROWTH_LIMIT = 1e4
 
 
 @attrs.define
@@ -129,6 +135,18 @@ def parse_warmup(text, steps_per_epoch: int) -> int:
     if value < 0:
         raise ConfigError(f"--warmup must not be negative, got {text!r}")
     return int(value)
+
+
+def normal_data(spec: str) -> str:
+    """A --data value (or cache folder) with its path normalised, so `./x/`, `x` and `/abs/x` name the same data."""
+    text = str(spec).strip()
+    prefix, sep, rest = text.partition(":")
+    if not (sep and prefix.isidentifier() and not os.path.exists(text)):
+        prefix, rest = "", text  # a bare path
+    prefix = "" if prefix == "folder" else prefix  # `folder:ROOT` is ROOT
+    if rest and ("/" in rest or os.path.exists(rest)):
+        rest = os.path.realpath(os.path.expanduser(rest)) if os.path.exists(rest) else os.path.normpath(rest)
+    return f"{prefix}:{rest}" if prefix else rest
 
 
 def to_device(batch, device):
@@ -336,7 +354,7 @@ class Trainer:
                     f"not for `d2it train {self.task.name}`)"
                 )
         source, given = state.get("data_source"), self.config.data_source
-        if source is not None and given is not None and source != given:
+        if source is not None and given is not None and normal_data(source) != normal_data(given):
             raise CheckpointError(
                 f"checkpoint {path} was trained on {source}, this run is given {given}; "
                 "resume with the same data or start a new run directory"
@@ -352,7 +370,14 @@ class Trainer:
             if name not in state["optimizers"]:
                 raise CheckpointError(f"checkpoint {path} has no state for optimizer {name}")
             configured = [(g["base_lr"], g.get("weight_decay")) for g in opt.param_groups]
-            opt.load_state_dict(state["optimizers"][name])
+            try:
+                opt.load_state_dict(state["optimizers"][name])
+            except ValueError:  # torch: the groups' parameter counts differ
+                raise CheckpointError(
+                    f"checkpoint {path} trained other parameters with optimizer {name} than this run would (an option "
+                    "that adds or removes trained parameters, such as --learn-logvar, differs); resume with the "
+                    "options the run started with"
+                ) from None
             for group, (lr, decay) in zip(opt.param_groups, configured):  # this run's --lr / --weight-decay win
                 group["base_lr"] = lr
                 if decay is not None:
@@ -405,7 +430,7 @@ class Trainer:
 
     def _trim_log(self):
         """Drop log lines past the resumed step (written by the interrupted run after its last checkpoint)."""
-        path = self.run_dir / LOG_FILE
+        path = self._output.path(LOG_FILE)
         if not path.is_file():
             return
         kept = []
@@ -430,16 +455,19 @@ class Trainer:
             global_batch=self.global_batch,
             lr={k: o.param_groups[0]["base_lr"] for k, o in self.optimizers.items()},
         )
-        io.atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        provenance = data_provenance(getattr(self.task, "dataset", None))  # name, version, licence, ... if it says
+        if provenance:
+            doc["data_provenance"] = provenance
+        io.atomic_write_text(self._output.path(CONFIG_FILE), json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     def fit(self) -> list[dict]:
-        """Train to the configured length, holding the run directory's lock (rank 0); returns the logged records."""
-        lock = FolderLock(self.run_dir, "run directory").acquire() if dist.is_main() else None
+        """Train to the configured length in the claimed run directory (rank 0 holds its lock); returns the log."""
+        policy = dict(mode="append", legacy=outputs.run_files, what="run directory")
         try:
-            return self._fit()
+            with outputs.claimed(self.run_dir, "train", **policy) as self._output:  # only our files are written
+                return self._fit()
         finally:
-            if lock is not None:
-                lock.release()
+            self._output = None
 
     def _fit(self) -> list[dict]:
         """The loop. One optimizer step is `_forward_backward` (accumulated micro-batches), `_optimizer_step`
@@ -473,7 +501,7 @@ class Trainer:
             self._plan_resume()
         self._setup()
         if dist.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._output.path(ckpt.CKPT_DIR, folder=True)  # the checkpointer's own subfolder
             ckpt.clean_temporaries(self.run_dir)
         dist.barrier()
         resumed = self._resume() if cfg.resume else None
@@ -481,7 +509,7 @@ class Trainer:
             self._write_config()
             if resumed is not None:
                 self._trim_log()
-        self._log_file = open(self.run_dir / LOG_FILE, "a") if dist.is_main() else None
+        self._log_file = self._output.append(LOG_FILE) if dist.is_main() else None
         self._trackers = self._open_trackers() if dist.is_main() else []
         self._lines = progress.lines_enabled(cfg.quiet)
         self._bar = progress_bar(
@@ -497,6 +525,7 @@ class Trainer:
         self._first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=self.device)
         self._every_step = self.device.type != "cuda" or cfg.nan_policy == "skip-step"
         self._skipped_in_a_row = 0
+        self._start_norms = self.weight_norms()
 
     def _close(self):
         self._bar.close()
@@ -658,6 +687,37 @@ class Trainer:
                 f"training diverged: the weights hold NaN or infinite values at step {self.step} although the loss "
                 f"was finite; nothing was written from them and {self._last_good()} (lower --lr or set --max-grad-norm)"
             )
+        self.check_growth()
+
+    def weight_norms(self) -> dict[str, torch.Tensor]:
+        """The L2 norm (float64, on the device) of each trained module's and EMA copy's floating-point tensors."""
+        groups = {name: [*m.parameters(), *m.buffers()] for name, m in self.task.modules().items()}
+        groups.update({f"{name} (EMA)": list(e.shadow.values()) for name, e in self.ema.items()})
+        norms = {}
+        for name, tensors in groups.items():
+            floats = [t.detach() for t in tensors if t.is_floating_point()]
+            squares = [torch.linalg.vector_norm(t, dtype=torch.float64) ** 2 for t in floats]
+            norms[name] = torch.stack(squares).sum().sqrt() if squares else torch.zeros((), dtype=torch.float64)
+        return norms
+
+    def check_growth(self):
+        """Refuse to write weights that blew up: a norm more than GROWTH_LIMIT times the run's starting one."""
+        start = getattr(self, "_start_norms", None)
+        if not start:
+            return
+        now = self.weight_norms()
+        names = [n for n in start if n in now]
+        if not names:
+            return
+        ratio = torch.stack([now[n].to(self.device) / start[n].to(self.device).clamp(min=1.0) for n in names])
+        if dist.all_true((ratio <= GROWTH_LIMIT).all()):
+            return
+        worst = names[int(ratio.argmax())]
+        raise TrainingDiverged(
+            f"training diverged: the weights of {worst} grew from norm {float(start[worst]):.3g} to "
+            f"{float(now[worst]):.3g} by step {self.step} (more than {GROWTH_LIMIT:.0e} times, a blow-up); nothing "
+            f"was written from them and {self._last_good()} (lower --lr or set --max-grad-norm)"
+        )
 
     def write_preview(self) -> Path | None:
         """Write the task's preview for the current step (rank 0 only); its path on rank 0."""
@@ -665,8 +725,7 @@ class Trainer:
             self.raise_if_diverged()
         path = None
         if dist.is_main():
-            path = self.run_dir / PREVIEW_DIR / f"{ckpt.step_name(self.step)}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = self._output.path(f"{PREVIEW_DIR}/{ckpt.step_name(self.step)}.png")
             with self.evaluating():
                 self.task.write_preview(self, self.step, path)
         dist.barrier()

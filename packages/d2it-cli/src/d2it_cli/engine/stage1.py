@@ -7,7 +7,7 @@ import torch
 
 from d2it.layout import fine_ratio
 from d2it.system import update_extra
-from d2it_cli.data import first_items, open_dataset
+from d2it_cli.data import data_provenance, first_items, open_dataset
 from d2it_cli.engine import dist
 from d2it_cli.engine.draws import accepts
 from d2it_cli.engine.loop import Task
@@ -138,4 +138,5 @@ class DVAETask(Task):
     def finish(self, trainer):
         if dist.is_main():
             save_part(self.system_dir, "vae", {k: v.detach().cpu() for k, v in trainer.final_weights("vae").items()})
-            update_extra(self.system_dir, vae_loss=self.loss.convention())
+            # what the VAE learnt from (licence, attribution) travels with its weights; None where undescribed
+            update_extra(self.system_dir, vae_loss=self.loss.convention(), vae_data=data_provenance(self.dataset))

@@ -176,6 +176,7 @@ class ContentTask(Task):
         weight_decay: float = 0.0,
         grain_source: str = "gt",
         fine_ratio: float = 0.5,
+        grain_loss: str = "grain",
         preview_classes=None,
         preview_steps: int = 50,
     ):
@@ -187,7 +188,7 @@ class ContentTask(Task):
             )
         self.system, self.dataset, self.system_dir = system, cache, system_dir
         self.lr, self.weight_decay, self.grain_source, self.fine_ratio = lr, weight_decay, grain_source, fine_ratio
-        self.diffusion = make_diffusion(system)
+        self.diffusion = make_diffusion(system, grain_loss=grain_loss)
         self.scale = float(system.record.latent_scale)
         self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
         self.preview_steps = preview_steps

@@ -1,98 +1,77 @@
-"""Feature extractors from torch-fidelity's registry, with offline-safe weights and feature accumulation."""
+"""Feature extractors from torch-fidelity's registry, loaded as plain tensors, with feature accumulation.
+
+Only extractors whose weights are plain state dicts are offered: torch-fidelity's own module code is
+built with tensors read by `d2it.weights` (never by torch-fidelity, torchvision or torch.hub). CLIP
+(published as TorchScript archives) and DINOv2 (built by running a torch.hub repository's
+`hubconf.py`) cannot be loaded that way and are not offered. Extractors that other code registers
+with torch-fidelity are offered too; they build themselves, and a weights file reaches them as tensors.
+"""
 
 import hashlib
-import socket
-import tempfile
-import urllib.error
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-from torch_fidelity.utils import create_feature_extractor
 
+from d2it import weights as pretrained
 from d2it.errors import D2itError, DataError
 from d2it.io import file_sha256, state_sha256
 from d2it.progress import progress_bar
 
 INCEPTION = "inception-v3-compat"
-DOWNLOAD_TIMEOUT_S = 30
-INCEPTION_SHA_PREFIX = URL_INCEPTION_V3.rsplit("-", 1)[-1].split(".")[0]  # torch.hub's hash-prefix convention
+OPTION = "--inception-weights"
+OFFERED = {INCEPTION: URL_INCEPTION_V3, "vgg16": pretrained.VGG16_URL}  # name -> the file torch-fidelity would fetch
+WHAT = {INCEPTION: "FID Inception weights", "vgg16": "VGG16 feature extractor weights"}
+NOT_OFFERED = {  # torch-fidelity's other families, and why
+    "clip": "torch-fidelity loads CLIP from a TorchScript archive, which cannot be read as plain tensors",
+    "dinov2": "torch-fidelity builds DINOv2 by running a torch.hub repository's code",
+}
+
+
+def _sha_prefix(url: str) -> str:
+    """The SHA-256 prefix torch.hub file names carry (`name-<prefix>.pth`)."""
+    return url.rsplit("-", 1)[-1].split(".")[0]
 
 
 def inception_cache_path() -> Path:
     """Where torch-fidelity (torch.hub) caches the Inception weights it downloads."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+    return pretrained.hub_cache_path(URL_INCEPTION_V3)
 
 
-def _download(url: str, dst: Path):
-    """Fetch `url` to `dst` with torch.hub, failing after a bounded wait when there is no network."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        torch.hub.download_url_to_file(url, str(dst), progress=False)
-    finally:
-        socket.setdefaulttimeout(old)
+def _torch_fidelity_own(cls) -> bool:
+    """True for an extractor class that torch-fidelity itself defines."""
+    return cls.__module__.split(".")[0] == "torch_fidelity"
 
 
-def check_plain(path, what: str = "feature extractor weights") -> Path:
-    """Refuse a missing file or one that is not plain tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {path} do not exist")
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or truncated files
-        raise DataError(f"{what} {path} are not a plain state dict ({type(exc).__name__})") from None
-    return path
-
-
-@contextmanager
-def plain_copy(path):
-    """A private copy of `path` rewritten from its tensors alone (loaded with weights_only=True).
-
-    torch-fidelity loads its extractor weights with `weights_only=False`; it is handed this copy,
-    which holds nothing but the tensors we read, so a pickle planted in `path` never runs.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign, truncated or malicious files
-        raise DataError(f"feature extractor weights {path} are not a plain state dict ({type(exc).__name__})") from None
-    with tempfile.TemporaryDirectory(prefix="d2it-weights-") as tmp:
-        copy = Path(tmp) / "weights.pt"
-        torch.save(state, copy)
-        yield copy
-
-
-def resolve_weights(name: str, weights=None) -> Path | None:
-    """The local weights file for extractor `name`: the given path, torch-fidelity's cache, or a download."""
-    if weights:
-        return check_plain(weights)
-    if name != INCEPTION:
-        return None
-    cached = inception_cache_path()
-    if cached.is_file():
-        return check_plain(cached)
-    try:
-        _download(URL_INCEPTION_V3, cached)
-    except (TimeoutError, urllib.error.URLError, OSError) as exc:
-        raise D2itError(
-            f"the FID Inception weights are not in torch-fidelity's cache and cannot be downloaded ({exc}); "
-            f"fetch {URL_INCEPTION_V3} on a machine with internet and put it at {cached} or pass "
-            f"--inception-weights PATH"
-        ) from None
-    return cached
+def offered() -> list[str]:
+    """The feature extractor names `--feature-extractor` accepts."""
+    others = [n for n, cls in FEATURE_EXTRACTORS_REGISTRY.items() if not _torch_fidelity_own(cls)]
+    return sorted({*OFFERED, *others})
 
 
 def extractor_class(name: str):
-    """The torch-fidelity feature extractor class registered as `name`."""
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        valid = ", ".join(sorted(FEATURE_EXTRACTORS_REGISTRY))
-        raise D2itError(f"unknown feature extractor {name!r}; torch-fidelity has {valid}")
-    return FEATURE_EXTRACTORS_REGISTRY[name]
+    """The torch-fidelity feature extractor class registered as `name`, if it is offered."""
+    cls = FEATURE_EXTRACTORS_REGISTRY.get(name)
+    valid = ", ".join(offered())
+    if cls is not None and _torch_fidelity_own(cls) and name not in OFFERED:
+        reason = NOT_OFFERED.get(name.split("-")[0], "its weights cannot be read as plain tensors")
+        raise D2itError(f"feature extractor {name!r} is not offered ({reason}); valid: {valid}")
+    if cls is None:
+        raise D2itError(f"unknown feature extractor {name!r}; valid: {valid}")
+    return cls
+
+
+def load_weights(name: str, weights=None) -> tuple[Path | None, dict | None]:
+    """(file, plain tensors) of extractor `name`'s weights: the given file, else torch's cache (downloaded once)."""
+    if weights:
+        path = Path(weights)
+    elif name in OFFERED:
+        path = pretrained.hub_file(OFFERED[name], WHAT[name], OPTION)
+    else:  # an extractor registered by other code, without a weights file: it builds itself
+        return None, None
+    return path, pretrained.load_plain(path, "feature extractor weights file")
 
 
 class Extractor:
@@ -102,14 +81,9 @@ class Extractor:
         self.name = name
         self.cls = extractor_class(name)
         self.layers = sorted(set(layers))
-        self.weights_path = resolve_weights(name, weights)
-        if self.weights_path is None:
-            self.module = create_feature_extractor(name, self.layers, cuda=False, verbose=False)
-        else:
-            with plain_copy(self.weights_path) as plain:
-                self.module = create_feature_extractor(
-                    name, self.layers, cuda=False, verbose=False, feature_extractor_weights_path=str(plain)
-                )
+        self.weights_path, state = load_weights(name, weights)
+        where = f"weights {self.weights_path}" if self.weights_path else "its own weights"
+        self.module = pretrained.fidelity_extractor(name, self.layers, state, where)
         self.module.to(device)
         self.device = torch.device(device)
         if self.weights_path is not None:
@@ -134,14 +108,15 @@ class Extractor:
             "weights_path": str(self.weights_path.resolve()) if self.weights_path else None,
             "weights_sha256": self.weights_sha256,
             "weights_hashed": "file" if self.weights_path else "state_dict",
-            "weights_official": self.name == INCEPTION and self.weights_sha256.startswith(INCEPTION_SHA_PREFIX),
+            "weights_official": self.name in OFFERED
+            and self.weights_sha256.startswith(_sha_prefix(OFFERED[self.name])),
         }
 
 
 class FeatureAccumulator:
-    """Collects features and a SHA-256 of the uint8 HWC pixels of the images fed to it, in order."""
+    """Collects features (none without an extractor) and a SHA-256 of the uint8 HWC pixels fed to it, in order."""
 
-    def __init__(self, extractor: Extractor):
+    def __init__(self, extractor: Extractor | None):
         self.extractor = extractor
         self.parts: dict[str, list[torch.Tensor]] = {}
         self.hash = hashlib.sha256()
@@ -152,7 +127,7 @@ class FeatureAccumulator:
         if images.dtype != torch.uint8:
             raise DataError(f"feature extraction expects uint8 images, got {images.dtype}")
         self.hash.update(images.permute(0, 2, 3, 1).contiguous().numpy().tobytes())
-        for k, v in self.extractor(images).items():
+        for k, v in (self.extractor(images) if self.extractor is not None else {}).items():
             self.parts.setdefault(k, []).append(v)
         self.count += images.shape[0]
 
@@ -171,14 +146,19 @@ def _worker_message(exc: Exception) -> str:
     return last.split("DataError: ", 1)[-1]
 
 
-def extract(extractor: Extractor, images, batch_size: int = 64, workers: int = 0, progress: bool = False):
-    """Run `extractor` over a dataset of uint8 CHW tensors; returns the filled FeatureAccumulator."""
+def extract(
+    extractor: Extractor | None, images, batch_size: int = 64, workers: int = 0, progress: bool = False, sinks=()
+):
+    """Run `extractor` (None: hash only) over a dataset of uint8 CHW tensors, feeding each batch to `sinks` too
+    (pixel metrics' accumulators); returns the filled FeatureAccumulator."""
     acc = FeatureAccumulator(extractor)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers)
     try:
         with progress_bar(total=len(images), enabled=progress, unit="img", desc="features", leave=False) as bar:
             for batch in loader:
                 acc.add(batch)
+                for sink in sinks:
+                    sink.add(batch)
                 bar.update(batch.shape[0])
     except DataError as exc:
         raise DataError(_worker_message(exc)) from None

@@ -1,4 +1,4 @@
-"""The metric components: thin layers over torch-fidelity (FID, IS, KID, precision/recall) and lpips."""
+"""The metric components: thin layers over torch-fidelity (FID, IS, KID, precision/recall) and lpips; PSNR and SSIM."""
 
 import abc
 from pathlib import Path
@@ -66,6 +66,24 @@ class FeatureMetric(abc.ABC):
     @abc.abstractmethod
     def __call__(self, gen: FeatureSet, ref: FeatureSet | None, layer: str, seed: int) -> dict[str, float]:
         """Metric values from generated (and reference) features."""
+
+
+class PixelMetric(abc.ABC):
+    """A metric computed from the pixels of generated and reference images (no feature extractor, no weights).
+
+    `accumulator(seed)` gives an object whose `add(images)` takes uint8 (B, 3, H, W) batches in order;
+    calling the metric on two filled accumulators gives its values.
+    """
+
+    needs_reference = True
+
+    @abc.abstractmethod
+    def accumulator(self, seed: int):
+        """An empty per-set accumulator fed batch by batch."""
+
+    @abc.abstractmethod
+    def __call__(self, gen, ref) -> dict[str, float]:
+        """Metric values from the generated and the reference accumulators."""
 
 
 @attrs.frozen
@@ -251,3 +269,37 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B,) peak signal-to-noise ratio in dB of images in [-1, 1], computed on [0, 1]."""
     mse = ((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """(size,) normalised 1-D Gaussian window."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """(B,) structural similarity (Wang et al. 2004) of images in [-1, 1], computed on [0, 1].
+
+    Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, data range 1; local statistics over the valid
+    region (no padding) and the SSIM map averaged over pixels and channels, as pytorch-msssim and
+    skimage (gaussian_weights=True, use_sample_covariance=False).
+    """
+    if min(a.shape[-2:]) < window:
+        raise DataError(f"SSIM needs images of at least {window}x{window} pixels, got {a.shape[-1]}x{a.shape[-2]}")
+    x = (a.double().clamp(-1, 1) + 1) / 2
+    y = (b.double().clamp(-1, 1) + 1) / 2
+    c = x.shape[1]
+    w = _gaussian_window(window, sigma).to(x.device)
+    wy, wx = w.view(1, 1, -1, 1).expand(c, 1, -1, 1), w.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+
+    def filt(t):
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, wy, groups=c), wx, groups=c)
+
+    mu_x, mu_y = filt(x), filt(y)
+    var_x = filt(x * x) - mu_x**2
+    var_y = filt(y * y) - mu_y**2
+    cov = filt(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.flatten(1).mean(1).float()

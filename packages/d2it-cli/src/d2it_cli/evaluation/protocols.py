@@ -9,7 +9,9 @@ from d2it.errors import D2itError
 from d2it.layout import fine_ratio
 from d2it.registry import default_registry
 from d2it_cli.engine import dist
-from d2it_cli.evaluation.scoring import Settings, parse_metrics, score
+from d2it_cli.evaluation.extractor import extractor_class
+from d2it_cli.evaluation.metrics import FeatureMetric, PixelMetric
+from d2it_cli.evaluation.scoring import Settings, check_pixel_reference, make_metrics, parse_metrics, score
 from d2it_cli.generation import SampleSettings, require_vae, sample_to_dir, split_sampler_sets, with_sampler
 
 # FFHQ FID-10K (paper Table 1 and ablations), ImageNet FID-50K with IS and precision/recall (Table 2)
@@ -50,6 +52,10 @@ def sample_and_score(
     """
     registry = registry or default_registry()
     sampler_sets, sets = split_sampler_sets(sets, others="metrics")
+    metrics = make_metrics(registry, names, sets)  # bad metric options and a stats file for swd fail before sampling
+    check_pixel_reference(ref, [n for n, m in metrics.items() if isinstance(m, PixelMetric)])
+    if any(isinstance(m, FeatureMetric) for m in metrics.values()):
+        extractor_class(settings.extractor)  # an unknown or refused feature extractor fails before sampling
     record, _ = systems.read_record(system_dir)
     require_vae(record, system_dir)
     sampling = with_sampler(sampling, record, sampler_sets, registry)

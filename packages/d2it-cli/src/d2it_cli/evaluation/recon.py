@@ -1,4 +1,4 @@
-"""Reconstruction evaluation of a system's VAE: rFID, LPIPS, PSNR and the achieved fine-grain ratio."""
+"""Reconstruction evaluation of a system's VAE: rFID, LPIPS, PSNR, SSIM, SWD and the achieved fine-grain ratio."""
 
 import os
 
@@ -10,11 +10,13 @@ from d2it.errors import D2itError, DataError
 from d2it.layout import fine_ratio
 from d2it_cli.data import is_streaming, one_pass, open_dataset
 from d2it_cli.evaluation.extractor import Extractor, FeatureAccumulator
-from d2it_cli.evaluation.metrics import FeatureSet, psnr
+from d2it_cli.evaluation.metrics import FeatureSet, PixelMetric, psnr, ssim
 from d2it_cli.evaluation.scoring import Settings, extractor_class, make_metrics, versions
 from d2it_cli.images import to_uint8
 
-RECON_METRICS = ("rfid", "lpips", "psnr")
+RECON_METRICS = ("rfid", "lpips", "psnr", "ssim")  # the default of `eval recon --metrics`
+RECON_ALLOWED = (*RECON_METRICS, "swd")
+PIXELWISE = ("psnr", "ssim")  # computed here per image pair, not registered components
 
 
 def _uint8(images: torch.Tensor) -> torch.Tensor:
@@ -49,14 +51,16 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
         if total < num:
             raise DataError(f"{data} holds {total} images, fewer than the {num} requested (--num)")
         dataset = Subset(dataset, range(num))
-    metrics = make_metrics(registry, [n for n in names if n != "psnr"], sets, device=settings.device)
+    metrics = make_metrics(registry, [n for n in names if n not in PIXELWISE], sets, device=settings.device)
+    pixel = {n: (m.accumulator(settings.seed), m.accumulator(settings.seed))  # (inputs, reconstructions)
+             for n, m in metrics.items() if isinstance(m, PixelMetric)}  # fmt: skip
     lpips_metric = metrics.get("lpips")
     extractor = acc_in = acc_out = None
     if "rfid" in metrics:
         layer = metrics["rfid"].layer_for(extractor_class(settings.extractor))
         extractor = Extractor(settings.extractor, [layer], settings.weights, settings.device)
         acc_in, acc_out = FeatureAccumulator(extractor), FeatureAccumulator(extractor)
-    sums = {"lpips": 0.0, "psnr": 0.0, "fine": 0.0, "regions": 0}
+    sums = {"lpips": 0.0, "psnr": 0.0, "ssim": 0.0, "fine": 0.0, "regions": 0}
     count = 0
     grains = getattr(vae, "grains", 1) or 1
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers)
@@ -69,12 +73,19 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
         recon, grain_map = reconstruct(vae, images)
         recon = recon.float().clamp(-1, 1)
         count += images.shape[0]
+        if acc_in is not None or pixel:  # the uint8 pixels a saved PNG would hold, as `eval gen` reads them
+            images_u8, recon_u8 = _uint8(images), _uint8(recon)
         if acc_in is not None:
-            acc_in.add(_uint8(images))
-            acc_out.add(_uint8(recon))
+            acc_in.add(images_u8)
+            acc_out.add(recon_u8)
+        for pix_in, pix_out in pixel.values():
+            pix_in.add(images_u8)
+            pix_out.add(recon_u8)
         if lpips_metric is not None:
             sums["lpips"] += float(lpips_metric(recon, images).sum())
         sums["psnr"] += float(psnr(recon, images).sum())
+        if "ssim" in names:
+            sums["ssim"] += float(ssim(recon, images).sum())
         if grain_map is not None and grains > 1:
             sums["fine"] += float(fine_ratio(grain_map)) * grain_map.numel()
             sums["regions"] += grain_map.numel()
@@ -86,8 +97,11 @@ def evaluate_recon(system_dir, data, names, registry=None, settings: Settings | 
         values.update(metrics["rfid"](recon_set, input_set, layer, settings.seed))
     if lpips_metric is not None:
         values["lpips"] = sums["lpips"] / count
-    if "psnr" in names:
-        values["psnr"] = sums["psnr"] / count
+    for n in PIXELWISE:
+        if n in names:
+            values[n] = sums[n] / count
+    for n, (pix_in, pix_out) in pixel.items():
+        values.update(metrics[n](pix_out, pix_in))
     values["fine_ratio"] = sums["fine"] / sums["regions"] if sums["regions"] else None
     return {
         "metrics": values,

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from d2it.errors import DataError
-from d2it.io import atomic_path, atomic_write_text, file_sha256, load_safetensors
+from d2it.io import atomic_write_text, file_sha256, load_safetensors, save_safetensors
 from d2it_cli.evaluation.metrics import FeatureSet
 
 FORMAT = 1
@@ -18,12 +17,13 @@ STATS_SUFFIX = ".safetensors"
 
 
 class Reference:
-    """A reference set's features/statistics plus what produced them."""
+    """A reference set's features/statistics (and pixel metrics' accumulators) plus what produced them."""
 
-    def __init__(self, features: FeatureSet, meta: dict, description: dict):
+    def __init__(self, features: FeatureSet, meta: dict, description: dict, pixels: dict | None = None):
         self.features = features
         self.meta = meta  # extractor, image size, source of the statistics
         self.description = description  # for result JSON: path, kind, hashes
+        self.pixels = dict(pixels or {})  # pixel metric name -> its filled accumulator (from reference images)
 
 
 def save_reference(path, features: FeatureSet, layers, meta: dict, keep_features: bool = True):
@@ -39,8 +39,7 @@ def save_reference(path, features: FeatureSet, layers, meta: dict, keep_features
         if keep_features:
             tensors[f"features.{layer}"] = features.layer(layer).contiguous()
     meta = {**meta, "format": FORMAT, "layers": sorted(layers), "has_features": keep_features}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    save_safetensors(tensors, path, {META_KEY: json.dumps(meta, sort_keys=True)})
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 

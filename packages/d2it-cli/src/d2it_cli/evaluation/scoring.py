@@ -11,10 +11,11 @@ from d2it.registry import default_registry
 from d2it.system import package_versions
 from d2it_cli.evaluation.extractor import INCEPTION, Extractor, extract, extractor_class
 from d2it_cli.evaluation.images import ImageSet, open_images
-from d2it_cli.evaluation.metrics import FeatureMetric, FeatureSet
+from d2it_cli.evaluation.metrics import FeatureMetric, FeatureSet, PixelMetric
 from d2it_cli.evaluation.reference import STATS_SUFFIX, Reference, check_compatible, load_reference, save_reference
 
-GEN_METRICS = ("fid", "isc", "kid", "prc")
+GEN_METRICS = ("fid", "isc", "kid", "prc")  # the default of `eval gen --metrics`
+GEN_ALLOWED = (*GEN_METRICS, "swd")  # swd: pixels only, opt-in (its descriptors take memory)
 THIRD_PARTY = ("torch", "torchvision", "torch-fidelity", "lpips", "numpy", "pillow", "scipy")
 ADM_LAYER = "2048"  # ADM's reference batches hold pool3 statistics
 
@@ -45,7 +46,7 @@ class Settings:
     progress: bool = False
 
 
-def parse_metrics(text: str, allowed=GEN_METRICS) -> list[str]:
+def parse_metrics(text: str, allowed=GEN_ALLOWED) -> list[str]:
     """Comma-separated metric names, validated against `allowed`."""
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
@@ -71,29 +72,34 @@ def make_metrics(registry, names, sets=(), **context) -> dict:
     return out
 
 
-def build_extractor(metrics: dict, settings: Settings) -> tuple[Extractor, dict]:
-    """The extractor for these metrics and metric name -> feature layer."""
+def build_extractor(metrics: dict, settings: Settings) -> tuple[Extractor | None, dict]:
+    """The extractor for these metrics (None when none reads features) and metric name -> feature layer."""
+    if not any(isinstance(m, FeatureMetric) for m in metrics.values()):
+        return None, {}
     cls = extractor_class(settings.extractor)
     layers = {n: m.layer_for(cls) for n, m in metrics.items() if isinstance(m, FeatureMetric)}
     extractor = Extractor(settings.extractor, layers.values(), settings.weights, settings.device)
     return extractor, layers
 
 
-def images_features(images: ImageSet, extractor: Extractor, settings: Settings) -> tuple[FeatureSet, dict]:
-    """Features of an image set and its description (with the pixel hash)."""
-    acc = extract(extractor, images, settings.batch_size, settings.workers, settings.progress)
+def images_features(images: ImageSet, extractor, settings: Settings, sinks=()) -> tuple[FeatureSet, dict]:
+    """Features of an image set (none without an extractor) and its description (with the pixel hash);
+    every batch also goes to `sinks` (pixel metrics' accumulators)."""
+    acc = extract(extractor, images, settings.batch_size, settings.workers, settings.progress, sinks)
     return FeatureSet(acc.features()), {**images.describe(), "pixel_sha256": acc.pixel_sha256()}
 
 
 def resolve_reference(ref, extractor, layers, metrics, image_size, settings) -> Reference:
-    """A Reference from a statistics file, an image folder or an (ADM) .npz."""
+    """A Reference from a statistics file, an image folder or an (ADM) .npz; pixel metrics need images."""
     used = {n: m for n, m in metrics.items() if isinstance(m, FeatureMetric) and m.needs_reference}
+    pixel = {n: m for n, m in metrics.items() if isinstance(m, PixelMetric)}
     stats_layers = sorted({layers[n] for n in used})
     feat_layers = sorted({layers[n] for n, m in used.items() if m.needs_reference_features})
     fid_layers = {layers[n] for n, m in used.items() if not m.needs_reference_features}
-    if not stats_layers:
+    if not stats_layers and not pixel:
         return None
     path = Path(ref)
+    check_pixel_reference(ref, pixel)
     if path.suffix == STATS_SUFFIX:
         reference = load_reference(path)
         check_compatible(reference, path, extractor, image_size, stats_layers, feat_layers)
@@ -102,20 +108,32 @@ def resolve_reference(ref, extractor, layers, metrics, image_size, settings) -> 
     if tuple(images.image_size) != tuple(image_size):
         h, w = images.image_size
         raise DataError(f"reference images {ref} are {w}x{h} but the samples are {image_size[1]}x{image_size[0]}")
-    features, description = images_features(images, extractor, settings)
-    description["fid_statistics"] = "computed from the reference images"
+    sinks = {n: m.accumulator(settings.seed) for n, m in pixel.items()}
+    features, description = images_features(images, extractor, settings, sinks.values())
+    if extractor is not None:
+        description["fid_statistics"] = "computed from the reference images"
     adm = images.extra
-    if "mu" in adm and "sigma" in adm:
+    if extractor is not None and "mu" in adm and "sigma" in adm:
         if extractor.name != INCEPTION or fid_layers - {ADM_LAYER}:
             raise DataError(f"{ref} holds ADM Inception pool3 statistics, usable only with {INCEPTION} FID")
         features.set_stats(ADM_LAYER, adm["mu"], adm["sigma"])
         description["fid_statistics"] = "ADM reference batch mu/sigma (precomputed by the ADM suite)"
-    meta = {"extractor": extractor.describe(), "image_size": list(images.image_size)}
-    return Reference(features, meta, description)
+    meta = {"extractor": extractor.describe() if extractor else None, "image_size": list(images.image_size)}
+    return Reference(features, meta, description, pixels=sinks)
 
 
-def check_reference(ref, settings: Settings):
+def check_pixel_reference(ref, names):
+    """Refuse a statistics file as the reference of a pixel metric (swd): it holds features, not images."""
+    if names and Path(ref).suffix == STATS_SUFFIX:
+        raise DataError(
+            f"{', '.join(names)} compares image pixels, which the statistics file {ref} does not hold; "
+            "give --ref an image folder or .npz"
+        )
+
+
+def check_reference(ref, settings: Settings, metrics: dict | None = None):
     """Open the reference cheaply (statistics file or image headers) so a bad one fails before any network runs."""
+    check_pixel_reference(ref, [n for n, m in (metrics or {}).items() if isinstance(m, PixelMetric)])
     path = Path(ref)
     if path.suffix == STATS_SUFFIX:
         load_reference(path)
@@ -127,18 +145,22 @@ def score(samples, ref, names, registry, settings: Settings, num=None, sets=()) 
     """Score generated images (folder or .npz) against `ref`; returns the full result document."""
     metrics = make_metrics(registry, names, sets, device=settings.device)
     images = open_images(samples, num, settings.resize, settings.image_size)
-    check_reference(ref, settings)
+    check_reference(ref, settings, metrics)
     extractor, layers = build_extractor(metrics, settings)
     reference = resolve_reference(ref, extractor, layers, metrics, images.image_size, settings)
-    gen, gen_desc = images_features(images, extractor, settings)
+    sinks = {n: m.accumulator(settings.seed) for n, m in metrics.items() if isinstance(m, PixelMetric)}
+    gen, gen_desc = images_features(images, extractor, settings, sinks.values())
     values = {}
     for n, metric in metrics.items():
-        values.update(metric(gen, reference.features if reference else None, layers[n], settings.seed))
+        if n in sinks:
+            values.update(metric(sinks[n], reference.pixels[n]))
+        else:
+            values.update(metric(gen, reference.features if reference else None, layers[n], settings.seed))
     return {
         "metrics": values,
         "samples": gen_desc,
         "reference": reference.description if reference else None,
-        "feature_extractor": {**extractor.describe(), "layers": layers},
+        "feature_extractor": {**extractor.describe(), "layers": layers} if extractor else None,
         "metric_options": {n: m.options for n, m in metrics.items()},
         "image_size": list(images.image_size),
         "resize": {"policy": settings.resize, "image_size": settings.image_size},

@@ -16,7 +16,7 @@ from d2it.io import load_into
 from d2it.registry import default_registry
 from d2it_cli.interop.sd_vae import load_sd_vae_into, read_sd_vae
 from d2it_cli.interop.weights import read_state_dict, require
-from d2it_cli.outputs import system_target
+from d2it_cli.outputs import save_system, system_target
 
 # hidden size -> (size name, heads) of DiT's configs (DiT-S/B/L/XL)
 DIT_SIZES = {384: ("s", 6), 768: ("b", 12), 1024: ("l", 16), 1152: ("xl", 16)}
@@ -120,7 +120,7 @@ def import_dit(
     extra = {"imported": {"from": "dit", "checkpoint": Path(checkpoint).name}}
     if vae_state is not None:
         extra["imported"]["vae"] = vae_state["source"]
-    systems.save(system.eval(), out, extra=extra)
+    save_system(system.eval(), out, overwrite=overwrite, extra=extra)
     return system
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from d2it import checks
 from d2it import system as systems
 from d2it.errors import CheckpointError, ConfigError
 from d2it.io import load_into, load_safetensors
 from d2it.registry import default_registry
 from d2it_cli.interop.weights import read_state_dict, require
-from d2it_cli.outputs import system_target
+from d2it_cli.outputs import save_system, system_target
 
 SD_LATENT_SCALE = 0.18215
 # the names `--vae` accepts for the VAEs DiT was evaluated with -> their Hub repositories
@@ -129,9 +130,22 @@ def _ldm_options(tensors: dict, path) -> dict:
 def _diffusers_config(folder: Path) -> dict:
     path = folder / "config.json"
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # JSON and UTF-8
         raise CheckpointError(f"{path} cannot be read as a diffusers config ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a diffusers config (a JSON {type(config).__name__}, not an object)")
+    try:  # the entries read below, each of the type and range diffusers gives it
+        checks.field(config, "_class_name", str(path), types=(str,), optional=True)
+        checks.field(config, "scaling_factor", str(path), low=0, optional=True)
+        if config.get("scaling_factor") is not None and not config["scaling_factor"] > 0:
+            raise ConfigError(
+                f"{path} entry 'scaling_factor' must be a finite number > 0, got {config['scaling_factor']}"
+            )
+        checks.field(config, "norm_num_groups", str(path), low=1, integer=True, optional=True)
+        checks.field(config, "shift_factor", str(path), types=(int, float), optional=True)
+    except ConfigError as exc:
+        raise CheckpointError(f"malformed diffusers config: {exc}") from None
     if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
         raise CheckpointError(f"{folder} holds a diffusers {config['_class_name']}, not an AutoencoderKL")
     if config.get("shift_factor") not in (None, 0, 0.0):
@@ -148,8 +162,8 @@ def read_sd_vae(source) -> dict:
         if weights is None:
             raise CheckpointError(f"{path} has config.json but no {' or '.join(DIFFUSERS_WEIGHTS)}")
         ldm = _diffusers_to_ldm(read_state_dict(weights, what="diffusers AutoencoderKL weights"))
-        scale = float(config.get("scaling_factor", SD_LATENT_SCALE))
-        if config.get("norm_num_groups", 32) != 32:
+        scale = float(config.get("scaling_factor") or SD_LATENT_SCALE)
+        if config.get("norm_num_groups") not in (None, 32):
             raise CheckpointError(f"{path}: norm_num_groups {config['norm_num_groups']} is not supported (LDM uses 32)")
     elif path.is_file():
         state = read_state_dict(path, what="an LDM / SD autoencoder checkpoint")
@@ -203,5 +217,5 @@ def import_sd_vae(
                 load_into(module, tensors, where=str(path))
     load_sd_vae_into(system.vae, state)
     extra = {**extra, "imported_vae": {"from": "sd-vae", "source": state["source"]}}
-    systems.save(system.eval(), out, extra=extra)
+    save_system(system.eval(), out, update=True, extra=extra)
     return system

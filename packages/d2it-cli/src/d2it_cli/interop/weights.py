@@ -6,6 +6,7 @@ import torch
 
 from d2it.errors import CheckpointError
 from d2it.io import load_safetensors
+from d2it.weights import read_weights_only
 
 
 def read_state_dict(path, *, what: str, nested=("state_dict",)) -> dict:
@@ -21,7 +22,7 @@ def read_state_dict(path, *, what: str, nested=("state_dict",)) -> dict:
         tensors, _ = load_safetensors(path)
         return tensors
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights_only(path)
     except Exception as exc:  # torch raises several types for pickled objects and foreign files
         raise CheckpointError(
             f"{path} cannot be read as {what} with weights_only=True ({type(exc).__name__}): it is not a torch "
