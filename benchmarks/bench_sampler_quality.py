@@ -71,7 +71,8 @@ def train_demo(workdir: Path) -> Path:
     from d2it_cli.demo import run_demo
     from d2it_cli.main import load_registry, make_cli
 
-    run_demo(ClickRunner(make_cli(load_registry())), workdir, device="cpu", quick=True, quiet=True, overrides=DEMO_PLAN)
+    cli = ClickRunner(make_cli(load_registry()))
+    run_demo(cli, workdir, device="cpu", quick=True, quiet=True, overrides=DEMO_PLAN, data="synthetic")
     return workdir / "system"
 
 

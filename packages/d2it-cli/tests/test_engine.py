@@ -270,3 +270,12 @@ def test_a_new_learning_rate_applies_on_resume(tmp_path):
     Trainer(ToyTask(), config(tmp_path, steps=2, warmup="0")).fit()
     Trainer(ToyTask(lr=1e-3), config(tmp_path, steps=3, warmup="0", resume="latest")).fit()
     assert [r["lr"] for r in read_log(tmp_path)] == [1e-2, 1e-2, 1e-3]
+
+
+def test_a_short_run_is_warned_that_its_ema_is_still_the_start():
+    from d2it_cli.engine.ema import stale_ema
+
+    # DiT's 0.9999 over 300 steps keeps 0.9999**300 = 97% of the initial weights: what a short run would write
+    warning = stale_ema(0.9999, 300)
+    assert "97% of the starting weights after 300 steps" in warning and "--ema-decay (e.g. 0.983)" in warning
+    assert stale_ema(0.99, 300) is None and stale_ema(0.9999, 400_000) is None

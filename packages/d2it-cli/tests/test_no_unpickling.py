@@ -374,9 +374,10 @@ def test_refused_extractors_say_which_are_offered():
     assert not any(n.startswith(("clip", "dinov2")) for n in offered())
     with pytest.raises(D2itError, match=r"'clip-vit-b-32' is not offered \(.*TorchScript.*\); valid: .*vgg16"):
         extractor_class("clip-vit-b-32")
-    with pytest.raises(D2itError, match=r"'dinov2-vit-s-14' is not offered \(.*torch.hub.*\); valid: incep"):
+    # another test may have registered a tiny extractor with torch-fidelity, so the list may hold more names
+    with pytest.raises(D2itError, match=r"'dinov2-vit-s-14' is not offered \(.*torch.hub.*\); valid: .*inception"):
         extractor_class("dinov2-vit-s-14")
-    with pytest.raises(D2itError, match=r"unknown feature extractor 'zz'; valid: inception-v3-compat"):
+    with pytest.raises(D2itError, match=r"unknown feature extractor 'zz'; valid: .*inception-v3-compat"):
         extractor_class("zz")
 
 

@@ -141,7 +141,8 @@ def test_kl_loss_is_normalised_as_ldm(logvar):
     # the KL weighs like LDM's whatever the image size: ratio of KL to NLL gradients is size-free
     assert loss_fn.convention() == {
         "normalization": "ldm", "reg_weight": 1e-6, "perceptual_weight": 1.0, "adaptive_cap": 0.75,
-        "adaptive_cap_times_pixels": True, "learn_logvar": False, "logvar_init": logvar, "logvar": pytest.approx(logvar),
+        "adaptive_cap_times_pixels": True, "learn_logvar": False, "logvar_init": logvar,
+        "logvar": pytest.approx(logvar),
     }  # fmt: skip
 
 

@@ -96,6 +96,10 @@ class WandbTracker(Tracker):
             )
         except Exception as exc:  # wandb raises its own types (no API key, no network, a bad setting)
             reason = " ".join(str(exc).split()) or type(exc).__name__
+            try:  # a failed init leaves wandb's process-wide state behind, which a later run (a notebook) would inherit
+                self.wandb.teardown()
+            except Exception:  # noqa: BLE001 - cleaning up after a failure must not hide it
+                pass
             raise ConfigError(
                 f"--report-to wandb could not start a wandb run ({reason.rstrip('.')}); run `wandb login` or set "
                 "WANDB_API_KEY, or set WANDB_MODE=offline to log locally and `wandb sync` later"

@@ -27,8 +27,8 @@ LAZY_COMMANDS = {
                                                   "d2it sample / eval sample-and-score)."),
     "eval": ("d2it_cli.commands.evaluate:eval_group", "Evaluate: FID/IS/KID/precision-recall of samples, reference "
                                                       "statistics, VAE reconstructions."),
-    "demo": ("d2it_cli.commands.demo:demo", "Build, train (DVAE, grain, content) and sample D²iT on synthetic data; "
-                                            "report in OUT/index.html."),
+    "demo": ("d2it_cli.commands.demo:demo", "Build, train (DVAE, grain, content) and sample D²iT on emoji or "
+                                            "synthetic data; report in OUT/index.html."),
     "import": ("d2it_cli.commands.interop:import_group", "Turn published weights (an official DiT checkpoint, Stable "
                                                          "Diffusion's VAE) into a d2it system."),
     "push": ("d2it_cli.commands.interop:push", "Upload a system (d2it.json, weights, eval metrics, a generated model "

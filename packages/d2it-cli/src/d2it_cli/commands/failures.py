@@ -10,8 +10,7 @@ import os
 
 import click
 
-from d2it.errors import D2itError
-from d2it.errors import WriteFailed
+from d2it.errors import D2itError, WriteFailed
 
 EXIT_USER = 2
 

@@ -19,6 +19,7 @@ from d2it_cli.commands.params import (
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
 from d2it_cli.data import data_options
 from d2it_cli.engine import Trainer, dist
+from d2it_cli.engine.ema import stale_ema
 from d2it_cli.engine.loop import NAN_POLICIES, PRECISIONS, seed_everything
 from d2it_cli.engine.parts import train_config
 from d2it_cli.engine.stage1 import DVAETask
@@ -141,6 +142,10 @@ def _fit(task, config, part: str, system_dir):
         if k not in ("step", "epoch", "time", "lr_factor") and isinstance(v, float)
     }
     click.echo(f"trained {part} for {trainer.step} steps; last log {json.dumps(losses)}")
+    for ema in trainer.ema.values():  # the trainers' default decay 0.9999 averages over ~10,000 steps
+        warning = stale_ema(ema.decay, trainer.step)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {system_dir}/{part}.safetensors; run directory {trainer.run_dir}")
 
 

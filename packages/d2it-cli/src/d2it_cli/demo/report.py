@@ -292,7 +292,7 @@ def to_nchw(images: np.ndarray) -> torch.Tensor:
 
 SWD_TEXT = (
     "The multi-scale sliced Wasserstein distance (SWD, Karras et al. 2018) compares the distribution of "
-    "7&times;7-pixel neighbourhoods of two image sets at every level of a Laplacian pyramid (64, 32 and 16 "
+    "7&times;7-pixel neighbourhoods of two image sets at every level of a Laplacian pyramid ({levels} "
     "pixels: the finest level measures edges and texture, the coarsest colours and shapes), &times;10&sup3;; "
     "<b>lower is better</b> and 0 means identical sets. It needs no downloaded network, unlike FID. The "
     "floor is the SWD of as many real training images against the same held-out split: what a perfect "
@@ -315,7 +315,7 @@ def swd_section(samples: np.ndarray, heldout: torch.Tensor, train: torch.Tensor,
         f"{len(samples)} samples vs {len(real)} held-out",
         f"{len(train)} training images vs {len(real)} held-out (floor)",
     ]
-    text = SWD_TEXT + html.escape(
+    text = SWD_TEXT.format(levels=", ".join(k.split("_")[1] for k in keys)) + html.escape(
         f" Samples: {model['swd']:.1f}; floor: {floor['swd']:.1f} (ratio {model['swd'] / max(floor['swd'], 1e-9):.1f})."
     )
     results = {
@@ -523,12 +523,12 @@ def report_sections(demo) -> list:
         )
     previews = sorted((runs["grain"] / "samples").glob("*.png")) if runs["grain"].is_dir() else []
     if previews:
-        what = "per class" if demo.plan.num_classes > 1 else ""
+        what = " per class" if demo.plan.num_classes > 1 else ""
         sections.append(
             Section(
                 "Grain transformer preview",
                 figures=[
-                    Figure(previews[-1], f"Grain maps the trained grain transformer samples {what} (training preview).")
+                    Figure(previews[-1], f"Grain maps the trained grain transformer samples{what} (training preview).")
                 ],
             )
         )
@@ -536,12 +536,10 @@ def report_sections(demo) -> list:
         ("system (d2it.json + safetensors)", demo.system_dir),
         ("samples (PNGs, grid, samples.npz)", demo.samples_dir),
         ("latent cache", demo.cache_dir),
-        ("timings.json", out / "timings.json"),
-        ("results.json", out / "results.json"),
     ]
-    items = "".join(
-        f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>' for t, p in links if p.exists()
-    )
+    links = [(t, p) for t, p in links if p.exists()]
+    links += [("timings.json", out / "timings.json"), ("results.json", out / "results.json")]  # written last
+    items = "".join(f'<li><a href="{html.escape(_rel(p, out))}">{html.escape(t)}</a></li>' for t, p in links)
     sections.append(Section("Files", html=f"<ul>{items}</ul>"))
     return sections
 

@@ -6,6 +6,17 @@ import torch
 from torch import nn
 
 
+def stale_ema(decay: float, steps: int) -> str | None:
+    """A warning when an EMA of `steps` updates still holds over half its starting weights (decay**steps > 0.5)."""
+    left = float(decay) ** int(steps)
+    if left <= 0.5:
+        return None
+    return (
+        f"the EMA weights written (decay {decay}) still hold {100 * left:.0f}% of the starting weights after "
+        f"{steps} steps; for a run this short pass --ema-decay (e.g. {min(0.999, max(0.9, 1 - 5 / max(steps, 1))):.3g})"
+    )
+
+
 class EMA:
     """Float32 shadow copies of a module's floating-point state, updated after every optimizer step."""
 
