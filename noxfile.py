@@ -104,7 +104,9 @@ def integration(session):
     """Cross-package tests with a third-party example plugin installed from its folder."""
     env = shared_env(session)
     # the example plugins go into a separate folder on PYTHONPATH, so unit-test runs never see them
-    plugins = [str(ROOT / "integration_tests" / name) for name in ("example_plugin", "broken_plugin")]
+    # frozen_plugin_v0_1: a plugin written against d2it 0.1.0, never updated (the plugin API must hold still)
+    names = ("example_plugin", "broken_plugin", "frozen_plugin_v0_1")
+    plugins = [str(ROOT / "integration_tests" / name) for name in names]
     _pip_install(session, "--force-reinstall", "--target", str(PLUGINS), "--upgrade", *plugins)
     env["PYTHONPATH"] = str(PLUGINS)
     _pytest(session, env, str(ROOT / "integration_tests"))

@@ -225,7 +225,7 @@ class Bench:
             "train", "dvae", "--system", system, "--data", self.data, *opts, "--steps", p.vae_steps,
             "--batch", p.vae_batch, "--lr", p.vae_lr, "--perceptual-weight", 0, "--disc-start", p.vae_steps + 1,
             "--log-every", max(1, p.vae_steps // 20), "--sample-every", p.vae_steps, "--ckpt-every", p.vae_steps,
-            "--seed", 0, *extra, *flags,
+            "--seed", 0, "--save-to-system", "--overwrite", *extra, *flags,
         )  # fmt: skip
 
     def encode(self, system: Path) -> Path:
@@ -241,7 +241,7 @@ class Bench:
     def clone(self, source: Path, name: str, seed: int) -> Path:
         """A copy of a system folder without runs or caches, its content model freshly initialised from `seed`."""
         from d2it import system as systems
-        from d2it_cli.engine.parts import save_part
+        from d2it.parts import save_part
 
         target = self.work / name
         if target.exists():
@@ -261,7 +261,8 @@ class Bench:
             "train", "content", "--system", system, "--cache", cache, "--steps", steps,
             "--batch", p.content_batch, "--lr", p.content_lr, "--ema-decay", p.ema_decay,
             "--log-every", max(1, p.content_steps // 20), "--sample-every", 0, "--ckpt-every", steps,
-            "--seed", seed, *(["--resume", "latest"] if resume else []), *extra, *flags,
+            "--seed", seed, "--save-to-system", *(["--resume", "latest"] if resume else ["--overwrite"]), *extra,
+            *flags,
         )  # fmt: skip
 
     def train_grain(self, system: Path, cache: Path, seed: int):
@@ -272,7 +273,8 @@ class Bench:
             "train", "grain", "--system", system, "--cache", cache, "--steps", p.grain_steps,
             "--batch", p.grain_batch, "--lr", p.grain_lr, "--ema-decay", p.grain_ema_decay,
             "--log-every", max(1, p.grain_steps // 10),
-            "--sample-every", 0, "--ckpt-every", p.grain_steps, "--seed", seed, *flags,
+            "--sample-every", 0, "--ckpt-every", p.grain_steps, "--seed", seed, "--save-to-system", "--overwrite",
+            *flags,
         )  # fmt: skip
 
 

@@ -31,12 +31,12 @@ def trained(tmp_path_factory):
     run_d2it("build", *TINY, "--out", system, check=0)
     run_d2it("thresholds", "--data", DATA, "--system", system, "--out", root / "thresholds.json", check=0)
     dvae = ["train", "dvae", "--system", system, "--data", DATA, *FAST, "--steps", "2", "--perceptual-weight", "0"]
-    run_d2it(*dvae, check=0)
+    run_d2it(*dvae, "--save-to-system", check=0)  # the next stages read the trained part from the system
     run_d2it("encode", "--system", system, "--data", DATA, "--out", cache, "--quiet", check=0)
     for part in ("grain", "content"):
         # two steps, then resume to three: the resumed run continues the log
         run_dir = root / f"run-{part}"
-        args = ["train", part, "--system", system, "--cache", cache, *FAST, "--run-dir", run_dir]
+        args = ["train", part, "--system", system, "--cache", cache, *FAST, "--run-dir", run_dir, "--save-to-system"]
         run_d2it(*args, "--steps", "2", check=0)
         run_d2it(*args, "--steps", "3", "--resume", "latest", check=0)
         assert [r["step"] for r in log(run_dir)] == [1, 2, 3]

@@ -13,7 +13,7 @@ from d2it.errors import CheckpointError, ConfigError, DataError
 from d2it_cli.engine import Task, TrainConfig, Trainer, latest_checkpoint, load_checkpoint, read_log
 from d2it_cli.engine import checkpoint as ckpt
 from d2it_cli.engine.feed import GlobalOrder
-from d2it_cli.engine.loop import derive_batch
+from d2it_cli.engine.split import BatchSplit
 
 
 class Noisy(torch.utils.data.Dataset):
@@ -35,9 +35,9 @@ class ToyTask(Task):
 
     name = "toy"
 
-    def __init__(self, n=24, lr=1e-2):
+    def __init__(self, n=24, lr=1e-2, keyed=False):
         torch.manual_seed(0)
-        self.lr = lr
+        self.lr, self.keyed = lr, keyed  # keyed: the noise drawn per sample (the same on any number of ranks)
         self.dataset = Noisy(n)
         self.model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         self.critic = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
@@ -55,7 +55,8 @@ class ToyTask(Task):
     def micro_step(self, trainer, batch, step, scale):
         x, idx = batch
         self.seen.extend(idx.tolist())
-        noise = torch.randn(x.shape[0], 1)  # randomness inside the step: must be restored on resume
+        # randomness inside the step: must be restored on resume
+        noise = trainer.draws.randn("noise", x.shape[0], 1) if self.keyed else torch.randn(x.shape[0], 1)
         with trainer.autocast():
             pred = trainer.wrapped["model"](x)
         loss = ((pred - x.sum(1, keepdim=True) - 0.01 * noise) ** 2).mean()
@@ -157,9 +158,11 @@ def test_resume_with_another_micro_batch_keeps_the_global_batch_and_the_samples(
     Trainer(full_task, config(tmp_path / "full", steps=4, ckpt_every=2)).fit()
     Trainer(ToyTask(), config(tmp_path / "cut", steps=2, ckpt_every=2)).fit()
     task = ToyTask()
-    trainer = Trainer(task, config(tmp_path / "cut", steps=4, batch=3, resume="latest", quiet=False))
+    asked = config(tmp_path / "cut", steps=4, batch=3, resume="latest", quiet=False)
+    trainer = Trainer(task, asked)
     trainer.fit()
     assert (trainer.config.batch, trainer.config.grad_accum, trainer.global_batch) == (2, 4, 8)
+    assert (asked.batch, asked.grad_accum, asked.global_batch) == (3, 2, None)  # the caller's config is left alone
     assert "--batch 2 --grad-accum 4" in capsys.readouterr().out
     assert task.seen == full_task.seen[16:]  # the same samples in the same order
     a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
@@ -177,24 +180,37 @@ def test_bad_settings_are_user_errors(tmp_path):
 
 
 def test_global_order_is_split_by_rank_and_independent_of_the_world_size():
-    # global batch 8: one rank with micro-batch 4 (x2 accumulation), or two ranks with micro-batch 4
-    one = GlobalOrder(20, 4, 8, seed=1, rank=0, world=1)
-    a, b = GlobalOrder(20, 4, 8, seed=1, rank=0, world=2), GlobalOrder(20, 4, 8, seed=1, rank=1, world=2)
+    # global batch 8: one rank with micro-batch 4 (x2 accumulation), two ranks with micro-batch 4, or 3 ranks (3+3+2)
+    one = GlobalOrder(20, BatchSplit.even(4, 2, 1), seed=1, rank=0)
+    a, b = (GlobalOrder(20, BatchSplit.even(4, 1, 2), seed=1, rank=r) for r in (0, 1))
     assert one.epoch_size == 16  # whole global batches only
     single = [i for _, batch in zip(range(4), one.plan(0)) for i, _ in batch]
     split = [i for _, pa, pb in zip(range(2), a.plan(0), b.plan(0)) for i, _ in pa + pb]
     assert single == split and len(set(single)) == 16
-    assert one.micro_batch(16) != one.micro_batch(0)  # a new epoch, a new order
-    assert one.micro_batch(0) == next(one.plan(0)) and one.micro_batch(4) == next(one.plan(4))
-    assert a.micro_batch(8) == one.micro_batch(8)
+    uneven = BatchSplit.of(8, 3, 8)
+    thirds = [GlobalOrder(20, uneven, seed=1, rank=r) for r in range(3)]
+    assert [len(next(o.plan(0))) for o in thirds] == [3, 3, 2]
+    assert [i for _, *parts in zip(range(2), *(o.plan(0) for o in thirds)) for p in parts for i, _ in p] == single
+    assert one.items(16, 4) != one.items(0, 4)  # a new epoch, a new order
+    assert one.items(0, 4) == next(one.plan(0)) and one.items(4, 4) == next(one.plan(4))
+    assert one.step_start(12) == 16  # a global batch that no longer fits the epoch (a changed one) starts the next
 
 
-def test_derive_batch_keeps_the_global_batch():
-    assert derive_batch(32, 2, 8) == (8, 2)
-    assert derive_batch(32, 4, 8) == (8, 1)
-    assert derive_batch(24, 1, 16) == (12, 2)
-    with pytest.raises(CheckpointError, match="3 processes cannot share"):
-        derive_batch(32, 3, 8)
+def test_batch_split_keeps_the_global_batch_evenly_or_weighted_by_samples():
+    assert BatchSplit.of(32, 2, 8) == BatchSplit.even(8, 2, 2)
+    assert BatchSplit.of(32, 4, 8) == BatchSplit.even(8, 1, 4)
+    assert BatchSplit.of(24, 1, 16) == BatchSplit.even(12, 2, 1)
+    uneven = BatchSplit.of(32, 3, 8)  # 11 + 11 + 10 samples, 2 micro-batches each
+    assert uneven.sizes == ((6, 6, 5), (5, 5, 5)) and uneven.global_batch == 32 and not uneven.is_even
+    assert [uneven.offset(m, r) for m in range(2) for r in range(3)] == [0, 6, 12, 17, 22, 27]
+    # a micro-batch's mean loss x its weight, averaged over the 3 ranks by DDP: every sample counts 1/32
+    shares = [uneven.weight(m, r) / (3 * uneven.sizes[m][r]) for m in (0, 1) for r in (0, 1, 2)]
+    assert shares == pytest.approx([1 / 32] * 6)
+    assert "11 + 11 + 10 samples" in uneven.describe()
+    with pytest.raises(ConfigError, match="cannot give each of 3 processes a sample"):
+        BatchSplit.of(2, 3, 8)
+    with pytest.raises(ConfigError, match="pass a larger --batch"):
+        BatchSplit.of(4, 3, 1)
 
 
 # -- 2-process DDP on CPU ---------------------------------------------------------------------------
@@ -209,7 +225,7 @@ def _ddp_worker(rank, world, port, run_dir, out_dir):
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    from d2it_cli.engine import dist
+    from d2it import dist
 
     task = ToyTask()
     trainer = Trainer(task, config(run_dir, steps=3, ckpt_every=2, device="cpu"))
@@ -257,7 +273,7 @@ def test_epochs_and_bf16_autocast_on_cpu(tmp_path):
     trainer = Trainer(ToyTask(), config(tmp_path, steps=None, epochs=2, precision="bf16", ema=False, warmup="1ep"))
     trainer.fit()
     # 24 items, batch 4 -> 6 micro-batches per epoch, 2 per step -> 3 steps per epoch
-    assert trainer.total_steps == 6 and trainer.warmup == 3 and trainer.precision == "bf16"
+    assert trainer.total_steps == 6 and trainer.schedule.warmup_steps == 3 and trainer.precision == "bf16"
     log = read_log(tmp_path)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in log] == pytest.approx(
         [1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2]
@@ -279,3 +295,13 @@ def test_a_short_run_is_warned_that_its_ema_is_still_the_start():
     warning = stale_ema(0.9999, 300)
     assert "97% of the starting weights after 300 steps" in warning and "--ema-decay (e.g. 0.983)" in warning
     assert stale_ema(0.99, 300) is None and stale_ema(0.9999, 400_000) is None
+
+
+def test_fp16_trains_with_a_loss_scaler_that_the_checkpoint_keeps(tmp_path):
+    full = Trainer(ToyTask(), config(tmp_path / "full", steps=4, precision="fp16"))
+    full.fit()
+    Trainer(ToyTask(), config(tmp_path / "cut", steps=2, ckpt_every=2, precision="fp16")).fit()
+    _, state, _ = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
+    assert state["scaler"]["scale"] > 0 and full.scaler.is_enabled()
+    Trainer(ToyTask(), config(tmp_path / "cut", steps=4, precision="fp16", resume="latest")).fit()
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")

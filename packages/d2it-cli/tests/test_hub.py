@@ -7,6 +7,7 @@ and the upload API is replaced by one that writes the commit into a folder.
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,3 +186,71 @@ def test_build_sets_latent_scale_and_guidance_channels(tmp_path, run_cli):
     assert record.options["vae"]["quant_conv"] is True
     bad = run_cli("build", "--backbone", "dit-s", "--no-count", "--set", "guidance.channels=four")
     assert bad.exit_code == 2 and "all, dit" in bad.output
+
+
+# -- pushing a diffusers export ----------------------------------------------------------------------
+def fake_hub(monkeypatch, remote):
+    """HfApi's create_repo / create_commit replaced by writes into the folder `remote`; returns the calls."""
+    calls = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None, **kwargs):
+        calls["repo"] = (repo_id, private, exist_ok)
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_commit(self, repo_id, operations, commit_message=None, revision=None, repo_type=None, **kwargs):
+        calls["commit"] = commit_message
+        for op in operations:
+            target = remote / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = op.path_or_fileobj
+            target.write_bytes(data if isinstance(data, bytes) else open(data, "rb").read())
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    return calls
+
+
+def test_push_a_d2it_diffusers_export_and_load_it_back_from_the_cache(
+    tiny_system, tmp_path, offline_cache, monkeypatch, run_cli
+):
+    diffusers = pytest.importorskip("diffusers")
+    modules = pytest.importorskip("diffusers.utils.dynamic_modules_utils")
+    monkeypatch.setattr(modules, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    export = tmp_path / "export"
+    result = run_cli("export", "--format", "diffusers", "--system", tiny_system, "--out", export)
+    assert result.exit_code == 0, result.output
+    remote = tmp_path / "remote"
+    calls = fake_hub(monkeypatch, remote)
+    result = run_cli("push", export, "me/tiny-d2it-diffusers")
+    assert result.exit_code == 0, result.output
+    assert "trust_remote_code=True" in result.output and calls["commit"] == "Upload diffusers export export"
+    uploaded = sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file())
+    assert uploaded == [
+        "README.md", "d2it_export.json", "model_index.json", "pipeline_d2it.py", "system/content.safetensors",
+        "system/d2it.json", "system/d2it_system.py", "system/grain.safetensors", "system/vae.safetensors",
+    ]  # fmt: skip
+    card = (remote / "README.md").read_text()
+    assert "library_name: diffusers" in card and "trust_remote_code=True" in card and "| grain | `dgt-s`" in card
+    assert "d2it sample" in card and "d2it-cli" in card
+    # what was pushed, fetched back through the Hub's cache, is the same pipeline
+    cache_repo(offline_cache, "me/tiny-d2it-diffusers", remote)
+    pulled = diffusers.DiffusionPipeline.from_pretrained(
+        "me/tiny-d2it-diffusers", trust_remote_code=True, local_files_only=True, cache_dir=str(offline_cache)
+    )
+    local = diffusers.DiffusionPipeline.from_pretrained(export, trust_remote_code=True)
+    a = pulled([1, 2], num_inference_steps=2, seed=3, output_type="np").images
+    assert np.array_equal(a, local([1, 2], num_inference_steps=2, seed=3, output_type="np").images)
+
+
+def test_push_dry_run_of_a_dit_diffusers_export_writes_its_card(tmp_path, run_cli):
+    from test_diffusers_export import dit_system
+
+    dit_system(tmp_path / "sys")
+    result = run_cli("export", "--format", "diffusers", "--system", tmp_path / "sys", "--out", tmp_path / "export")
+    assert result.exit_code == 0, result.output
+    result = run_cli("push", tmp_path / "export", "me/tiny-dit", "--dry-run")
+    assert result.exit_code == 0 and "transformer/diffusion_pytorch_model.safetensors" in result.output
+    card = hub.diffusers_card(tmp_path / "export", "me/tiny-dit")
+    assert "DiTPipeline" in card and 'from_pretrained("me/tiny-dit")' in card and "downscale_freq_shift" in card
+    assert "trust_remote_code" not in card

@@ -28,9 +28,10 @@ MODEL_CODE = ("d2it_vae.", "d2it_transformers.", "d2it_sampling.", "d2it_cli.", 
 # what a start may import of d2it's own code: the registry core, the plugin modules (spec tables, no model
 # code), main with its error reporting (click and errno only) and the lazy command table
 LIGHT = {
-    "d2it.checks", "d2it.config", "d2it.errors", "d2it.hookspecs", "d2it.plugin", "d2it.registry", "d2it.spec",
+    "d2it.checks", "d2it.config", "d2it.errors", "d2it.hookspecs", "d2it.plugin", "d2it.plugin_api", "d2it.registry",
+    "d2it.spec",
     "d2it_vae.plugin", "d2it_transformers.plugin", "d2it_sampling.plugin", "d2it_cli.plugin", "d2it_cli.main",
-    "d2it_cli.commands", "d2it_cli.commands.failures",
+    "d2it_cli.commands", "d2it_cli.commands.failures", "d2it_cli.threads",
 }  # fmt: skip
 
 

@@ -158,9 +158,8 @@ def test_thresholds_train_and_encode_record_the_provenance(tiny_system, tmp_path
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "t.json").read_text())
     assert doc["images"] == 8 and doc["data_provenance"]["license"] == "CC BY-SA 4.0"
-    result = run_cli(
-        "train", "dvae", "--system", tiny_system, *data, "--steps", "1", "--batch", "2", "--lpips-random", "--quiet"
-    )
+    train = ["train", "dvae", "--system", tiny_system, *data, "--steps", "1", "--batch", "2", "--lpips-random"]
+    result = run_cli(*train, "--quiet", "--save-to-system")
     assert result.exit_code == 0, result.output
     run = json.loads((tiny_system / "runs" / "dvae" / "train.json").read_text())
     assert run["data_source"] == "openmoji" and run["data_provenance"]["split"] == "train"

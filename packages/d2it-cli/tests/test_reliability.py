@@ -45,7 +45,7 @@ class NanAt(ToyTask):
 def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
     task = NanAt({5})
     with pytest.raises(TrainingDiverged) as info:
-        Trainer(task, config(tmp_path / "run", steps=6, ckpt_every=3, grad_accum=1)).fit()
+        Trainer(task, config(tmp_path / "run", steps=6, ckpt_every=3, grad_accum=1, save_to_system=True)).fit()
     message = str(info.value)
     good = tmp_path / "run" / "checkpoints" / "step-0000003"
     assert "step 5" in message and str(good) in message
@@ -58,7 +58,7 @@ def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_
 
 def test_nan_policy_skip_step_skips_and_finishes(tmp_path):
     task = NanAt({2, 4})
-    Trainer(task, config(tmp_path / "run", steps=6, grad_accum=1, nan_policy="skip-step")).fit()
+    Trainer(task, config(tmp_path / "run", steps=6, grad_accum=1, nan_policy="skip-step", save_to_system=True)).fit()
     assert task.finished
     assert all(torch.isfinite(p).all() for p in task.model.parameters())
     log = read_log(tmp_path / "run")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from d2it import dist
 from d2it import system as systems
 from d2it.errors import D2itError
 from d2it_cli import generation, outputs
-from d2it_cli.engine import dist
 from d2it_cli.images import load_png, to_uint8
 from d2it_sampling.pipeline import generate
 

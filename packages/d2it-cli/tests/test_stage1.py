@@ -61,6 +61,7 @@ def test_train_dvae_logs_previews_checkpoints_and_writes_weights_back(tiny_syste
         "--disc-start",
         "1",
         "--learn-logvar",
+        "--save-to-system",
         *DVAE_FAST,
     )
     assert result.exit_code == 0, result.output
@@ -114,6 +115,7 @@ def test_train_dvae_default_lr_scales_with_the_global_batch(tiny_system, run_cli
         "--quiet",
         "--perceptual-weight",
         "0",
+        "--save-to-system",
     )
     assert result.exit_code == 0, result.output
     cfg = json.loads((tiny_system / "runs" / "dvae" / "train.json").read_text())

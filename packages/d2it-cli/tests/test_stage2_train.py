@@ -32,7 +32,7 @@ def test_train_content_resume_repeats_the_losses(encoded, tmp_path, run_cli):
     # every run writes its weights back, so the two runs start from copies of the same directory
     copy = tmp_path / "system-copy"
     shutil.copytree(system, copy)
-    common = ["train", "content", "--cache", cache, *FAST]
+    common = ["train", "content", "--cache", cache, *FAST, "--save-to-system"]
     full = run_cli(
         *common,
         "--system",
@@ -107,6 +107,7 @@ def test_train_grain_and_resume(encoded, tmp_path, run_cli):
         tmp_path / "g",
         "--lr",
         "3e-4",
+        "--save-to-system",
     ]
     result = run_cli(*common, "--steps", "2", "--sample-every", "2")
     assert result.exit_code == 0, result.output
@@ -200,7 +201,8 @@ def test_content_draws_are_keyed_by_sample_not_by_rank(encoded, monkeypatch):
     from d2it_cli.engine.stage2 import ContentTask
 
     system, cache = encoded
-    task = ContentTask.open(system, cache, grain_source="random")
+    task = ContentTask(system, cache, grain_source="random")
+    task.build(None)
     batch = next(iter(torch.utils.data.DataLoader(task.dataset, batch_size=4)))
     record = {}
     losses = task.diffusion.training_losses
@@ -222,7 +224,8 @@ def test_grain_draws_are_keyed_by_sample_not_by_rank(encoded, monkeypatch):
     from d2it_cli.engine.stage2 import GrainLoss, GrainTask
 
     system, cache = encoded
-    task = GrainTask.open(system, cache)
+    task = GrainTask(system, cache)
+    task.build(None)
     batch = next(iter(torch.utils.data.DataLoader(task.dataset, batch_size=4)))
     record = {}
     loss = task.system.grain.loss

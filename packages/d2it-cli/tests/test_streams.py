@@ -17,6 +17,7 @@ from d2it_cli.data.hf import HfConfig, HfDataset
 from d2it_cli.data.stream import StreamSetup, worker_consumed
 from d2it_cli.data.wds import WdsConfig, WdsDataset
 from d2it_cli.engine.feed import Feed, merge_units
+from d2it_cli.engine.split import BatchSplit
 
 
 def image_bytes(value: int, fmt="PNG", size=8) -> bytes:
@@ -123,15 +124,17 @@ def _stream(tmp_path, buffer):
 
 
 def _take(feed, n, state=None):
-    it = feed.batches(state)
+    if state is not None:
+        feed.load_state_dict(state)
+    it = feed.batches()
     out = [int(y) for _, batch in zip(range(n), it) for y in batch[1]]
-    return out, feed.state()
+    return out, feed.state_dict()
 
 
 @pytest.mark.parametrize("buffer", [0, 6])
 def test_resume_mid_stream_repeats_or_skips_at_most_the_shuffle_buffer(tmp_path, buffer):
     def feed():
-        return Feed(_stream(tmp_path, buffer), batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=2)
+        return Feed(_stream(tmp_path, buffer), split=BatchSplit.even(2, 1, 1), seed=1, rank=0, workers=2)
 
     full, _ = _take(feed(), 12)
     head, state = _take(feed(), 5)
@@ -155,7 +158,7 @@ def test_worker_share_follows_the_rotation():
 def test_a_stream_of_unknown_length_needs_steps(tmp_path):
     ds = _stream(tmp_path, 0)
     ds.length = None
-    feed = Feed(ds, batch=2, grad_accum=1, seed=0, rank=0, world=1, workers=0)
+    feed = Feed(ds, split=BatchSplit.even(2, 1, 1), seed=0, rank=0, workers=0)
     assert feed.steps_per_epoch() is None and feed.epoch is None
     with pytest.raises(Exception, match="--epochs needs a dataset of known size"):
         feed.require_epochs("--epochs")
@@ -230,6 +233,7 @@ def test_pack_then_thresholds_train_resume_and_encode_from_shards(tiny_system, t
     assert json.loads((tmp_path / "t.json").read_text())["images"] == 12
     common = ["train", "dvae", "--system", tiny_system, "--data", data, "--data-option", "shuffle_buffer=3"]
     common += ["--batch", "2", "--workers", "2", "--ckpt-every", "2", "--log-every", "1", "--perceptual-weight", "0"]
+    common += ["--save-to-system"]  # the encode below reads the trained VAE
     first = run_cli(*common, "--steps", "2", "--sample-every", "2", "--report-to", "tensorboard")
     assert first.exit_code == 0, first.output
     # off a terminal: one plain line per logged step
@@ -273,7 +277,9 @@ class OneEpoch(WdsDataset):
 
 def _drain(feeds, state):
     """Every sample the feeds (the ranks of a resumed run) yield until the epoch ends."""
-    return [int(y) for feed in feeds for batch in feed.batches(state) for y in batch[1]]
+    for feed in feeds:
+        feed.load_state_dict(state)
+    return [int(y) for feed in feeds for batch in feed.batches() for y in batch[1]]
 
 
 @pytest.mark.parametrize("buffer", [0, 4])
@@ -284,7 +290,7 @@ def test_resume_on_another_layout_continues_every_shard_where_it_stopped(tmp_pat
 
     def feed(rank=0, world=1, workers=2):
         ds = OneEpoch(pattern, 8, train=True, config=config)
-        return Feed(ds, batch=2, grad_accum=1, seed=1, rank=rank, world=world, workers=workers)
+        return Feed(ds, split=BatchSplit.even(2, 1, world), seed=1, rank=rank, workers=workers)
 
     head, state = _take(feed(), 7)  # 14 samples from 2 readers, mid-shard
     assert state["samples"] == 14 and sum(c for _, _, c in state["units"]) == 14
@@ -300,7 +306,7 @@ def test_resume_on_another_layout_continues_every_shard_where_it_stopped(tmp_pat
 
 def test_the_old_even_share_skip_is_bounded_by_nothing_and_said_so(tmp_path, capsys):
     ds = _stream(tmp_path, 0)
-    feed = Feed(ds, batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=0)
+    feed = Feed(ds, split=BatchSplit.even(2, 1, 1), seed=1, rank=0, workers=0)
     _take(feed, 1, {"samples": 8, "world": 2, "batch": 2, "workers": 1})  # a checkpoint without unit counts
     assert "predates per-shard stream positions" in capsys.readouterr().out
 
@@ -319,7 +325,7 @@ def test_stream_counts_are_gathered_in_a_process_group(tmp_path):
 
     tdist.init_process_group("gloo", store=tdist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
-        feed = Feed(_stream(tmp_path / "data", 0), batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=0)
+        feed = Feed(_stream(tmp_path / "data", 0), split=BatchSplit.even(2, 1, 1), seed=1, rank=0, workers=0)
         labels, state = _take(feed, 4)
     finally:
         tdist.destroy_process_group()
@@ -331,7 +337,7 @@ def test_after_a_layout_change_a_resume_on_the_new_layout_is_exact_again(tmp_pat
     ds = _stream(tmp_path, 0)
 
     def feed(workers):
-        return Feed(ds, batch=2, grad_accum=1, seed=1, rank=0, world=1, workers=workers)
+        return Feed(ds, split=BatchSplit.even(2, 1, 1), seed=1, rank=0, workers=workers)
 
     _, first = _take(feed(2), 5)  # two readers
     whole, _ = _take(feed(1), 10, first)  # one reader from there on, uninterrupted

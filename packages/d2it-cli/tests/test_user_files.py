@@ -201,7 +201,7 @@ def test_a_failure_after_the_claim_leaves_nothing_behind(world, run_cli, tmp_pat
         result = run_cli(*args)
         assert result.exit_code == 2, result.output
         assert not (tmp_path / "new").exists(), args[0]
-    assert claims == ["cache", "samples", "run"]  # each failed after its claim
+    assert claims == ["cache", "samples"]  # each failed after its claim; train reads --resume before it claims
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli("encode", "--system", world["sys"], "--data", tmp_path / "missing", "--out", empty).exit_code == 2
@@ -338,6 +338,7 @@ def test_training_keeps_a_users_file_and_never_follows_a_linked_log(world, run_c
     train += ["--quiet", "--workers", "0", "--run-dir", run]
     assert run_cli(*train).exit_code == 0
     mine = user_folder(run)
+    train.append("--overwrite")  # a new run in the same folder: the earlier one's files go, a user's stay
     assert run_cli(*train).exit_code == 0
     assert untouched(run, mine)
     outside = tmp_path / "outside.jsonl"
@@ -345,7 +346,7 @@ def test_training_keeps_a_users_file_and_never_follows_a_linked_log(world, run_c
     (run / "log.jsonl").unlink()
     (run / "log.jsonl").symlink_to(outside)
     before = snapshot(tmp_path)
-    result = run_cli(*train)
+    result = run_cli(*train)  # --overwrite: refused before any file of the earlier run is deleted
     assert result.exit_code == 2 and "symbolic link" in result.output, result.output
     assert snapshot(tmp_path) == before
 

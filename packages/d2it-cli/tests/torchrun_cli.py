@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from d2it_cli.engine import dist
+from d2it import dist
 from d2it_cli.main import load_registry, make_cli
 
 

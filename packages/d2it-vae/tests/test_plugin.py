@@ -22,3 +22,14 @@ def test_components_registered_by_d2it_vae(fresh_registry, kind, names):
 def test_bad_option_names_the_option():
     with pytest.raises(d2it.ConfigError, match="codebook_size"):
         d2it.create("vae", "dvae-vq", {}, image_size=32, regularizer_options={"codebook_size": "many"})
+
+
+def test_a_vae_regularizer_that_names_no_regularizer_cites_the_reserved_option():
+    from d2it.system import SystemRecord
+
+    record = SystemRecord(backbone="dit-s", vae="dvae-kl", options={"vae": {"regularizer": "l2"}})
+    with pytest.raises(d2it.UnknownComponentError) as info:
+        record.canonical()
+    message = str(info.value)
+    assert message.startswith("vae 'dvae-kl': unknown regularizer 'l2'; valid regularizers: fsq, kl, vq")
+    assert "`regularizer` is a reserved vae option since d2it 0.1.0 (plugin API 1.0)" in message

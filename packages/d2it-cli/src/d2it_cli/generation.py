@@ -21,6 +21,7 @@ import attrs
 import numpy as np
 import torch
 
+from d2it import dist
 from d2it import system as systems
 from d2it.config import parse_sets
 from d2it.errors import D2itError
@@ -30,7 +31,6 @@ from d2it.progress import progress_bar
 from d2it.registry import default_registry
 from d2it_cli import images as imgs
 from d2it_cli import outputs
-from d2it_cli.engine import dist
 from d2it_cli.npz import load_npz
 from d2it_sampling.pipeline import generate
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from d2it.errors import DataError
 from d2it.io import atomic_path
 from d2it_cli.decode import open_rgb
+from d2it_sampling.images import to_uint8 as sampling_uint8
 
 # the paper's grain colours: blue = coarse, red = fine (intermediate grains interpolate)
 COARSE_RGB = (40, 90, 255)
@@ -36,13 +37,11 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 # -- conversions ------------------------------------------------------------------------------
 def to_uint8(images) -> np.ndarray:
     """Float images in [-1, 1] (NCHW or CHW) -> uint8 NHWC (HWC), as the ADM evaluation suite stores them."""
-    x = torch.as_tensor(images).detach().to("cpu", torch.float32)
+    x = torch.as_tensor(images)
     if x.dim() not in (3, 4):
         raise DataError(f"expected an image tensor of 3 or 4 dimensions, got shape {tuple(x.shape)}")
-    # the rounding DiT's sample_ddp.py uses
-    x = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
-    x = x.permute(1, 2, 0) if x.dim() == 3 else x.permute(0, 2, 3, 1)
-    return np.ascontiguousarray(x.numpy())
+    # the rounding DiT's sample_ddp.py uses: one function, shared with d2it_sampling.Pipeline's PIL images
+    return sampling_uint8(x)
 
 
 def from_uint8(array) -> torch.Tensor:

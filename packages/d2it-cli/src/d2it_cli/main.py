@@ -11,6 +11,7 @@ from click.exceptions import NoArgsIsHelpError
 import d2it
 from d2it.errors import D2itError, PluginWarning
 from d2it.registry import Registry, use_registry
+from d2it_cli import threads
 from d2it_cli.commands import failures
 
 
@@ -118,11 +119,27 @@ class _plugin_warnings:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _print_version(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from d2it_cli.versions import version_report  # metadata only: no torch, no plugin imported
+
+    click.echo(version_report())
+    ctx.exit()
+
+
 def make_cli(registry: Registry) -> click.Group:
     """Build the `d2it` group with every command the registry's plugins contribute."""
 
     @click.group(cls=D2itGroup, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(d2it.__version__, prog_name="d2it", message="%(prog)s %(version)s")
+    @click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_print_version,
+        help="Show the versions of d2it's packages, torch and the installed plugins, and exit.",
+    )
     @click.option("--no-plugins", is_flag=True, help="Load only d2it's own components (no third-party plugins).")
     @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
     @click.pass_context
@@ -139,6 +156,7 @@ def make_cli(registry: Registry) -> click.Group:
 
 def main(argv=None):
     """Entry point of the `d2it` console script."""
+    threads.configure()  # first: OpenMP reads its settings when torch loads (a plugin may import torch)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:

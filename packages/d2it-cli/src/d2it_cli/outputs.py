@@ -18,6 +18,7 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from d2it import dist
 from d2it.errors import D2itError
 from d2it.io import atomic_write_text
 from d2it.system import RECORD_FILE as SYSTEM_RECORD
@@ -388,8 +389,6 @@ def claimed(
     On success the marker lists what was written; a failure before anything was written leaves nothing.
     Given an `Output`, yields it (a nested call in the same writer); on other ranks yields an unrecorded one.
     """
-    from d2it_cli.engine import dist  # the engine imports this module
-
     if isinstance(folder, Output):
         yield folder
         return

@@ -3,9 +3,13 @@
 Each tracker's library is an optional extra (`pip install 'd2it-cli[tensorboard]'`, `'d2it-cli[wandb]'`);
 naming one that is not installed is a user error naming the extra. wandb follows its own
 environment variables (`WANDB_MODE=offline` for runs without network, `WANDB_PROJECT`, `WANDB_DIR`).
+A tracker keeps its run across resumes: TensorBoard appends to the run directory's event folder
+(hiding what an interrupted run logged past its checkpoint), wandb reopens the run whose id it
+stored in the run directory.
 """
 
 import importlib
+import secrets
 from pathlib import Path
 
 import attrs
@@ -16,6 +20,10 @@ from d2it.errors import ConfigError
 from d2it.registry import Registry, default_registry
 
 NONE = "none"
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # wandb's own folder under the `dir` it is given
+WANDB_ID_FILE = "d2it-run-id"  # RUN_DIR/wandb/d2it-run-id: the wandb run this run directory logs to
+TRACKER_FOLDERS = (TENSORBOARD_DIR, WANDB_DIR)  # what the built-in trackers write into a run directory
 
 
 class Tracker:
@@ -44,30 +52,44 @@ def _require(module: str, extra: str):
 class TensorBoardConfig:
     """Options of the `tensorboard` tracker."""
 
-    subdir: str = "tensorboard"  # event files go to RUN_DIR/<subdir>
+    subdir: str = TENSORBOARD_DIR  # event files go to RUN_DIR/<subdir>
     flush_secs: int = 30
 
 
 class TensorBoardTracker(Tracker):
-    """TensorBoard event files through `torch.utils.tensorboard.SummaryWriter`."""
+    """TensorBoard event files through `torch.utils.tensorboard.SummaryWriter`, one folder per run directory.
+
+    A resumed run adds an event file to the same folder. Its writer opens at the first step it logs, with
+    that step as `purge_step`: TensorBoard then hides what the interrupted run logged from that step on
+    (past its last checkpoint), so each step shows once.
+    """
 
     def __init__(self, config: TensorBoardConfig, run_dir, name: str):
         _require("tensorboard", "tensorboard")
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package checked above
-
         self.prefix = name
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / config.subdir), flush_secs=config.flush_secs)
+        self.log_dir = Path(run_dir) / config.subdir
+        self.flush_secs = config.flush_secs
+        self.writer = None
+
+    def _writer(self, step: int):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package checked above
+
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step, flush_secs=self.flush_secs)
+        return self.writer
 
     def log_scalars(self, values, step):
+        writer = self._writer(step)
         for k, v in values.items():
-            self.writer.add_scalar(f"{self.prefix}/{k}", v, step)
+            writer.add_scalar(f"{self.prefix}/{k}", v, step)
 
     def log_image(self, tag, path, step):
         arr = np.asarray(Image.open(path).convert("RGB"))
-        self.writer.add_image(f"{self.prefix}/{tag}", arr, step, dataformats="HWC")
+        self._writer(step).add_image(f"{self.prefix}/{tag}", arr, step, dataformats="HWC")
 
     def close(self):
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 @attrs.frozen
@@ -78,18 +100,40 @@ class WandbConfig:
     mode: str | None = None  # online / offline / disabled; default: wandb's (WANDB_MODE)
 
 
+def wandb_run_id(run_dir) -> str:
+    """The wandb run id of a run directory: the one stored there, else a new one, stored before wandb starts."""
+    path = Path(run_dir) / WANDB_DIR / WANDB_ID_FILE
+    if path.is_file() and not path.is_symlink():
+        stored = path.read_text(errors="replace").strip()
+        if stored.isalnum():
+            return stored
+    from d2it.io import atomic_write_text  # here: importing this module stays free of torch
+
+    run_id = secrets.token_hex(4)  # wandb's own ids are 8 characters of [0-9a-z] too
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 class WandbTracker(Tracker):
-    """A wandb run whose files live under RUN_DIR/wandb (synced later with `wandb sync` when offline)."""
+    """A wandb run whose files live under RUN_DIR/wandb (synced later with `wandb sync` when offline).
+
+    Every start in the same run directory (a resume, a requeued job) logs to the same wandb run: its id
+    is kept in RUN_DIR/wandb/d2it-run-id and wandb is started with `resume="allow"`.
+    """
 
     def __init__(self, config: WandbConfig, run_dir, name: str, settings: dict):
         self.wandb = _require("wandb", "wandb")
         self.prefix = name
         kwargs = {"mode": config.mode} if config.mode else {}
+        run_id = wandb_run_id(run_dir)
         try:
             self.run = self.wandb.init(
                 project=config.project,
                 dir=str(run_dir),
                 name=f"{Path(run_dir).name}-{name}",
+                id=run_id,
+                resume="allow",
                 config=settings,
                 reinit="create_new",
                 **kwargs,

@@ -132,7 +132,7 @@ def test_disk_full_at_the_final_weights_write_keeps_the_system(paths, tmp_path, 
     shutil.copytree(paths["cache_sys"], tmp_path / "sys")
     before = digest(tmp_path / "sys")
     _fail_writes(monkeypatch, errno.ENOSPC, lambda p: p.parent == tmp_path / "sys")
-    command = TRAIN_GRAIN.replace("{cache_sys}", str(tmp_path / "sys"))
+    command = TRAIN_GRAIN.replace("{cache_sys}", str(tmp_path / "sys")) + " --save-to-system"
     line = check(run(paths, command), "no space left")
     assert f"{tmp_path}/sys/grain.safetensors" in line and "intact" in line
     assert digest(tmp_path / "sys") == before
@@ -230,7 +230,7 @@ def test_a_malformed_sd_vae_config_is_refused(paths, tmp_path, config, expect):
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_bytes(config.encode("latin-1"))
     (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 16)
-    check(run(paths, f"import sd-vae {tmp_path}/vae --out {{tmp}}/s"), expect)
+    check(run(paths, f"import sd-vae {tmp_path}/vae --out {{tmp}}/s --backbone dit-s"), expect)
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"system": 7}', "\xff\xfe"])

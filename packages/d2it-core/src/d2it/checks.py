@@ -2,8 +2,9 @@
 
 Values are checked where they enter (a config built from `--set`, a record read from `d2it.json`,
 a manifest, a checkpoint's state) so that nothing impossible reaches the code that would fail on
-it later. Option names mean the same thing in every component (`steps`, `depth`, `mlp_ratio` ...),
-so their ranges are stated once here, in `OPTION_RULES`, and apply to third-party configs too.
+it later. Option names mean the same thing in every d2it component (`steps`, `depth`, `mlp_ratio` ...),
+so their ranges are stated once here, in `OPTION_RULES`. They apply to d2it's own configs only: a
+plugin's option of the same name is the plugin's (it validates it itself, e.g. with `number`).
 """
 
 import math
@@ -130,13 +131,20 @@ OPTION_RULES = {
 }
 
 
+# the top-level modules of d2it's own distributions: OPTION_RULES hold for configs defined in them
+OWN_MODULES = frozenset({"d2it", "d2it_vae", "d2it_transformers", "d2it_sampling", "d2it_cli"})
+
+
 def check_config(config, where: str = "component"):
-    """Every float option finite, every option in OPTION_RULES within its range, tuples of counts >= 1."""
+    """Every float option finite; for d2it's own configs, every OPTION_RULES option in range, tuples of counts >= 1."""
+    own = type(config).__module__.partition(".")[0] in OWN_MODULES
     for field in attrs.fields(type(config)):
         value = getattr(config, field.name)
         name = f"{where}.{field.name}"
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if not own:
+            continue
         rule = OPTION_RULES.get(field.name)
         if rule is not None and value is not None and is_number(value):
             low, high, low_open, high_open, integer = rule

@@ -15,10 +15,12 @@ from d2it.config import build_config, config_to_dict
 from d2it.errors import CheckpointError, ConfigError, UnknownComponentError
 from d2it.io import atomic_write_text, load_into, load_safetensors, save_safetensors, staged_writes
 from d2it.layout import unit_cells
+from d2it.plugin_api import reserved_error
 from d2it.registry import BUILTIN_DISTS, Registry, default_registry
 
 FORMAT = 1
 RECORD_FILE = "d2it.json"
+DIFFUSERS_SYSTEM = "system"  # the folder of the d2it system inside a diffusers export of a D²iT system
 # slot -> component kind
 SLOTS = {
     "vae": "vae",
@@ -146,7 +148,12 @@ class SystemRecord:
         for key, config_class in RECORD_OPTIONS.items():
             options[key] = config_to_dict(build_config(config_class, self.options.get(key, {}), where=key))
         for sub, name in self.sub_slot_names(options).items():
-            spec = registry.get(SUB_SLOTS[sub][2], name)
+            parent, option, kind = SUB_SLOTS[sub]
+            try:
+                spec = registry.get(kind, name)
+            except UnknownComponentError as exc:
+                where = f"{parent} {getattr(self, parent)!r}: {exc}"
+                raise UnknownComponentError(reserved_error(SLOTS[parent], option, where)) from None
             options[sub] = config_to_dict(build_config(spec.config, self.options.get(sub, {}), where=sub))
         stray = sorted(set(self.options) - set(options))
         if stray:
@@ -248,6 +255,52 @@ class System(nn.Module):
             if isinstance(module, nn.Module):
                 out[stem] = module
         return out
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the first parameter or buffer; the CPU for none), as diffusers' models say it."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the weights (float32 for none), as diffusers' models say it."""
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    @classmethod
+    def from_pretrained(
+        cls, path, *, registry: Registry | None = None, parts=None, device="cpu", torch_dtype=None
+    ) -> "System":
+        """Load a saved system: a folder, or `"hf://OWNER/NAME[@REVISION]"` through the Hub's cache.
+
+        path: a system folder (`d2it build`, `d2it export`, `save_pretrained`, a pushed repository's
+            snapshot), the diffusers export of one (its `system/` folder is read), or a Hub reference,
+            resolved as every `--system` of the command line is (`d2it.hub.resolve_system`: the same
+            offline rules, `HF_HUB_OFFLINE` / `D2IT_OFFLINE`, and messages).
+        parts: load only these weight files (e.g. `["vae"]`); the others stay randomly initialised.
+        device: where the weights are loaded. torch_dtype: cast the floating-point weights (None: as saved).
+        A thin name over `d2it.system.load`; user errors raise `d2it.D2itError`.
+        """
+        from d2it.hub import resolve_system
+
+        folder = resolve_system(path)
+        if not (folder / RECORD_FILE).is_file() and (folder / DIFFUSERS_SYSTEM / RECORD_FILE).is_file():
+            folder = folder / DIFFUSERS_SYSTEM  # `d2it export --format diffusers` of a D²iT system
+        system = load(folder, registry=registry, parts=parts, device=device)
+        return system if torch_dtype is None else system.to(torch_dtype)
+
+    def save_pretrained(self, path, *, extra: dict | None = None, registry: Registry | None = None) -> Path:
+        """Write `d2it.json` and the weights into folder `path` (`d2it.system.save`); returns the folder.
+
+        `System.from_pretrained(path)` loads it back, and `d2it push` uploads it. `extra` is recorded
+        under `extra` in `d2it.json`.
+        """
+        save(self, path, extra=extra, registry=registry)
+        return Path(path)
 
     def with_record(self, **changes) -> "System":
         """Replace fields of the record (latent scale, thresholds) in place; returns self."""

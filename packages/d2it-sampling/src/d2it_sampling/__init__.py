@@ -9,6 +9,7 @@ _EXPORTS = {
     "DDPMSampler": "d2it_sampling.samplers",
     "GaussianDiffusion": "d2it_sampling.diffusion",
     "Generation": "d2it_sampling.pipeline",
+    "Pipeline": "d2it_sampling.images",
     "Sampler": "d2it_sampling.samplers",
     "conditioned_model": "d2it_sampling.guidance",
     "cosine_betas": "d2it_sampling.schedules",
@@ -19,6 +20,7 @@ _EXPORTS = {
     "sample_ddim": "d2it_sampling.samplers",
     "sample_ddpm": "d2it_sampling.samplers",
     "space_timesteps": "d2it_sampling.diffusion",
+    "to_uint8": "d2it_sampling.images",
 }
 
 __all__ = sorted(_EXPORTS)

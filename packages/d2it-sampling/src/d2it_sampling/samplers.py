@@ -26,7 +26,8 @@ import math
 import attrs
 import torch
 
-from d2it.errors import ConfigError
+from d2it.errors import ConfigError, UnknownComponentError
+from d2it.plugin_api import reserved_error
 from d2it.progress import progress_bar
 from d2it_sampling.spacings import make_spacing, parse_spacing
 
@@ -273,6 +274,9 @@ class Sampler(abc.ABC):
     `timesteps` (default: the config's `spacing`, "uniform" without one). `order` is the
     convergence order of the deterministic method as steps grow (checked exactly on Gaussian data
     by `d2it.testing.sampler.SamplerConformance`), or 0 for a stochastic sampler.
+
+    The base reads only the reserved options (`d2it.RESERVED_OPTIONS["sampler"]`): `steps`, and
+    `spacing` only for a subclass that inherits `timesteps`; one that overrides it owns `spacing`.
     """
 
     name = ""
@@ -282,15 +286,36 @@ class Sampler(abc.ABC):
         if config.steps < 1:
             raise ConfigError(f"sampler {self.name} needs steps >= 1, got {config.steps}")
         self.config = config
-        self.spacing = make_spacing(getattr(config, "spacing", "uniform"))
+        self._spacing_fn = None
+        if type(self).timesteps is Sampler.timesteps:  # it relies on the spacing: refuse a bad one now
+            self._resolve_spacing()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 
+    def _resolve_spacing(self):
+        """The registered spacing the config's `spacing` names (made once, when the inherited `timesteps` needs it)."""
+        if self._spacing_fn is None:
+            text = getattr(self.config, "spacing", "uniform")
+            try:
+                self._spacing_fn = make_spacing(text)
+            except (UnknownComponentError, ConfigError) as exc:
+                raise type(exc)(reserved_error("sampler", "spacing", f"sampler {self.name}: {exc}")) from None
+        return self._spacing_fn
+
+    @property
+    def spacing(self):
+        """The spacing callable the `spacing` option names (resolved on first use), unless a subclass set its own."""
+        return self.__dict__["_own_spacing"] if "_own_spacing" in self.__dict__ else self._resolve_spacing()
+
+    @spacing.setter
+    def spacing(self, value):  # a subclass's own attribute of this name (plugins written for plugin API 1.0)
+        self.__dict__["_own_spacing"] = value
+
     def timesteps(self, diffusion, steps=None) -> list[int]:
         """The steps of `diffusion` to visit, ascending: its `spacing` for `steps` (default the `steps` option)."""
         steps = self.config.steps if steps is None else steps
-        return self.spacing(diffusion.alphas_cumprod, steps)
+        return self._resolve_spacing()(diffusion.alphas_cumprod, steps)
 
     def sample(
         self,

@@ -23,16 +23,16 @@ LAZY_COMMANDS = {
                                                   "(1/std) in the system record."),
     "sample": ("d2it_cli.commands.sample:sample", "Generate samples from a trained system: PNGs, a grid with "
                                                   "grain-map overlays and (--npz) samples.npz."),
-    "export": ("d2it_cli.commands.export:export", "Write a loadable system directory from a training checkpoint (for "
-                                                  "d2it sample / eval sample-and-score)."),
+    "export": ("d2it_cli.commands.export:export", "Write a loadable system directory from a training checkpoint, or "
+                                                  "(--format diffusers) a diffusers pipeline."),
     "eval": ("d2it_cli.commands.evaluate:eval_group", "Evaluate: FID/IS/KID/precision-recall of samples, reference "
                                                       "statistics, VAE reconstructions."),
     "demo": ("d2it_cli.commands.demo:demo", "Build, train (DVAE, grain, content) and sample D²iT on emoji or "
                                             "synthetic data; report in OUT/index.html."),
     "import": ("d2it_cli.commands.interop:import_group", "Turn published weights (an official DiT checkpoint, Stable "
                                                          "Diffusion's VAE) into a d2it system."),
-    "push": ("d2it_cli.commands.interop:push", "Upload a system (d2it.json, weights, eval metrics, a generated model "
-                                               "card) to the Hugging Face Hub."),
+    "push": ("d2it_cli.commands.interop:push", "Upload a system or its diffusers export, with a generated model card, "
+                                               "to the Hugging Face Hub."),
 }  # fmt: skip
 
 

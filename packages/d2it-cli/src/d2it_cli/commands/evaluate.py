@@ -9,7 +9,8 @@ from d2it import system as systems
 from d2it.io import atomic_write_text
 from d2it.progress import on_terminal
 from d2it_cli import outputs
-from d2it_cli.commands.params import BATCH, COUNT, DEVICE, NON_NEGATIVE_FLOAT, SEED
+from d2it_cli.commands.params import BATCH, COUNT, DEVICE, SEED
+from d2it_cli.commands.sampling import sampling_options
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 from d2it_cli.evaluation import protocols
 from d2it_cli.evaluation.extractor import INCEPTION
@@ -271,22 +272,7 @@ def recon(
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="fid-10k (FFHQ) or fid-50k (ImageNet, +IS, P/R).")
 @click.option("--num", type=COUNT, help="Number of samples (overrides the preset).")
 @click.option("--metrics", "metric_names", default=None, help="Comma-separated metrics (overrides the preset).")
-@click.option(
-    "--steps",
-    default=None,
-    type=click.IntRange(min=1),
-    help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250).",
-)
-@click.option("--sampler", default=None, help="Sampler component (default: the system's).")
-@click.option(
-    "--cfg-scale", default=1.5, show_default=True, type=NON_NEGATIVE_FLOAT, help="Classifier-free guidance (1 = off)."
-)
-@click.option(
-    "--grain-cfg-scale", default=1.0, show_default=True, type=NON_NEGATIVE_FLOAT, help="Grain predictor guidance."
-)
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Sampling seed.")
-@click.option("--batch", default=32, show_default=True, type=BATCH, help="Samples per batch and shard.")
-@click.option("--classes-uniform", is_flag=True, help="Every class equally often (default: random, as DiT).")
+@sampling_options(batch=32)
 @click.option(
     "--set",
     "sets",
@@ -317,13 +303,7 @@ def sample_and_score(
     preset,
     num,
     metric_names,
-    steps,
-    sampler,
-    cfg_scale,
-    grain_cfg_scale,
-    seed,
-    batch,
-    classes_uniform,
+    sampling,
     sets,
     out,
     as_json,
@@ -336,16 +316,7 @@ def sample_and_score(
 ):
     """Sample N images (sharded over torchrun ranks, resumable), assemble samples.npz and score it."""
     num, names = protocol(preset, num, metric_names)
-    sampling = SampleSettings(
-        num=num,
-        classes_uniform=classes_uniform,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        cfg_scale=cfg_scale,
-        grain_cfg_scale=grain_cfg_scale,
-        batch=batch,
-    )
+    sampling = SampleSettings(num=num, **sampling)
     settings = Settings(
         extractor=feature_extractor,
         weights=inception_weights,

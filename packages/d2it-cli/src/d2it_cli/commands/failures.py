@@ -7,10 +7,11 @@ usage errors (unknown or malformed options). Anything else is a bug and keeps it
 
 import errno
 import os
+import sys
 
 import click
 
-from d2it.errors import D2itError, WriteFailed
+from d2it.errors import D2itError, DataError, WriteFailed
 
 EXIT_USER = 2
 
@@ -105,10 +106,32 @@ def sentence(exc: BaseException) -> str | None:
     return " ".join(text.split()) or type(exc).__name__
 
 
+def _rank() -> int:
+    """This process's rank: the process group's, else torchrun's RANK (an error before the group was joined)."""
+    group = sys.modules.get("torch.distributed")  # never imported here: `d2it --help` loads no torch
+    if group is not None and group.is_available() and group.is_initialized():
+        return group.get_rank()
+    try:
+        return int(os.environ.get("RANK", 0))
+    except ValueError:
+        return 0
+
+
 def report(exc: BaseException) -> int | None:
-    """Print `error: <sentence>` to stderr and return the exit code, or None when `exc` is a bug."""
+    """Print `error: <sentence>` to stderr and return the exit code, or None when `exc` is a bug.
+
+    Under torchrun every rank exits with the code, and rank 0 alone prints what all ranks hit alike (a bad option,
+    a checkpoint that does not fit, a diverged or stopped run); what may concern one rank alone (its data: DataError,
+    its files: OSError) the other ranks print too, naming themselves.
+    """
     text = sentence(exc)
     if text is None:
         return None
-    click.echo(f"error: {text}", err=True)
-    return getattr(exc, "exit_code", EXIT_USER) if isinstance(exc, click.ClickException) else EXIT_USER
+    code = getattr(exc, "exit_code", EXIT_USER)
+    label = getattr(exc, "label", "error")
+    rank = _rank()
+    if rank == 0:
+        click.echo(f"{label}: {text}", err=True)
+    elif isinstance(exc, (DataError, OSError)):
+        click.echo(f"{label}: [rank {rank}] {text}", err=True)
+    return code

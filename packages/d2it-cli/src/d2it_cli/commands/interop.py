@@ -77,22 +77,34 @@ def import_dit_command(obj, checkpoint, vae, num_heads, out, overwrite, as_json)
     default=None,
     help="Latent scale (default the folder's scaling_factor; 0.18215 for LDM checkpoints).",
 )
-@click.option("--backbone", default="dit-xl", show_default=True, help="Backbone of a new system.")
-@click.option("--image-size", default=256, show_default=True, type=POSITIVE_INT, help="Image size of a new system.")
-@click.option("--num-classes", default=1000, show_default=True, type=POSITIVE_INT, help="Classes of a new system.")
+@click.option(
+    "--backbone",
+    default=None,
+    help="Backbone of a new system (required when --out holds no system; its stage-2 parts start random).",
+)
+@click.option("--image-size", default=None, type=POSITIVE_INT, help="Image size of a new system [default: 256].")
+@click.option("--num-classes", default=None, type=POSITIVE_INT, help="Classes of a new system [default: 1000].")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.OPTION=VALUE", help="Options of a new system.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
 def import_sd_vae_command(obj, source, out, latent_scale, backbone, image_size, num_classes, sets, as_json):
     """Stable Diffusion's KL-f8 VAE (a diffusers AutoencoderKL folder or an LDM checkpoint) as `vae-f8`."""
     from d2it.config import parse_sets
+    from d2it.errors import ConfigError
     from d2it.system import SystemRecord
     from d2it_cli.interop import hub, import_sd_vae
+    from d2it_cli.interop.sd_vae import check_import_target
 
-    record = SystemRecord(backbone=backbone, image_size=image_size, num_classes=num_classes, options=parse_sets(sets))
-    system = import_sd_vae(
-        hub.resolve_vae(source), out, record=record, latent_scale=latent_scale, registry=(obj or {}).get("registry")
-    )
+    record = None
+    if backbone is not None:
+        size, classes = image_size or 256, num_classes or 1000
+        record = SystemRecord(backbone=backbone, image_size=size, num_classes=classes, options=parse_sets(sets))
+    elif image_size or num_classes or sets:
+        raise ConfigError("--image-size, --num-classes and --set describe a new system: name its --backbone too")
+    if source in SD_VAE_NAMES or hub.is_hub(source):
+        check_import_target(out, record)  # before anything is downloaded
+    path = hub.resolve_vae(source)
+    system = import_sd_vae(path, out, record=record, latent_scale=latent_scale, registry=(obj or {}).get("registry"))
     _done(system, out, as_json, "the VAE")
 
 
@@ -105,7 +117,7 @@ def import_sd_vae_command(obj, source, out, latent_scale, backbone, image_size, 
 @click.option("--dry-run", is_flag=True, help="Write the model card and list the files, upload nothing.")
 @click.pass_obj
 def push(obj, system_dir, repo_id, private, revision, message, dry_run):
-    """Upload a system (d2it.json, weights, eval metrics, a generated model card) to the Hugging Face Hub."""
+    """Upload a system or its diffusers export, with a generated model card, to the Hugging Face Hub."""
     from d2it_cli.interop import hub
 
     result = hub.push_system(
@@ -115,5 +127,11 @@ def push(obj, system_dir, repo_id, private, revision, message, dry_run):
     files = ", ".join(result["files"])
     if dry_run:
         click.echo(f"would upload to {repo_id}: {files}")
+        return
+    if result["diffusers"]:
+        load = f'DiffusionPipeline.from_pretrained("{repo_id}"' + (
+            ", trust_remote_code=True)" if "pipeline_d2it.py" in result["files"] else ")"
+        )
+        click.echo(f"pushed {system_dir} to {result['url']} ({files}); load it with {load}")
         return
     click.echo(f"pushed {system_dir} to {result['url']} ({files}); load it with --system hf://{repo_id}")

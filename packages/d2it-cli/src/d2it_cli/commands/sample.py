@@ -5,7 +5,8 @@ import json
 import click
 
 from d2it_cli import generation
-from d2it_cli.commands.params import BATCH, COUNT, DEVICE, NON_NEGATIVE_FLOAT, SEED
+from d2it_cli.commands.params import COUNT, DEVICE
+from d2it_cli.commands.sampling import sampling_options
 from d2it_cli.commands.system_dir import SYSTEM_DIR
 
 
@@ -13,16 +14,7 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
 @click.option("--system", "system_dir", required=True, type=SYSTEM_DIR, help="Trained model directory.")
 @click.option("--num", default=16, show_default=True, type=COUNT, help="Number of samples.")
 @click.option("--class", "class_list", default=None, metavar="I,J,...", help="Class indices, cycled over the samples.")
-@click.option(
-    "--classes-uniform", is_flag=True, help="Spread the samples evenly over all classes (default: random classes)."
-)
-@click.option(
-    "--steps",
-    default=None,
-    type=click.IntRange(min=1),
-    help="Sampling steps (default: the sampler's `steps` option, e.g. ddpm 250, dpmpp-2m 25).",
-)
-@click.option("--sampler", default=None, help="Sampler component (default: the system's).")
+@sampling_options(batch=16)
 @click.option(
     "--set",
     "sets",
@@ -30,22 +22,6 @@ from d2it_cli.commands.system_dir import SYSTEM_DIR
     metavar="sampler.OPTION=VALUE",
     help="Override a sampler option, e.g. --set sampler.spacing=karras.",
 )
-@click.option(
-    "--cfg-scale",
-    default=1.5,
-    show_default=True,
-    type=NON_NEGATIVE_FLOAT,
-    help="Classifier-free guidance scale (1 = off).",
-)
-@click.option(
-    "--grain-cfg-scale",
-    default=1.0,
-    show_default=True,
-    type=NON_NEGATIVE_FLOAT,
-    help="Guidance scale of the grain predictor.",
-)
-@click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--batch", default=16, show_default=True, type=BATCH, help="Samples per batch (and per shard).")
 @click.option("--device", default=None, type=DEVICE, help="Device (default: CUDA when available).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(
@@ -60,14 +36,8 @@ def sample(
     system_dir,
     num,
     class_list,
-    classes_uniform,
-    steps,
-    sampler,
+    sampling,
     sets,
-    cfg_scale,
-    grain_cfg_scale,
-    seed,
-    batch,
     device,
     out,
     npz,
@@ -76,17 +46,7 @@ def sample(
     quiet,
 ):
     """Generate samples from a trained system: PNGs, a grid with grain-map overlays and (--npz) samples.npz."""
-    settings = generation.SampleSettings(
-        num=num,
-        classes=generation.parse_classes(class_list),
-        classes_uniform=classes_uniform,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        cfg_scale=cfg_scale,
-        grain_cfg_scale=grain_cfg_scale,
-        batch=batch,
-    )
+    settings = generation.SampleSettings(num=num, classes=generation.parse_classes(class_list), **sampling)
     sampler_sets, _ = generation.split_sampler_sets(sets)
     summary = generation.sample_images(
         system_dir,

@@ -16,7 +16,7 @@ class SystemDir(click.ParamType):
         self.writable = writable
 
     def convert(self, value, param, ctx):
-        from d2it_cli.interop import hub
+        from d2it import hub  # the one resolver, shared with d2it.System.from_pretrained
 
         if not hub.is_hub(value):
             return value

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from d2it import dist
 from d2it_cli.commands.claims import hold
 from d2it_cli.commands.params import (
     BATCH,
@@ -17,11 +18,11 @@ from d2it_cli.commands.params import (
     UNIT_INTERVAL,
 )
 from d2it_cli.commands.system_dir import WRITABLE_SYSTEM_DIR
+from d2it_cli.config_file import CONFIG_OPTION, replay_options
 from d2it_cli.data import data_options
-from d2it_cli.engine import Trainer, dist
+from d2it_cli.engine import Trainer
+from d2it_cli.engine.config import LR_SCALES, NAN_POLICIES, PRECISIONS, train_config
 from d2it_cli.engine.ema import stale_ema
-from d2it_cli.engine.loop import NAN_POLICIES, PRECISIONS, seed_everything
-from d2it_cli.engine.parts import train_config
 from d2it_cli.engine.stage1 import DVAETask
 from d2it_cli.engine.stage2 import GRAIN_SOURCES, ContentTask, GrainTask
 from d2it_sampling.diffusion import GRAIN_LOSSES
@@ -31,7 +32,7 @@ SYSTEM = click.option(
     "system_dir",
     required=True,
     type=WRITABLE_SYSTEM_DIR,
-    help="Model directory (from d2it build); the trained part is written back into it.",
+    help="Model directory (from d2it build); --save-to-system writes the trained part back into it.",
 )
 
 
@@ -40,6 +41,7 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
 
     def decorate(fn):
         options = [
+            CONFIG_OPTION,
             click.option(
                 "--batch",
                 default=batch,
@@ -53,6 +55,19 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 show_default=True,
                 type=POSITIVE_INT,
                 help="Micro-batches per optimizer step.",
+            ),
+            click.option(
+                "--global-batch",
+                type=POSITIVE_INT,
+                help="Samples per optimizer step over all processes (then --batch is the largest micro-batch); on "
+                "--resume it changes the run's global batch (default: the checkpoint's).",
+            ),
+            click.option(
+                "--lr-scale",
+                type=click.Choice(LR_SCALES),
+                default="none",
+                show_default=True,
+                help="How the learning rate follows a global batch changed on --resume: x1, x new/old or its root.",
             ),
             click.option("--steps", type=POSITIVE_INT, help="Optimizer steps to train for (overrides --epochs)."),
             click.option("--epochs", type=POSITIVE_FLOAT, help="Epochs to train for."),
@@ -102,7 +117,17 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
             click.option(
                 "--run-dir",
                 type=click.Path(file_okay=False),
-                help="Logs, checkpoints, previews (default SYSTEM/runs/<trainer>).",
+                help="Logs, checkpoints, previews of this run (default SYSTEM/runs/<trainer>); one run per folder.",
+            ),
+            click.option(
+                "--overwrite",
+                is_flag=True,
+                help="Delete the run already in the run directory (the files d2it wrote) and start a new one.",
+            ),
+            click.option(
+                "--save-to-system",
+                is_flag=True,
+                help="At the end, write the trained part (its EMA weights where kept) into the system directory.",
             ),
             click.option(
                 "--device",
@@ -121,6 +146,13 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
                 show_default=True,
                 help="On a non-finite loss: stop (naming the step and the last good checkpoint) or skip the step.",
             ),
+            click.option(
+                "--preempt-signal",
+                "preempt_signals",
+                multiple=True,
+                help="Signal that checkpoints the step and stops with exit code 75 (repeatable; TERM, USR1, USR2, "
+                "INT, HUP or none; default TERM and USR1, or $D2IT_PREEMPT_SIGNALS).",
+            ),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -131,6 +163,7 @@ def engine_options(*, batch: int, ema: bool, ema_decay: float, sample_every: int
 
 def _fit(task, config, part: str, system_dir):
     """Train `task` and print one summary line on rank 0."""
+    config.options = replay_options(click.get_current_context())  # train.json records them for --config
     trainer = Trainer(task, config)
     history = trainer.fit()
     if not dist.is_main():
@@ -146,7 +179,14 @@ def _fit(task, config, part: str, system_dir):
         warning = stale_ema(ema.decay, trainer.step)
         if warning:
             click.echo(f"warning: {warning}", err=True)
-    click.echo(f"wrote {system_dir}/{part}.safetensors; run directory {trainer.run_dir}")
+    if config.save_to_system:
+        click.echo(f"wrote {system_dir}/{part}.safetensors; run directory {trainer.run_dir}")
+        return
+    click.echo(
+        f"run directory {trainer.run_dir}; {system_dir} was not changed: --save-to-system writes the trained {part} "
+        f"into it (on this finished run with --resume latest), d2it export --run {trainer.run_dir} --out DIR makes a "
+        "new system"
+    )
 
 
 @click.group()
@@ -204,10 +244,9 @@ def dvae(
     lpips_random,
     **kwargs,
 ):
-    """Stage 1: train the DVAE on images; writes SYSTEM/vae.safetensors at the end."""
+    """Stage 1: train the DVAE on images; --save-to-system writes SYSTEM/vae.safetensors at the end."""
     registry = obj["registry"]
     config = train_config(system_dir, "dvae", kwargs, data=data)
-    seed_everything(config.seed)  # before any module (e.g. the discriminator) is built
     options = data_options(data, strict_data, data_option, registry)
     loss_options = {
         "disc_start": disc_start,
@@ -217,13 +256,7 @@ def dvae(
         "lpips_weights": lpips_weights,
         "pnet_rand": lpips_random,
     }
-    task = DVAETask.open(system_dir, data, registry=registry, options=options, lr=lr, loss_options=loss_options)
-    if task.default_thresholds and dist.is_main():
-        click.echo(
-            f"warning: {system_dir} has no entropy thresholds; using the VAE's defaults {task.vae.thresholds} "
-            "(run d2it thresholds first)",
-            err=True,
-        )
+    task = DVAETask(system_dir, data, registry=registry, options=options, lr=lr, loss_options=loss_options)
     _fit(task, config, "vae", system_dir)
 
 
@@ -235,11 +268,10 @@ def dvae(
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=1000)
 @click.pass_obj
 def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
-    """Stage 2: train the grain transformer on cached grain maps; writes SYSTEM/grain.safetensors."""
+    """Stage 2: train the grain transformer on cached grain maps; --save-to-system writes SYSTEM/grain.safetensors."""
     config = train_config(system_dir, "grain", kwargs, data=str(Path(cache).resolve()))
-    seed_everything(config.seed)  # before any module is built
     hold(cache, "latent cache", shared=True)  # no `encode --overwrite` while we read it
-    task = GrainTask.open(system_dir, cache, registry=obj["registry"], lr=lr, weight_decay=weight_decay)
+    task = GrainTask(system_dir, cache, registry=obj["registry"], lr=lr, weight_decay=weight_decay)
     _fit(task, config, "grain", system_dir)
 
 
@@ -276,11 +308,10 @@ def grain(obj, system_dir, cache, lr, weight_decay, **kwargs):
 @engine_options(batch=32, ema=True, ema_decay=0.9999, sample_every=5000)
 @click.pass_obj
 def content(obj, system_dir, cache, lr, weight_decay, grain_source, fine_ratio, grain_loss, sample_steps, **kwargs):
-    """Stage 2: train the content transformer by diffusion on cached latents; writes SYSTEM/content.safetensors."""
+    """Stage 2: train the content transformer by diffusion on cached latents; --save-to-system writes it into SYSTEM."""
     config = train_config(system_dir, "content", kwargs, data=str(Path(cache).resolve()))
-    seed_everything(config.seed)  # before any module is built
     hold(cache, "latent cache", shared=True)
-    task = ContentTask.open(
+    task = ContentTask(
         system_dir,
         cache,
         registry=obj["registry"],

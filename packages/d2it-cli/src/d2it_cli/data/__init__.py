@@ -5,7 +5,9 @@ import json
 import re
 from pathlib import Path
 
+from d2it.config import fields_of
 from d2it.errors import DataError
+from d2it.plugin_api import reserved_error
 from d2it.registry import Registry, default_registry
 from d2it_cli.data.folder import FolderConfig, FolderDataset
 from d2it_cli.data.hf import HfConfig, HfDataset
@@ -47,7 +49,20 @@ def parse_data(spec: str, registry: Registry | None = None) -> tuple[str, dict, 
         return name, {}, root
     if BARE_RE.match(text) and not Path(text).exists() and text in (registry or default_registry()).names("dataset"):
         return text, {}, None
+    if _looks_like_shards(Path(text)):
+        raise DataError(f"--data {text} looks like webdataset shards, not an image folder; name them --data wds:{text}")
     return "folder", {}, text
+
+
+def _looks_like_shards(path: Path) -> bool:
+    """A bare `--data` path that is meant as tar shards: a brace pattern, a .tar file, or a folder `d2it pack` wrote."""
+    if path.is_dir():
+        return (
+            (path / "classes.json").is_file()
+            and any(path.glob("*.tar"))
+            and not any(p.is_dir() for p in path.iterdir())
+        )
+    return ("{" in path.name and "}" in path.name) or path.name.endswith(".tar") or "::" in str(path)
 
 
 def open_dataset(
@@ -67,8 +82,13 @@ def open_dataset(
 def data_options(spec: str, strict: bool, pairs=(), registry: Registry | None = None) -> dict:
     """Dataset options from `--strict-data` and `--data-option KEY=VALUE` pairs (JSON values where they parse)."""
     options = {}
+    registry = registry or default_registry()
     name = parse_data(spec, registry)[0]
     if strict and name != "synthetic":
+        field = fields_of(registry.get("dataset", name).config).get("strict")
+        if field is None or field.type is not bool:  # `strict` is reserved only where a dataset declares it
+            problem = f"--strict-data: dataset {name!r} has no bool option `strict`"
+            raise DataError(reserved_error("dataset", "strict", problem))
         options["strict"] = True
     for pair in pairs:
         key, sep, value = str(pair).partition("=")

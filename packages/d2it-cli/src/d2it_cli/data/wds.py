@@ -1,12 +1,14 @@
 """The `wds` dataset: webdataset tar shards (`<key>.jpg|png|webp` + optional `<key>.cls`), read as a stream.
 
-`--data wds:/data/train-{000000..000127}.tar` (brace expansion; local paths or any URL the
-webdataset library opens, e.g. `pipe:`, `https://`, `s3://` through its handlers). Shards are split
+`--data wds:/data/train-{000000..000127}.tar` (brace expansion; local paths, globs such as
+`wds:shards/*.tar`, a folder that `d2it pack` wrote, `file:` URLs, or any URL the webdataset
+library opens, e.g. `pipe:`, `https://`, `s3://` through its handlers). Shards are split
 over ranks and data-loader workers and samples mixed in a shuffle buffer (see `stream.py`); a
 sample whose image cannot be decoded is skipped and counted. `classes.json` beside the shards
 (written by `d2it pack`) gives the class names and count.
 """
 
+import glob
 import importlib.util
 import io
 import json
@@ -35,9 +37,46 @@ class WdsConfig:
     length: int | None = None  # samples per epoch when known (default: classes.json's `count`); only for --epochs
 
 
+def _folder_shards(folder: Path) -> list[str]:
+    """The shards of a folder: those its classes.json's `pattern` names (as `d2it pack` writes it), else its *.tar."""
+    meta = {}
+    if (folder / CLASSES_FILE).is_file():
+        try:
+            meta = json.loads((folder / CLASSES_FILE).read_bytes().decode("utf-8"))
+        except ValueError as exc:  # JSON or UTF-8
+            raise DataError(f"{folder / CLASSES_FILE} is not valid JSON ({exc})") from None
+    pattern = meta.get("pattern") if isinstance(meta, dict) else None
+    if isinstance(pattern, str) and pattern and "/" not in pattern and "\\" not in pattern:
+        return [str(folder / name) for name in braceexpand.braceexpand(pattern)]
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    if not shards:
+        raise DataError(f"--data wds:{folder}: the folder holds no .tar shards")
+    return shards
+
+
+def _expand_one(url: str) -> list[str]:
+    """One brace-expanded URL: a folder's shards, a local glob's matches (sorted), or the URL itself."""
+    if url.startswith("file:"):  # file:///data/x.tar and file:/data/x.tar are local paths
+        url = url[len("file://") :] if url.startswith("file://") else url[len("file:") :]
+    if not _is_local(url):
+        return [url]
+    if Path(url).is_dir():
+        return _folder_shards(Path(url))
+    if any(c in url for c in "*?["):  # a glob
+        matches = sorted(glob.glob(url))
+        if not matches:
+            raise DataError(f"--data wds:{url} matches no files")
+        return matches
+    return [url]
+
+
 def expand_shards(pattern: str) -> list[str]:
-    """Shard URLs from a brace pattern (several patterns may be joined with `::`)."""
-    urls = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part.strip()) if u]
+    """Shard URLs from a pattern: braces, local globs (`shards/*.tar`), a folder `d2it pack` wrote, `file:` URLs.
+
+    Several patterns may be joined with `::`.
+    """
+    parts = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part.strip()) if u]
+    urls = [u for part in parts for u in _expand_one(part)]
     if not urls:
         raise DataError(f"--data wds:{pattern} names no shards")
     return urls

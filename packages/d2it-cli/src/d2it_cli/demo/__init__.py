@@ -327,176 +327,86 @@ class Demo:
         lr = self.plan.grain_lr if trainer == "grain" else self.plan.content_lr
         return ["--lr", lr] if self.supports(["train", trainer], "--lr") else []
 
+    def train_writes(self) -> list[str]:
+        """A trainer writes its part into the system (the next step uses it), starting its run over on a rerun."""
+        return ["--save-to-system", "--overwrite"]
+
     def common(self, workers: bool = True) -> list[str]:
         """Options every training/encoding step takes."""
         out = ["--device", self.device] + (["--workers", self.plan.workers] if workers and self.plan.workers else [])
         return out + (["--quiet"] if self.quiet else [])
 
     def run_pipeline(self):
-        """Every command from `build` to `sample`."""
-        p, sysdir = self.plan, self.system_dir
+        """Every command from `build` to `sample`, one stage after another."""
+        for name, arguments in self.stages():
+            self.invoke(name, arguments())
+
+    def stages(self) -> list:
+        """(step name, method giving its `d2it` arguments) of every stage, in order; arguments are made when it runs."""
+        return [
+            ("build", self.build_args),
+            ("thresholds", self.thresholds_args),
+            ("train dvae", self.train_dvae_args),
+            ("encode", self.encode_args),
+            ("train grain", lambda: self.stage2_args("grain")),
+            ("train content", lambda: self.stage2_args("content")),
+            ("sample", self.sample_args),
+        ]
+
+    def build_args(self) -> list:
+        """`d2it build`: the system at the plan's sizes, replacing an earlier run's (a rerun starts over)."""
+        p = self.plan
+        parts = {"--vae": "dvae-kl", "--backbone": "dit-s", "--refine": "window16", "--grain": "dgt-s"}
+        sizes = {"--image-size": p.image_size, "--num-classes": p.num_classes}
         sets = [a for s in (*p.vae, *p.backbone, *p.refine, *p.grain) for a in ("--set", s)]
-        self.invoke(
-            "build",
-            [
-                "build",
-                "--vae",
-                "dvae-kl",
-                "--backbone",
-                "dit-s",
-                "--refine",
-                "window16",
-                "--grain",
-                "dgt-s",
-                "--image-size",
-                p.image_size,
-                "--num-classes",
-                p.num_classes,
-                *sets,
-                "--out",
-                sysdir,
-                "--overwrite",  # a rerun of the demo starts over
-            ],
-        )
-        self.invoke(
-            "thresholds",
-            [
-                "thresholds",
-                *self.data_args(),
-                "--system",
-                sysdir,
-                "--out",
-                sysdir / "thresholds.json",
-                "--device",
-                self.device,
-                *(["--quiet"] if self.quiet else []),
-            ],
-        )
-        self.invoke(
-            "train dvae",
-            [
-                "train",
-                "dvae",
-                "--system",
-                sysdir,
-                *self.data_args(),
-                "--steps",
-                p.dvae_steps,
-                "--batch",
-                p.dvae_batch,
-                "--lr",
-                p.dvae_lr,
-                "--perceptual-weight",
-                0,
-                "--disc-start",
-                p.dvae_steps + 1,
-                "--log-every",
-                p.log_every,
-                "--sample-every",
-                p.dvae_steps,
-                "--ckpt-every",
-                p.dvae_steps,
-                "--seed",
-                self.seed,
-                *self.common(),
-            ],
-        )
-        self.invoke(
-            "encode",
-            [
-                "encode",
-                "--system",
-                sysdir,
-                *self.data_args(),
-                "--out",
-                self.cache_dir,
-                "--batch",
-                64,
-                "--overwrite",
-                "--seed",
-                self.seed,
-                *self.common(),
-            ],
-        )
-        self.invoke(
-            "train grain",
-            [
-                "train",
-                "grain",
-                "--system",
-                sysdir,
-                "--cache",
-                self.cache_dir,
-                "--steps",
-                p.grain_steps,
-                "--batch",
-                p.grain_batch,
-                "--ema-decay",
-                p.grain_ema_decay,
-                "--log-every",
-                p.log_every,
-                "--sample-every",
-                p.grain_steps,
-                "--ckpt-every",
-                p.grain_steps,
-                "--seed",
-                self.seed,
-                *self.stage2_lr("grain"),
-                *self.common(),
-            ],
-        )
-        self.invoke(
-            "train content",
-            [
-                "train",
-                "content",
-                "--system",
-                sysdir,
-                "--cache",
-                self.cache_dir,
-                "--steps",
-                p.content_steps,
-                "--batch",
-                p.content_batch,
-                "--ema-decay",
-                p.content_ema_decay,
-                "--log-every",
-                p.log_every,
-                "--sample-every",
-                0,
-                "--ckpt-every",
-                p.content_steps,
-                "--seed",
-                self.seed,
-                *self.stage2_lr("content"),
-                *self.common(),
-            ],
-        )
-        self.invoke(
-            "sample",
-            [
-                "sample",
-                "--system",
-                sysdir,
-                "--num",
-                p.sample_num,
-                "--classes-uniform",
-                "--steps",
-                p.sample_steps,
-                "--cfg-scale",
-                p.cfg_scale,
-                "--seed",
-                self.seed,
-                "--batch",
-                p.sample_batch,
-                "--out",
-                self.samples_dir,
-                "--npz",
-                "--no-resume",
-                *(["--sampler", p.sampler] if p.sampler else []),
-                *self.common(workers=False),
-            ],
-        )
+        return ["build", *_options(parts), *_options(sizes), *sets, "--out", self.system_dir, "--overwrite"]
+
+    def thresholds_args(self) -> list:
+        """`d2it thresholds`: region entropies of the training images into the system record."""
+        where = {"--system": self.system_dir, "--out": self.system_dir / "thresholds.json", "--device": self.device}
+        return ["thresholds", *self.data_args(), *_options(where), *(["--quiet"] if self.quiet else [])]
+
+    def train_dvae_args(self) -> list:
+        """`d2it train dvae` (stage 1), without the perceptual loss and the discriminator."""
+        p = self.plan
+        schedule = {"--steps": p.dvae_steps, "--batch": p.dvae_batch, "--lr": p.dvae_lr, "--perceptual-weight": 0,
+                    "--disc-start": p.dvae_steps + 1}  # fmt: skip
+        every = {"--log-every": p.log_every, "--sample-every": p.dvae_steps, "--ckpt-every": p.dvae_steps}
+        return ["train", "dvae", "--system", self.system_dir, *self.data_args(), *_options(schedule),
+                *_options(every), "--seed", self.seed, *self.train_writes(), *self.common()]  # fmt: skip
+
+    def encode_args(self) -> list:
+        """`d2it encode`: the latent cache the stage-2 trainers read, replacing an earlier run's."""
+        return ["encode", "--system", self.system_dir, *self.data_args(), "--out", self.cache_dir, "--batch", 64,
+                "--overwrite", "--seed", self.seed, *self.common()]  # fmt: skip
+
+    def stage2_args(self, trainer: str) -> list:
+        """`d2it train grain` or `d2it train content` on the latent cache."""
+        p = self.plan
+        steps, batch, ema_decay = {
+            "grain": (p.grain_steps, p.grain_batch, p.grain_ema_decay),
+            "content": (p.content_steps, p.content_batch, p.content_ema_decay),
+        }[trainer]
+        schedule = {"--steps": steps, "--batch": batch, "--ema-decay": ema_decay}
+        previews = steps if trainer == "grain" else 0  # content: none, the sample step draws the samples
+        every = {"--log-every": p.log_every, "--sample-every": previews, "--ckpt-every": steps}
+        return ["train", trainer, "--system", self.system_dir, "--cache", self.cache_dir, *_options(schedule),
+                *_options(every), "--seed", self.seed, *self.stage2_lr(trainer), *self.train_writes(),
+                *self.common()]  # fmt: skip
+
+    def sample_args(self) -> list:
+        """`d2it sample`: the report's samples, evenly over the classes, with samples.npz."""
+        p = self.plan
+        sampling = {"--num": p.sample_num, "--classes-uniform": None, "--steps": p.sample_steps,
+                    "--cfg-scale": p.cfg_scale, "--seed": self.seed, "--batch": p.sample_batch}  # fmt: skip
+        return ["sample", "--system", self.system_dir, *_options(sampling), "--out", self.samples_dir, "--npz",
+                "--no-resume", *(["--sampler", p.sampler] if p.sampler else []),
+                *self.common(workers=False)]  # fmt: skip
+
+
+def _options(values: dict) -> list:
+    """["--name", value, ...] of {"--name": value}; a flag's value is None."""
+    return [a for name, value in values.items() for a in ((name,) if value is None else (name, value))]
 
 
 def run_demo(

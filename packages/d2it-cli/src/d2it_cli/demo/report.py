@@ -13,10 +13,10 @@ import torch
 from d2it import system as systems
 from d2it.io import atomic_write_text
 from d2it.layout import fine_ratio
+from d2it.parts import load_vae
 from d2it_cli import images as imgs
 from d2it_cli.data import open_dataset
 from d2it_cli.engine.loop import read_log
-from d2it_cli.engine.parts import load_vae
 from d2it_cli.generation import NPZ_NAME, load_samples
 
 STYLE = """

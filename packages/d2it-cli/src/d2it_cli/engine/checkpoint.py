@@ -14,12 +14,14 @@ import re
 import shutil
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
-from d2it import checks, io
+from d2it import checks, dist, io
 from d2it.errors import CheckpointError, ConfigError
-from d2it_cli.engine import dist
+from d2it_cli.engine.config import normal_data
+from d2it_cli.engine.split import BatchSplit
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
@@ -133,11 +135,11 @@ def clean_temporaries(run_dir):
         io.clean_temporary_files(folder)
 
 
-def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:
-    """Write checkpoint `step` on every rank (collective); a failed write (full disk, read-only, no permission)
-    leaves the previous checkpoint in place and says so."""
+def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None, rng=None) -> Path:
+    """Write checkpoint `step` on every rank (collective; `rng`: this rank's RNG state, by default the current one);
+    a failed write (full disk, read-only, no permission) leaves the previous checkpoint in place and says so."""
     try:
-        return _save_checkpoint(run_dir, step, weights, state, keep)
+        return _save_checkpoint(run_dir, step, weights, state, keep, rng)
     except OSError as exc:
         if exc.errno not in WRITE_ERRORS:
             raise
@@ -154,7 +156,7 @@ def save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | 
         raise CheckpointError(f"{problem}; {intact}, nothing was replaced and the previous files are intact") from None
 
 
-def _save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None = None) -> Path:
+def _save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int | None, rng) -> Path:
     root = checkpoint_root(run_dir)
     name = step_name(step)
     tmp = root / f".{name}.tmp"
@@ -168,7 +170,7 @@ def _save_checkpoint(run_dir, step: int, weights: dict, state: dict, keep: int |
         for part, tensors in weights.items():
             io.save_safetensors(tensors, tmp / f"{part}.safetensors", {"d2it.part": part, "d2it.step": str(step)})
         io.save_state(state, tmp / STATE)
-    io.save_state(capture_rng(), tmp / rng_file(dist.rank()))
+    io.save_state(capture_rng() if rng is None else rng, tmp / rng_file(dist.rank()))
     dist.barrier()
     if dist.is_main():
         trash = root / f".{name}.old"
@@ -198,6 +200,8 @@ def check_state(state, where) -> dict:
         checks.field(state, "ema", f"training state {where}", types=(dict,), optional=True)
         checks.field(state, "global_batch", f"training state {where}", low=1, integer=True, optional=True)
         checks.field(state, "data", f"training state {where}", types=(dict,), optional=True)
+        for key in ("schedule", "scaler"):
+            checks.field(state, key, f"training state {where}", types=(dict,), optional=True)
         for key in ("task", "data_source"):
             checks.field(state, key, f"training state {where}", types=(str,), optional=True)
     except ConfigError as exc:
@@ -231,3 +235,162 @@ def load_checkpoint(path, need_rng: bool = True) -> tuple[dict, dict, dict | Non
             f"{state.get('world_size', '?')} processes and this run has {dist.world_size()}"
         )
     return weights, state, io.load_state(rng_path)
+
+
+# -- resuming ----------------------------------------------------------------------------------------------------
+
+
+def read_resume(resume: str, run_dir, seed: int) -> tuple[Path, dict]:
+    """(checkpoint directory, its training state) of `--resume`, refused when it was trained with another seed."""
+    path = resolve_resume(resume, run_dir)
+    state = check_state(io.load_state(path / STATE), path / STATE)
+    if state.get("seed") != seed:
+        raise CheckpointError(f"checkpoint {path} used --seed {state.get('seed')}; resume with the same value")
+    return path, state
+
+
+def global_batch_of(state: dict) -> int:
+    """The global batch a checkpoint was trained with (older ones: batch x grad_accum x world size)."""
+    return int(state.get("global_batch", state["batch"] * state["grad_accum"] * state.get("world_size", 1)))
+
+
+@attrs.define
+class TrainState:
+    """The run's step, and the facts a resume checks or keeps: task, seed, data, and the split of the global batch."""
+
+    task: str
+    seed: int
+    split: BatchSplit
+    data_source: str | None = None
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step,
+            "global_batch": self.split.global_batch,
+            "world_size": self.split.world,
+            "batch": self.split.max_batch,
+            "grad_accum": self.split.accum,
+            "seed": self.seed,
+            "task": self.task,
+        }
+        return state if self.data_source is None else {**state, "data_source": self.data_source}
+
+    def load_state_dict(self, state: dict):
+        """Take the step of a checkpoint written by the same trainer on the same data."""
+        task = state.get("task")
+        if task is not None and task != self.task:
+            raise CheckpointError(
+                f"was written by `d2it train {task}`, not `d2it train {self.task}`; "
+                "resume it with the trainer that wrote it"
+            )
+        source, given = state.get("data_source"), self.data_source
+        if source is not None and given is not None and normal_data(source) != normal_data(given):
+            raise CheckpointError(
+                f"was trained on {source}, this run is given {given}; "
+                "resume with the same data or start a new run directory"
+            )
+        self.step = int(state["step"])
+
+
+class RNGState:
+    """This process's random streams (torch CPU and CUDA, numpy, python) as a stateful piece; one file per rank."""
+
+    def state_dict(self) -> dict:
+        return capture_rng()
+
+    def load_state_dict(self, state: dict):
+        restore_rng(state)
+
+
+class Checkpointer:
+    """Saves and restores everything a resume needs through each piece's `state_dict` / `load_state_dict`.
+
+    `train_state` (step, run facts), `feed` (data position), the task's `modules` (one safetensors file each),
+    `optimizers`, `ema`, `schedule` and `scaler` go into one checkpoint directory with each rank's `rng`.
+    """
+
+    def __init__(self, run_dir, *, keep, train_state, feed, modules, optimizers, ema, schedule, scaler, rng=None):
+        self.run_dir, self.keep = Path(run_dir), keep
+        self.train_state, self.feed, self.modules = train_state, feed, modules
+        self.optimizers, self.ema, self.schedule, self.scaler = optimizers, ema, schedule, scaler
+        self.rng = rng or RNGState()
+
+    def save(self, step: int) -> Path:
+        """Write checkpoint `step` (every rank: the data position and the RNG are per rank)."""
+        data = self.feed.state_dict()  # on every rank: a stream's position is gathered from all of them
+        weights, state = {}, {}
+        if dist.is_main():
+            weights = {k: m.state_dict() for k, m in self.modules.items()}
+            state = {
+                **self.train_state.state_dict(),
+                "data": data,
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "ema": {k: e.state_dict() for k, e in self.ema.items()},
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(),
+            }
+        return save_checkpoint(self.run_dir, step, weights, state, keep=self.keep, rng=self.rng.state_dict())
+
+    def load(self, path: Path, device):
+        """Restore every piece from checkpoint `path` (the RNG only when it was written by as many ranks)."""
+        weights, state, rng = load_checkpoint(path, need_rng=False)
+        if state.get("task") is None:  # written before checkpoints named their trainer: judge by the weights
+            foreign = sorted(set(weights) - set(self.modules))
+            if foreign:
+                raise CheckpointError(
+                    f"checkpoint {path} was written by another trainer (it holds weights for {foreign[0]!r}, "
+                    f"not for `d2it train {self.train_state.task}`)"
+                )
+        try:
+            self.train_state.load_state_dict(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {path} {exc}") from None
+        for name, module in self.modules.items():
+            if name not in weights:
+                raise CheckpointError(f"checkpoint {path} has no weights for {name}")
+            tensors = {k: v.to(device) for k, v in weights[name].items()}
+            io.load_into(module, tensors, where=f"{path / name}.safetensors")
+        for name, opt in self.optimizers.items():
+            _load_optimizer(opt, state["optimizers"].get(name), name, path)
+        for name, ema in self.ema.items():
+            if name in state.get("ema", {}):
+                ema.load_state_dict(state["ema"][name])
+            else:  # EMA switched on at resume: start from the resumed weights
+                ema.load_state_dict(self.modules[name].state_dict())
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.feed.load_state_dict(state["data"])
+        if rng is not None and state.get("world_size") == dist.world_size():
+            self.rng.load_state_dict(rng)
+        else:  # another number of ranks: fresh per-rank streams (only draws not keyed by sample use them)
+            seed_everything(self.train_state.seed, dist.rank(), self.train_state.step)
+
+
+def _load_optimizer(opt, saved, name: str, path):
+    """Load an optimizer's state; this run's weight decay wins (its learning rates are the schedule's)."""
+    if saved is None:
+        raise CheckpointError(f"checkpoint {path} has no state for optimizer {name}")
+    decays = [g.get("weight_decay") for g in opt.param_groups]
+    try:
+        opt.load_state_dict(saved)
+    except ValueError:  # torch: the groups' parameter counts differ
+        raise CheckpointError(
+            f"checkpoint {path} trained other parameters with optimizer {name} than this run would (an option "
+            "that adds or removes trained parameters, such as --learn-logvar, differs); resume with the "
+            "options the run started with"
+        ) from None
+    for group, decay in zip(opt.param_groups, decays):
+        if decay is not None:
+            group["weight_decay"] = decay
+
+
+def seed_everything(seed: int, rank: int = 0, step: int = 0):
+    """Seed torch, numpy and python for (run seed, rank, step) (step 0: the run's start)."""
+    base = (int(seed) * 1000 + int(rank)) % 2**64  # seeds may use all 64 bits
+    if step:
+        base = (base * 1_000_003 + int(step)) % 2**64
+    torch.manual_seed(base)
+    np.random.seed(base % 2**32)
+    random.seed(base)

@@ -2,24 +2,29 @@
 
 Map-style datasets follow one global order per epoch, a seeded permutation independent of the
 number of ranks: optimizer step s of an epoch uses samples [s*G, (s+1)*G) of it (G = the global
-batch), and within a micro-batch rank r takes its own slice. So a run resumed on another number
-of ranks (same G) trains on exactly the same samples at every step. An epoch holds the largest
-multiple of G that fits. Streaming datasets (`IterableDataset`) need no length: each rank reads
+batch), and within a micro-batch rank r takes its own slice (`split.BatchSplit`: equal slices, or
+G // W and G // W + 1 samples when W ranks cannot share G evenly). So a run resumed on another
+number of ranks (same G) trains on exactly the same samples at every step. An epoch holds the
+largest multiple of G that fits. Streaming datasets (`IterableDataset`) need no length: each rank reads
 its share of the stream (see `d2it_cli.data.stream`), and the feed counts what the trainer consumed
 of each unit (shard) so that a run resumed on another ranks x workers layout continues every unit
 where it stopped. One DataLoader serves the whole run, so worker processes start once.
 """
 
+import atexit
 import os
 import random
+import signal
+import weakref
 from collections import Counter
 
 import numpy as np
 import torch
 
+from d2it import dist
 from d2it.errors import ConfigError, DataError
 from d2it_cli.data.stream import StreamSetup, is_streaming
-from d2it_cli.engine import dist
+from d2it_cli.engine.split import BatchSplit
 
 
 def default_workers() -> int:
@@ -63,11 +68,12 @@ class SeededItems(torch.utils.data.Dataset):
 class GlobalOrder:
     """Each rank's micro-batches of (index, item seed) along the run's global, rank-independent sample order."""
 
-    def __init__(self, size: int, batch: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
-        self.size, self.batch, self.seed, self.rank, self.world = size, batch, seed, rank, world
-        self.epoch_size = (size // global_batch) * global_batch
+    def __init__(self, size: int, split: BatchSplit, seed: int, rank: int = 0):
+        self.size, self.split, self.seed, self.rank = size, split, seed, rank
+        self.global_batch = split.global_batch
+        self.epoch_size = (size // self.global_batch) * self.global_batch
         if self.epoch_size < 1:
-            raise DataError(f"the dataset has {size} items, fewer than one global batch of {global_batch}")
+            raise DataError(f"the dataset has {size} items, fewer than one global batch of {self.global_batch}")
         self._perm: tuple[int, list[int]] | None = None
 
     def permutation(self, epoch: int) -> list[int]:
@@ -77,17 +83,56 @@ class GlobalOrder:
             self._perm = (epoch, torch.randperm(self.size, generator=g).tolist())
         return self._perm[1]
 
-    def micro_batch(self, position: int) -> list[tuple[int, int]]:
-        """This rank's share of the global micro-batch starting at sample `position` of the run."""
+    def step_start(self, position: int) -> int:
+        """Where a step starting at sample `position` begins: there, or at the next epoch when a whole global batch
+        no longer fits in this one (only after the global batch changed on resume)."""
         epoch, offset = divmod(position, self.epoch_size)
-        start = offset + self.rank * self.batch
-        return [(i, item_seed(self.seed, epoch, i)) for i in self.permutation(epoch)[start : start + self.batch]]
+        return position if offset + self.global_batch <= self.epoch_size else (epoch + 1) * self.epoch_size
+
+    def items(self, position: int, count: int) -> list[tuple[int, int]]:
+        """`count` samples of the run's order from sample `position` (within one epoch)."""
+        epoch, offset = divmod(position, self.epoch_size)
+        return [(i, item_seed(self.seed, epoch, i)) for i in self.permutation(epoch)[offset : offset + count]]
 
     def plan(self, position: int):
-        """Micro-batches from sample `position` on, endlessly."""
+        """This rank's micro-batches of every step from sample `position` on, endlessly."""
         while True:
-            yield self.micro_batch(position)
-            position += self.batch * self.world
+            position = self.step_start(position)
+            for micro in range(self.split.accum):
+                yield self.items(position + self.split.offset(micro, self.rank), self.split.sizes[micro][self.rank])
+            position += self.global_batch
+
+
+class IgnoreSignals:
+    """A DataLoader worker's start: ignore the signals the trainer handles (a cluster signals every process of a job;
+    the trainer decides when to stop, and a worker ends with it: its loader's shutdown, or `end_workers_at_exit`)."""
+
+    def __init__(self, signals=()):
+        self.signals = tuple(int(s) for s in signals)
+
+    def __call__(self, worker_id: int):
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+# the loaders' iterators whose workers ignore SIGTERM: multiprocessing's exit ends worker processes with SIGTERM and
+# then waits for them, so a loader still alive then (say, held by a traceback) must be shut down before it
+_LIVE_LOADERS = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit function (torch imports it first), so it runs first
+def end_workers_at_exit():
+    """Shut down the workers of every loader still alive (they leave on the loader's own stop message)."""
+    for batches in list(_LIVE_LOADERS):
+        batches._shutdown_workers()
+
+
+def _batches(loader):
+    """`iter(loader)`, its workers ended at interpreter exit when nothing else ends them."""
+    batches = iter(loader)
+    if loader.num_workers:
+        _LIVE_LOADERS.add(batches)
+    return batches
 
 
 class TrackedCollate:
@@ -124,21 +169,28 @@ def merge_units(states: list[dict], n_units: int | None = None) -> dict:
 class Feed:
     """Micro-batches for the trainer and the data position (`samples`: consumed by all ranks since the start)."""
 
-    def __init__(self, dataset, *, batch, grad_accum, seed, rank, world, workers, collate_fn=None, pin=False):
-        self.dataset, self.batch, self.seed, self.rank, self.world = dataset, batch, seed, rank, world
-        self.global_batch = batch * grad_accum * world
+    def __init__(self, dataset, *, split: BatchSplit, seed, rank, workers, collate_fn=None, pin=False, signals=()):
+        self.dataset, self.split, self.seed, self.rank, self.world = dataset, split, seed, rank, split.world
+        self.signals = tuple(signals)  # what the data-loader workers ignore (the trainer's preemption signals)
+        self.batch, self.global_batch = split.max_batch, split.global_batch
         self.workers, self.collate_fn, self.pin = workers, collate_fn, pin
         self.streaming = is_streaming(dataset)
         self.samples = 0
+        self.start: dict | None = None  # the data position to start from (a checkpoint's), None: the run's start
         self.unit_counts: Counter = Counter()  # a stream's {(epoch, unit): samples consumed by this rank}
         self.unit_sizes: dict[int, int] = {}
         self.origin: dict | None = None  # where this layout's readers started, when not at the run's start
         if self.streaming:
+            if not split.is_even:
+                raise ConfigError(
+                    f"a streamed dataset needs micro-batches of one size, and a global batch of {self.global_batch} "
+                    f"on {self.world} processes has none; pass --global-batch with a multiple of {self.world}"
+                )
             self.order = None
             length = getattr(dataset, "length", None)
             self.epoch_size = (int(length) // self.global_batch) * self.global_batch if length else None
         else:
-            self.order = GlobalOrder(len(dataset), batch, self.global_batch, seed, rank, world)
+            self.order = GlobalOrder(len(dataset), split, seed, rank)
             self.epoch_size = self.order.epoch_size
 
     def steps_per_epoch(self) -> int | None:
@@ -157,7 +209,7 @@ class Feed:
         """Epochs consumed (fractional), None for a stream of unknown length."""
         return self.samples / self.epoch_size if self.epoch_size else None
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """The data position as it goes into a checkpoint (a collective for streams: every rank calls it)."""
         state = {"samples": self.samples, "world": self.world, "batch": self.batch, "workers": self.workers}
         if self.streaming:
@@ -181,33 +233,41 @@ class Feed:
             if size > 0:
                 self.unit_sizes[unit] = size
 
-    def batches(self, state: dict | None = None):
-        """Endless micro-batches from `state` (a checkpoint's data position) or the start."""
+    def load_state_dict(self, state: dict):
+        """Start from a checkpoint's data position (`batches` continues there)."""
+        self.start = dict(state)
+        self.samples = int(state["samples"])
+
+    def batches(self):
+        """Endless micro-batches from the loaded data position or the start."""
+        state = self.start
         self.samples = int(state["samples"]) if state else 0
         step = self.batch * self.world
         # a private generator: worker seeds must not consume the global RNG that resume restores
         common = dict(
             num_workers=self.workers, collate_fn=self.collate_fn, pin_memory=self.pin, generator=torch.Generator()
         )
+        if self.workers:
+            common["worker_init_fn"] = IgnoreSignals(self.signals)
         if self.streaming:
             setup = StreamSetup(seed=self.seed, rank=self.rank, world=self.world, batch=self.batch, track=True)
             self._resume_stream(setup, state)
             self.dataset.configure(setup)
             common["collate_fn"] = TrackedCollate(self.collate_fn)
             loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, **common)
-            for batch, where in loader:
+            for batch, where in _batches(loader):
                 self._count(where)
                 self.samples += step
                 yield batch
             return
-        else:
-            if self.samples % step:
-                raise DataError(f"data position {self.samples} is not a whole number of micro-batches of {step}")
-            loader = torch.utils.data.DataLoader(
-                SeededItems(self.dataset), batch_sampler=self.order.plan(self.samples), **common
-            )
-        for batch in loader:
-            self.samples += step
+        loader = torch.utils.data.DataLoader(
+            SeededItems(self.dataset), batch_sampler=self.order.plan(self.samples), **common
+        )
+        for i, batch in enumerate(_batches(loader)):  # position: each micro-step's samples, all ranks
+            micro = i % self.split.accum
+            if micro == 0:
+                self.samples = self.order.step_start(self.samples)
+            self.samples += self.split.micro_total(micro)
             yield batch
 
     def _resume_stream(self, setup: StreamSetup, state: dict | None):

@@ -3,8 +3,8 @@
 import datetime
 import sys
 
+from d2it import dist
 from d2it.progress import on_terminal
-from d2it_cli.engine import dist
 
 SKIP = ("step", "epoch", "time", "lr_factor", "images_per_s", "lr")
 

@@ -1,17 +1,18 @@
 """Stage 1: training the DVAE (L1 + LPIPS + PatchGAN + regularizer) on images."""
 
 import math
+import sys
 
 import numpy as np
 import torch
 
+from d2it import dist
 from d2it.layout import fine_ratio
+from d2it.parts import load_vae, save_part
 from d2it.system import update_extra
 from d2it_cli.data import data_provenance, first_items, open_dataset
-from d2it_cli.engine import dist
 from d2it_cli.engine.draws import accepts
-from d2it_cli.engine.loop import Task
-from d2it_cli.engine.parts import load_vae, save_part
+from d2it_cli.engine.task import Task
 from d2it_cli.images import entropy_heatmap, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
 
 BASE_LR = 4.5e-6  # per image of the global batch (LDM convention)
@@ -41,27 +42,27 @@ class DVAETask(Task):
 
     name = "dvae"
 
-    def __init__(
-        self, vae, dataset, system_dir, *, preview=None, lr: float | None = None, loss_options: dict | None = None
-    ):
-        self.vae = vae
-        self.dataset = dataset
-        self.system_dir = system_dir
-        self.preview = preview
-        self.lr = lr
-        self.loss = vae.make_loss(**(loss_options or {}))
-        self.discriminator = self.loss.discriminator
-        self.record = None
+    def __init__(self, system_dir, data: str, *, registry=None, options=None, lr=None, loss_options=None):
+        self.system_dir, self.data, self.registry, self.options = system_dir, data, registry, options
+        self.lr, self.loss_options = lr, loss_options or {}
+        self.record = None  # the rest is built by `build`, once the trainer has seeded
+        self.vae = self.dataset = self.preview = self.loss = self.discriminator = None
 
-    @classmethod
-    def open(cls, system_dir, data: str, *, registry=None, options=None, lr=None, loss_options=None):
-        """The task for a model directory's VAE on `--data` images (dataset `options`; previews: the first 8)."""
-        record, vae = load_vae(system_dir, registry)
-        dataset = open_dataset(data, record.image_size, train=True, options=options, registry=registry)
-        preview = preview_batch(open_dataset(data, record.image_size, train=False, options=options, registry=registry))
-        task = cls(vae, dataset, system_dir, preview=preview, lr=lr, loss_options=loss_options)
-        task.record = record
-        return task
+    def build(self, trainer):
+        """The system's VAE, its loss (a new discriminator), the `--data` images and the first 8 as previews."""
+        self.record, self.vae = load_vae(self.system_dir, self.registry)
+        size, data, options, registry = self.record.image_size, self.data, self.options, self.registry
+        self.dataset = open_dataset(data, size, train=True, options=options, registry=registry)
+        self.preview = preview_batch(open_dataset(data, size, train=False, options=options, registry=registry))
+        self.loss = self.vae.make_loss(**self.loss_options)
+        self.discriminator = self.loss.discriminator
+        if self.default_thresholds and dist.is_main():
+            print(
+                f"warning: {self.system_dir} has no measured entropy thresholds, so the DVAE trains on grain maps "
+                f"from its built-in defaults {self.vae.thresholds}; measure them first with: d2it thresholds "
+                f"--system {self.system_dir} --data {self.data} --out thresholds.json",
+                file=sys.stderr,
+            )
 
     @property
     def default_thresholds(self) -> bool:

@@ -8,16 +8,15 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from d2it import layout
+from d2it import dist, layout
 from d2it import system as systems
 from d2it.errors import ConfigError, DataError
 from d2it.io import state_sha256
-from d2it_cli.cache import LatentCache
-from d2it_cli.engine import dist
+from d2it.parts import save_part
+from d2it_cli.data.latents import LatentCache
 from d2it_cli.engine.draws import accepts, label_drop
 from d2it_cli.engine.fastpaths import make_adamw
-from d2it_cli.engine.loop import Task
-from d2it_cli.engine.parts import save_part
+from d2it_cli.engine.task import Task
 from d2it_cli.images import grain_map_image, grain_overlay, label_image, make_grid, save_png, to_uint8, vstack
 from d2it_sampling import generate, make_diffusion
 
@@ -85,19 +84,19 @@ class GrainTask(Task):
     find_unused_parameters = False  # every parameter takes part in every step
 
     def __init__(
-        self, system, cache: LatentCache, system_dir, *, lr: float = LR, weight_decay: float = 0.0, preview_classes=None
+        self, system_dir, cache, *, registry=None, lr: float = LR, weight_decay: float = 0.0, preview_classes=None
     ):
+        self.system_dir, self.cache, self.registry = system_dir, cache, registry
+        self.lr, self.weight_decay, self.preview_classes = lr, weight_decay, preview_classes
+        self.system = self.dataset = None  # built by `build`
+
+    def build(self, trainer):
+        """The system with its grain predictor, and the latent cache checked against its DVAE."""
+        system = load_system(self.system_dir, "grain", self.registry)
         if system.grain is None or not getattr(system.grain, "trainable", False):
             raise ConfigError(f"the system's grain predictor {system.record.grain!r} has nothing to train")
-        self.system, self.dataset, self.system_dir = system, cache, system_dir
-        self.lr, self.weight_decay = lr, weight_decay
-        self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
-
-    @classmethod
-    def open(cls, system_dir, cache, *, registry=None, **options):
-        """The task for a model directory's grain predictor on the latent cache at `cache`."""
-        system = load_system(system_dir, "grain", registry)
-        return cls(system, open_cache(cache, system, system_dir), system_dir, **options)
+        self.system, self.dataset = system, open_cache(self.cache, system, self.system_dir)
+        self.preview_classes = self.preview_classes or list(range(min(8, system.record.num_classes)))
 
     def modules(self):
         return {"grain": self.system.grain}
@@ -165,13 +164,14 @@ class ContentTask(Task):
 
     name = "content"
     images_per_item = 1
+    whole_step = True  # see prepare_step
 
     def __init__(
         self,
-        system,
-        cache: LatentCache,
         system_dir,
+        cache,
         *,
+        registry=None,
         lr: float = LR,
         weight_decay: float = 0.0,
         grain_source: str = "gt",
@@ -181,28 +181,28 @@ class ContentTask(Task):
         preview_steps: int = 50,
     ):
         _check_grain_source(grain_source, fine_ratio)
-        if grain_source == "random" and getattr(cache, "layout", "all") == "used":
+        self.system_dir, self.cache, self.registry = system_dir, cache, registry
+        self.lr, self.weight_decay, self.grain_source, self.fine_ratio = lr, weight_decay, grain_source, fine_ratio
+        self.grain_loss, self.preview_classes, self.preview_steps = grain_loss, preview_classes, preview_steps
+        self.system = self.dataset = self.diffusion = None  # built by `build`
+        self.scale = 1.0
+        self.step_counts = None  # the step's cells per grain over the global batch (routed systems)
+
+    def build(self, trainer):
+        """The system with its content transformer, the latent cache checked against its DVAE, the diffusion."""
+        system = load_system(self.system_dir, "content", self.registry)
+        cache = open_cache(self.cache, system, self.system_dir)
+        if self.grain_source == "random" and getattr(cache, "layout", "all") == "used":
             raise ConfigError(
                 f"--grain-source random needs every grain of every region, but {cache.path} stores only the used "
                 "ones; encode again with --grains all"
             )
-        self.system, self.dataset, self.system_dir = system, cache, system_dir
-        self.lr, self.weight_decay, self.grain_source, self.fine_ratio = lr, weight_decay, grain_source, fine_ratio
-        self.diffusion = make_diffusion(system, grain_loss=grain_loss)
+        self.system, self.dataset = system, cache
+        self.diffusion = make_diffusion(system, grain_loss=self.grain_loss)
         self.scale = float(system.record.latent_scale)
-        self.preview_classes = preview_classes or list(range(min(8, system.record.num_classes)))
-        self.preview_steps = preview_steps
+        self.preview_classes = self.preview_classes or list(range(min(8, system.record.num_classes)))
         # static graph, except a sparse refiner, which skips its weights on a batch without fine cells
         self.find_unused_parameters = bool(getattr(getattr(system.content, "refiner", None), "sparse", False))
-        self.whole_step = True  # see prepare_step
-        self.step_counts = None
-
-    @classmethod
-    def open(cls, system_dir, cache, *, registry=None, **options):
-        """The task for a model directory's content transformer on the latent cache at `cache`."""
-        _check_grain_source(options.get("grain_source", "gt"), options.get("fine_ratio", 0.5))
-        system = load_system(system_dir, "content", registry)
-        return cls(system, open_cache(cache, system, system_dir), system_dir, **options)
 
     def modules(self):
         return {"content": self.system.content}
@@ -222,8 +222,7 @@ class ContentTask(Task):
         for micro, batch in enumerate(batches):
             trainer.focus(micro)
             local = local + layout.grain_cell_counts(self.grain_maps(batch, trainer.draws), self.system.grains)
-        # each micro-batch divides by its share, so that the mean over ranks and micro-batches is the global mean
-        self.step_counts = dist.all_reduce_sum(local) / (len(batches) * dist.world_size())
+        self.step_counts = dist.all_reduce_sum(local)  # each micro-batch divides by its samples' share of them
 
     def grain_maps(self, batch, draws=None) -> torch.Tensor:
         """Ground-truth grain maps, or the random ablation's maps (each region finest with probability `fine_ratio`)."""
@@ -269,9 +268,12 @@ class ContentTask(Task):
         drop = label_drop(draws, self.system.content, self.system.content.forward, n)
         if drop:
             model = functools.partial(model, **drop)
+        # a share of the global batch's counts as large as this micro-batch's share of its samples: the micro-batch
+        # means, weighted by their samples, add up to the global batch's per-grain means
+        counts = None if self.step_counts is None else self.step_counts * n / draws.global_batch
         with trainer.autocast():
             terms = self.diffusion.training_losses(
-                model, x0, t, batch["label"], grain_map=noise_map, noise=noise, grain_counts=self.step_counts
+                model, x0, t, batch["label"], grain_map=noise_map, noise=noise, grain_counts=counts
             )
         loss = terms["loss"]
         (loss * scale).backward()

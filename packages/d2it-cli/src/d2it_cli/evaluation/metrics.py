@@ -7,7 +7,8 @@ import attrs
 import numpy as np
 import torch
 
-from d2it.errors import D2itError, DataError
+from d2it.errors import ConfigError, D2itError, DataError
+from d2it.plugin_api import reserved_error
 
 
 def _fidelity(module: str, name: str):
@@ -60,8 +61,12 @@ class FeatureMetric(abc.ABC):
         self.device = torch.device(device)
 
     def layer_for(self, extractor_cls) -> str:
-        """The feature layer this metric reads from a torch-fidelity extractor class."""
-        return getattr(self.config, "layer", None) or extractor_cls.get_default_feature_layer_for_metric(self.metric)
+        """The feature layer this metric reads from a torch-fidelity extractor class (its `layer` option, reserved)."""
+        layer = getattr(self.config, "layer", None)
+        if layer is not None and not isinstance(layer, str):
+            problem = f"metric {type(self).__name__}: layer {layer!r} is not a feature layer name"
+            raise ConfigError(reserved_error("metric", "layer", problem))
+        return layer or extractor_cls.get_default_feature_layer_for_metric(self.metric)
 
     @abc.abstractmethod
     def __call__(self, gen: FeatureSet, ref: FeatureSet | None, layer: str, seed: int) -> dict[str, float]:

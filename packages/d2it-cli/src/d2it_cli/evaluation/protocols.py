@@ -4,11 +4,11 @@ from pathlib import Path
 
 import attrs
 
+from d2it import dist
 from d2it import system as systems
 from d2it.errors import D2itError
 from d2it.layout import fine_ratio
 from d2it.registry import default_registry
-from d2it_cli.engine import dist
 from d2it_cli.evaluation.extractor import extractor_class
 from d2it_cli.evaluation.metrics import FeatureMetric, PixelMetric
 from d2it_cli.evaluation.scoring import Settings, check_pixel_reference, make_metrics, parse_metrics, score

@@ -182,27 +182,49 @@ def load_sd_vae_into(vae, state: dict):
     load_into(vae, state["tensors"], where=f"VAE {state['source']}")
 
 
+def check_import_target(out, record: systems.SystemRecord | None) -> bool:
+    """Before any reading or download: may the VAE go into `out` with `record`? True when `out` holds a system.
+
+    A new system needs its stage-2 parts named (`record`), since they are written randomly initialised
+    (DiT-XL/2 alone is 2.7 GB); an existing one keeps its parts, so `record` must then be None.
+    """
+    out = system_target(out, update=True)
+    existing = (out / systems.RECORD_FILE).is_file()
+    if existing and record is not None:
+        raise ConfigError(
+            f"{out} already holds a system, whose other parts are kept; --backbone, --image-size, --num-classes "
+            "and --set describe a new system only"
+        )
+    if not existing and record is None:
+        raise ConfigError(
+            f"{out} holds no system: to write a new one name its stage-2 parts (e.g. --backbone dit-s --image-size "
+            "256 --num-classes 1000), which are written randomly initialised, or import the VAE into a system "
+            "directory that `d2it build` or `d2it import dit` wrote"
+        )
+    return existing
+
+
 def import_sd_vae(
     source, out, *, record: systems.SystemRecord | None = None, latent_scale: float | None = None, registry=None
 ) -> systems.System:
     """Fill the `vae-f8` of the system directory `out` from `source`; returns the saved system.
 
     When `out` already holds a system its VAE slot becomes `vae-f8` with these weights (the other
-    parts are kept); otherwise a new system is written from `record` (default: `d2it build`'s,
-    DiT-XL/2 at 256 px, content randomly initialised), the VAE slot replaced the same way. The
-    record's latent scale becomes the VAE's (`scaling_factor`, 0.18215 for LDM files) unless
-    `latent_scale` is given.
+    parts are kept, and `record` must be None); otherwise a new system is written from `record`
+    (its stage-2 parts randomly initialised: required, so nothing large is written unasked), the VAE
+    slot replaced the same way. The record's latent scale becomes the VAE's (`scaling_factor`,
+    0.18215 for LDM files) unless `latent_scale` is given.
     """
     registry = registry or default_registry()
+    existing = check_import_target(out, record)
+    out = Path(out)
     state = read_sd_vae(source)
     scale = state["latent_scale"] if latent_scale is None else float(latent_scale)
-    out = system_target(out, update=True)
-    existing = (out / systems.RECORD_FILE).is_file()
     if existing:
         record, doc = systems.read_record(out)
         extra = doc.get("extra", {})
     else:
-        record, extra = record or systems.SystemRecord(), {}
+        extra = {}
     if record.image_size % 8:
         raise ConfigError(f"image size {record.image_size} is not a multiple of the VAE's factor 8")
     options = {**record.options, "vae": state["options"]}
