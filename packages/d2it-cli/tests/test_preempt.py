@@ -202,7 +202,7 @@ sys.stdin.readline()
 
 def test_loader_workers_ignore_a_job_wide_signal_and_still_end_with_the_interpreter():
     # workers that ignore SIGTERM would hang multiprocessing's exit (SIGTERM to each worker, then wait) unless the
-    # feed ends them first
+    # feed kills them first
     code = LEAKED_LOADER.format(tests=str(Path(__file__).parent))
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

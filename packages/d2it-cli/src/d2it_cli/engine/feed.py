@@ -11,10 +11,12 @@ of each unit (shard) so that a run resumed on another ranks x workers layout con
 where it stopped. One DataLoader serves the whole run, so worker processes start once.
 """
 
-import atexit
+import multiprocessing
+import multiprocessing.util
 import os
 import random
 import signal
+import threading
 import weakref
 from collections import Counter
 
@@ -115,23 +117,31 @@ class IgnoreSignals:
             signal.signal(sig, signal.SIG_IGN)
 
 
-# the loaders' iterators whose workers ignore SIGTERM: multiprocessing's exit ends worker processes with SIGTERM and
-# then waits for them, so a loader still alive then (say, held by a traceback) must be shut down before it
-_LIVE_LOADERS = weakref.WeakSet()
+_IGNORING_WORKERS = weakref.WeakSet()  # the worker processes of our loaders (they ignore the trainer's signals)
 
 
-@atexit.register  # registered after multiprocessing's own exit function (torch imports it first), so it runs first
 def end_workers_at_exit():
-    """Shut down the workers of every loader still alive (they leave on the loader's own stop message)."""
-    for batches in list(_LIVE_LOADERS):
-        batches._shutdown_workers()
+    """Kill the data-loader workers still alive that ignore the trainer's signals (a worker holds nothing to flush).
+
+    multiprocessing's exit ends worker processes with SIGTERM and then waits for them; a loader still alive then
+    (say, held by a traceback) would make it wait forever.
+    """
+    alive = [process for process in _IGNORING_WORKERS if process.is_alive()]
+    if alive and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report the kill as a worker failure
+    for process in alive:
+        process.kill()
+
+
+# a finalizer that multiprocessing's own exit function runs before it terminates and joins the workers (an atexit
+# hook may run after it: multiprocessing re-registers its exit function to run first)
+multiprocessing.util.Finalize(None, end_workers_at_exit, exitpriority=100)
 
 
 def _batches(loader):
-    """`iter(loader)`, its workers ended at interpreter exit when nothing else ends them."""
+    """`iter(loader)`, its workers killed at interpreter exit if nothing else ended them."""
     batches = iter(loader)
-    if loader.num_workers:
-        _LIVE_LOADERS.add(batches)
+    _IGNORING_WORKERS.update(getattr(batches, "_workers", ()))  # torch keeps them there; none without workers
     return batches
 
 
